@@ -1,0 +1,103 @@
+"""The GPT-SoVITS reference recipes (presets), as frozen data.
+
+Every number here comes from ../shared/reference/gpt-sovits-recipe.md, sections 1 and 2. A preset's
+`fingerprint` hashes every parameter, so a stored spectrogram made with another recipe (another
+resampler, bin count or eps) is never served for this one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+
+from .errors import ReferenceMelError
+
+RESAMPLERS = ("torchaudio", "soxr_hq")
+
+# torchaudio.transforms.Resample defaults (sinc_interp_hann), what GPT-SoVITS main uses since mid-2025.
+SINC_LOWPASS_FILTER_WIDTH = 6
+SINC_ROLLOFF = 0.99
+
+# Upstream's eps inside the square root of the magnitude (1e-6 before April 2025).
+MAGNITUDE_EPS = 1e-8
+# Natural-log floor and norm_spec range of the v3/v4 prompt mel.
+LOG_CLAMP_MIN = 1e-5
+SPEC_MIN, SPEC_MAX = -12.0, 2.0
+
+V2_DEFAULT_BINS = 704  # v2, v2Pro, v3 and v4 models use refer[:, :704]; only v1 wants all 1025.
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """One reference feature: the linear spectrogram (`n_mels` None) or a log-mel prompt."""
+
+    name: str
+    sample_rate: int
+    n_fft: int
+    hop_length: int
+    win_length: int
+    n_bins: int  # rows of the output: linear bins kept, or mel bands
+    n_mels: int | None = None
+    peak_normalize: bool = False
+    resampler: str = "torchaudio"
+    fmin: float = 0.0
+    fmax: float | None = None  # None: sample_rate / 2
+
+    @property
+    def pad(self) -> int:
+        """Reflect padding on each side: (n_fft - hop) // 2, upstream's center=False framing."""
+        return (self.n_fft - self.hop_length) // 2
+
+    @property
+    def min_samples(self) -> int:
+        """Shortest resampled signal that gives one frame and that reflect padding accepts."""
+        return max(self.hop_length, self.pad + 1)
+
+    def n_frames(self, n_resampled: int) -> int:
+        """Frames from a signal of `n_resampled` samples at the preset rate: L // hop."""
+        return (n_resampled + 2 * self.pad - self.n_fft) // self.hop_length + 1
+
+    def recipe(self) -> dict:
+        params = dataclasses.asdict(self)
+        params.update(
+            window="hann_periodic", center=False, pad_mode="reflect", magnitude_eps=MAGNITUDE_EPS,
+            sinc_lowpass_filter_width=SINC_LOWPASS_FILTER_WIDTH, sinc_rolloff=SINC_ROLLOFF,
+        )
+        if self.n_mels is not None:
+            params.update(mel_scale="slaney", mel_norm="slaney", log_clamp_min=LOG_CLAMP_MIN,
+                          spec_min=SPEC_MIN, spec_max=SPEC_MAX)
+        return params
+
+    @property
+    def fingerprint(self) -> str:
+        text = json.dumps(self.recipe(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+_BASE = {
+    "v2": dict(sample_rate=32000, n_fft=2048, hop_length=640, win_length=2048,
+               n_bins=V2_DEFAULT_BINS, peak_normalize=True),
+    "v3": dict(sample_rate=24000, n_fft=1024, hop_length=256, win_length=1024, n_bins=100, n_mels=100),
+    "v4": dict(sample_rate=32000, n_fft=1280, hop_length=320, win_length=1280, n_bins=100, n_mels=100),
+}
+PRESET_NAMES = tuple(_BASE)
+
+
+def get_preset(name: str | Preset, *, resampler: str = "torchaudio", v2_bins: int | None = None) -> Preset:
+    """The preset `name` ("v2", "v3" or "v4"), with the resampler and (v2 only) the bin count chosen."""
+    if isinstance(name, Preset):
+        return name
+    if name not in _BASE:
+        raise ReferenceMelError("bad_preset", f"preset={name!r} is not known; use one of {', '.join(PRESET_NAMES)}")
+    if resampler not in RESAMPLERS:
+        raise ReferenceMelError(
+            "bad_config", f"resampler={resampler!r} is not known; use one of {', '.join(RESAMPLERS)}")
+    params = dict(_BASE[name], name=name, resampler=resampler)
+    if v2_bins is not None and name == "v2":
+        if not 1 <= v2_bins <= params["n_fft"] // 2 + 1:
+            raise ReferenceMelError(
+                "bad_config", f"MEL_BINS={v2_bins} must be between 1 and {params['n_fft'] // 2 + 1} "
+                "(704 for v2 models, 1025 for v1)")
+        params["n_bins"] = v2_bins
+    return Preset(**params)

@@ -1,0 +1,315 @@
+"""GPT-SoVITS reference features on MLX: resample, frame, window, FFT, magnitude, mel, log.
+
+Pure signal code: it imports neither dora nor pyarrow, and the only host code is building the
+constant tables (resampling taps, window, mel bands) once per (rate, preset). Everything that
+touches samples is an MLX array operation on the default device (Metal, CUDA or CPU).
+
+Precision: MLX runs float32 matmuls and convolutions as TF32 on NVIDIA and Apple M5 GPUs by default
+(recipe section 5), which puts a matmul resampler 0.019 and a matmul filterbank 0.24 off upstream.
+So the two products here are written as banded gather * weights -> sum: elementwise float32 work,
+exact on every device whatever MLX_ENABLE_TF32 says, and cheaper too, since both tables are sparse.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+
+import mlx.core as mx
+import numpy as np
+
+from .errors import ReferenceMelError
+from .recipe import (
+    LOG_CLAMP_MIN,
+    MAGNITUDE_EPS,
+    SINC_LOWPASS_FILTER_WIDTH,
+    SINC_ROLLOFF,
+    SPEC_MAX,
+    SPEC_MIN,
+    Preset,
+    get_preset,
+)
+
+MAX_SAMPLE_RATE = 384_000
+_INT_SCALE = {np.dtype(np.int16): 32768.0, np.dtype(np.int32): 2147483648.0}
+
+
+# ---------------------------------------------------------------------------------------------
+# Constant tables (host, float64 where upstream builds them in float64; cached, read-only)
+# ---------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=64)
+def sinc_resample_taps(orig_freq: int, new_freq: int) -> tuple[int, int, int, np.ndarray, np.ndarray]:
+    """torchaudio's `sinc_interp_hann` kernel for orig -> new, cut to its nonzero band per phase.
+
+    Returns (orig, new, width, starts [new], weights [new, taps]) with orig/new reduced by their gcd.
+    Output sample `j * new + k` is `sum_i padded[j * orig + starts[k] + i] * weights[k, i]`, where
+    `padded` is the input with `width` zeros before and `width + orig` after: torchaudio's conv1d
+    with stride orig, minus the taps that the clamped Hann window makes (numerically) zero.
+    """
+    gcd = math.gcd(orig_freq, new_freq)
+    orig, new = orig_freq // gcd, new_freq // gcd
+    base_freq = min(orig, new) * SINC_ROLLOFF
+    width = math.ceil(SINC_LOWPASS_FILTER_WIDTH * orig / base_freq)
+    idx = np.arange(-width, width + orig, dtype=np.float64)[None, :] / orig
+    # torchaudio divides the phase index in the default dtype (float32) before adding idx.
+    phase = (np.arange(0, -new, -1, dtype=np.float32) / np.float32(new)).astype(np.float64)[:, None]
+    t = np.clip((phase + idx) * base_freq, -SINC_LOWPASS_FILTER_WIDTH, SINC_LOWPASS_FILTER_WIDTH)
+    window = np.cos(t * math.pi / SINC_LOWPASS_FILTER_WIDTH / 2) ** 2
+    t = t * math.pi
+    with np.errstate(invalid="ignore", divide="ignore"):
+        kernel = np.where(t == 0, 1.0, np.sin(t) / t)
+    kernel = (kernel * window * (base_freq / orig)).astype(np.float32)  # [new, 2 * width + orig]
+
+    # The window is cos(pi/2)^2 ~ 4e-33 at the clamp: taps that small cannot change a float32 sum.
+    nonzero = np.abs(kernel) > 1e-20
+    first = nonzero.argmax(axis=1)
+    last = kernel.shape[1] - nonzero[:, ::-1].argmax(axis=1)
+    taps = int((last - first).max())
+    starts = np.minimum(first, kernel.shape[1] - taps)
+    weights = np.stack([kernel[k, s:s + taps] for k, s in enumerate(starts)])
+    return orig, new, width, _frozen(starts.astype(np.int32)), _frozen(weights)
+
+
+@functools.lru_cache(maxsize=16)
+def hann_window(n: int) -> np.ndarray:
+    """Periodic Hann window [n] (torch.hann_window's default), float32."""
+    return _frozen((0.5 - 0.5 * np.cos(2.0 * math.pi * np.arange(n) / n)).astype(np.float32))
+
+
+def _hz_to_mel(freq: np.ndarray) -> np.ndarray:
+    """Slaney mel scale (librosa htk=False): linear below 1 kHz, logarithmic above."""
+    f_sp, min_log_hz, logstep = 200.0 / 3, 1000.0, math.log(6.4) / 27.0
+    freq = np.asarray(freq, dtype=np.float64)
+    linear = freq / f_sp
+    return np.where(freq >= min_log_hz, min_log_hz / f_sp + np.log(np.maximum(freq, 1e-10) / min_log_hz) / logstep,
+                    linear)
+
+
+def _mel_to_hz(mels: np.ndarray) -> np.ndarray:
+    f_sp, min_log_hz, logstep = 200.0 / 3, 1000.0, math.log(6.4) / 27.0
+    min_log_mel = min_log_hz / f_sp
+    return np.where(mels >= min_log_mel, min_log_hz * np.exp(logstep * (mels - min_log_mel)), f_sp * mels)
+
+
+@functools.lru_cache(maxsize=16)
+def slaney_mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
+    """librosa.filters.mel defaults (htk=False, norm="slaney"): float32 [n_mels, n_fft // 2 + 1]."""
+    fft_freqs = np.linspace(0.0, sample_rate / 2, n_fft // 2 + 1)
+    mel_points = _mel_to_hz(np.linspace(_hz_to_mel(fmin), _hz_to_mel(fmax), n_mels + 2))
+    widths = np.diff(mel_points)
+    ramps = mel_points[:, None] - fft_freqs[None, :]
+    rising = -ramps[:-2] / widths[:-1, None]
+    falling = ramps[2:] / widths[1:, None]
+    weights = np.maximum(0.0, np.minimum(rising, falling))
+    weights *= (2.0 / (mel_points[2:] - mel_points[:-2]))[:, None]
+    return _frozen(weights.astype(np.float32))
+
+
+@functools.lru_cache(maxsize=16)
+def mel_bands(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> tuple[np.ndarray, np.ndarray]:
+    """The filterbank as bands: starts [n_mels] and weights [n_mels, width] of its nonzero runs."""
+    bank = slaney_mel_filterbank(sample_rate, n_fft, n_mels, fmin, fmax)
+    nonzero = bank != 0
+    first = np.where(nonzero.any(axis=1), nonzero.argmax(axis=1), 0)
+    last = np.where(nonzero.any(axis=1), bank.shape[1] - nonzero[:, ::-1].argmax(axis=1), 1)
+    width = int((last - first).max())
+    starts = np.minimum(first, bank.shape[1] - width)
+    weights = np.stack([bank[m, s:s + width] for m, s in enumerate(starts)])
+    return _frozen(starts.astype(np.int32)), _frozen(weights)
+
+
+def _frozen(array: np.ndarray) -> np.ndarray:
+    array.setflags(write=False)  # cached tables are shared: no caller may poison them
+    return array
+
+
+# ---------------------------------------------------------------------------------------------
+# Input checks (shared by the node, the CLI and the public functions)
+# ---------------------------------------------------------------------------------------------
+
+
+def check_samples(samples: np.ndarray, sample_rate: int) -> np.ndarray:
+    """Validate PCM and return it as [n, channels] (float32, or int16/int32 PCM, unscaled)."""
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)):
+        raise ReferenceMelError("bad_sample_rate", f"sample_rate={sample_rate!r} must be a positive integer in Hz")
+    if not 0 < sample_rate <= MAX_SAMPLE_RATE:
+        raise ReferenceMelError(
+            "bad_sample_rate", f"sample_rate={sample_rate} must be between 1 and {MAX_SAMPLE_RATE} Hz")
+    samples = np.asarray(samples)
+    if samples.dtype not in (np.float32, np.float64, np.int16, np.int32):
+        raise ReferenceMelError(
+            "bad_dtype", f"samples of dtype {samples.dtype} are not PCM; send float32, float64, int16 or int32")
+    if samples.ndim == 1:
+        samples = samples[:, None]
+    if samples.ndim != 2 or samples.shape[1] == 0:
+        raise ReferenceMelError(
+            "bad_shape", f"samples of shape {samples.shape} must be [n] or [n, channels]")
+    if samples.shape[0] == 0:
+        raise ReferenceMelError("empty_audio", "the reference audio has no samples; send 3 to 10 s of speech")
+    if samples.dtype.kind == "f":
+        if not np.isfinite(samples).all():
+            bad = int((~np.isfinite(samples)).sum())
+            raise ReferenceMelError(
+                "non_finite_audio", f"{bad} samples are NaN or Inf; send finite PCM in [-1, 1]")
+        samples = samples.astype(np.float32, copy=False)
+    return samples
+
+
+def resampled_length(n_samples: int, sample_rate: int, target_rate: int) -> int:
+    """torchaudio's output length: ceil(n * new / orig) with rates reduced by their gcd."""
+    if sample_rate == target_rate:
+        return n_samples
+    gcd = math.gcd(sample_rate, target_rate)
+    return -(-n_samples * (target_rate // gcd) // (sample_rate // gcd))
+
+
+def check_long_enough(n_samples: int, sample_rate: int, preset: Preset) -> int:
+    """Raise `too_short` when the clip gives no frame; return the resampled length."""
+    n_resampled = resampled_length(n_samples, sample_rate, preset.sample_rate)
+    if n_resampled < preset.min_samples:
+        need = math.ceil(preset.min_samples * sample_rate / preset.sample_rate)
+        raise ReferenceMelError(
+            "too_short",
+            f"{n_samples} samples at {sample_rate} Hz are shorter than one {preset.name} frame "
+            f"(at least {need} samples); send 3 to 10 s of speech")
+    return n_resampled
+
+
+# ---------------------------------------------------------------------------------------------
+# MLX steps
+# ---------------------------------------------------------------------------------------------
+
+
+def to_mono(samples: np.ndarray) -> mx.array:
+    """[n, channels] PCM -> [n] float32 on the device: ints scaled to [-1, 1], channels averaged."""
+    x = mx.array(samples)
+    if samples.dtype in _INT_SCALE:
+        x = x.astype(mx.float32) / _INT_SCALE[samples.dtype]
+    return x[:, 0] if samples.shape[1] == 1 else mx.mean(x, axis=1)
+
+
+def resample_sinc(x: mx.array, orig_freq: int, new_freq: int) -> mx.array:
+    """torchaudio.functional.resample(x, orig, new) with its defaults: [n] -> [ceil(n * new / orig)]."""
+    if orig_freq == new_freq:
+        return x
+    orig, new, width, starts, weights = sinc_resample_taps(orig_freq, new_freq)
+    n_out = resampled_length(x.shape[0], orig_freq, new_freq)
+    n_blocks = -(-n_out // new)
+    padded = mx.pad(x, [(width, width + orig)])
+    index = (mx.arange(n_blocks, dtype=mx.int32)[:, None, None] * orig
+             + mx.array(starts)[None, :, None] + mx.arange(weights.shape[1], dtype=mx.int32)[None, None, :])
+    out = mx.sum(padded[index] * mx.array(weights), axis=-1)  # [n_blocks, new]
+    return out.reshape(-1)[:n_out]
+
+
+def resample_soxr_hq(x: mx.array, orig_freq: int, new_freq: int) -> mx.array:
+    """librosa.load's soxr_hq resampling (GPT-SoVITS early 2025). libsoxr runs on the CPU."""
+    if orig_freq == new_freq:
+        return x
+    import soxr  # optional: only this resampler needs it
+
+    n_out = resampled_length(x.shape[0], orig_freq, new_freq)
+    y = soxr.resample(np.asarray(x, dtype=np.float32), orig_freq, new_freq, quality="HQ")
+    y = np.pad(y, (0, max(0, n_out - y.shape[0])))[:n_out]  # librosa's fix_length
+    return mx.array(y.astype(np.float32, copy=False))
+
+
+def peak_normalize(y: mx.array) -> mx.array:
+    """Upstream's v2 rule: if max|y| > 1, divide by min(2, max|y|)."""
+    peak = mx.max(mx.abs(y))
+    return y / mx.where(peak > 1, mx.minimum(peak, 2.0), 1.0)
+
+
+def frame_signal(y: mx.array, preset: Preset) -> mx.array:
+    """Reflect-pad by (n_fft - hop) // 2 and cut [n_frames, n_fft] frames (center=False), no copies."""
+    pad = preset.pad
+    padded = mx.concatenate([y[pad:0:-1], y, y[-2:-pad - 2:-1]])
+    n_frames = preset.n_frames(y.shape[0])
+    return mx.as_strided(padded, (n_frames, preset.n_fft), (preset.hop_length, 1))
+
+
+def magnitude(frames: mx.array, preset: Preset, n_bins: int) -> mx.array:
+    """|rfft(frames * periodic hann)| with eps inside the root: [n_frames, n_fft] -> [n_frames, n_bins]."""
+    spectrum = mx.fft.rfft(frames * mx.array(hann_window(preset.win_length)), axis=-1)[:, :n_bins]
+    real, imag = mx.real(spectrum), mx.imag(spectrum)
+    return mx.sqrt(real * real + imag * imag + MAGNITUDE_EPS)
+
+
+def log_mel(mag: mx.array, preset: Preset) -> mx.array:
+    """Slaney filterbank, natural log of clamp(x, 1e-5), norm_spec: [n_frames, n_freq] -> [n_frames, n_mels]."""
+    fmax = preset.fmax if preset.fmax is not None else preset.sample_rate / 2
+    starts, weights = mel_bands(preset.sample_rate, preset.n_fft, preset.n_mels, preset.fmin, fmax)
+    index = mx.array(starts)[:, None] + mx.arange(weights.shape[1], dtype=mx.int32)[None, :]
+    mel = mx.sum(mag[:, index] * mx.array(weights), axis=-1)
+    return (mx.log(mx.maximum(mel, LOG_CLAMP_MIN)) - SPEC_MIN) / (SPEC_MAX - SPEC_MIN) * 2 - 1
+
+
+def preprocess(samples: np.ndarray, sample_rate: int, preset: Preset) -> mx.array:
+    """Checked [n, channels] PCM -> the mono signal at the preset rate, ready to frame: [n_resampled]."""
+    x = to_mono(samples)
+    if preset.resampler == "soxr_hq":
+        y = resample_soxr_hq(x, sample_rate, preset.sample_rate)
+    else:
+        y = resample_sinc(x, sample_rate, preset.sample_rate)
+    return peak_normalize(y) if preset.peak_normalize else y
+
+
+# ---------------------------------------------------------------------------------------------
+# Public entry points
+# ---------------------------------------------------------------------------------------------
+
+
+def reference_mel_batch_mx(
+    clips: Sequence[np.ndarray], sample_rates: Sequence[int], preset: Preset
+) -> list[mx.array]:
+    """Lazy MLX graph for many checked clips: one FFT (and one mel product) over all their frames."""
+    frames = [frame_signal(preprocess(x, sr, preset), preset) for x, sr in zip(clips, sample_rates)]
+    counts = [f.shape[0] for f in frames]
+    mag = magnitude(frames[0] if len(frames) == 1 else mx.concatenate(frames), preset,
+                    preset.n_fft // 2 + 1 if preset.n_mels else preset.n_bins)
+    features = log_mel(mag, preset) if preset.n_mels else mag  # [sum(n_frames), n_bins]
+    splits = np.cumsum(counts)[:-1].tolist()
+    parts = mx.split(features, splits, axis=0) if splits else [features]
+    return [mx.expand_dims(part.T, 0) for part in parts]  # each [1, n_bins, n_frames]
+
+
+def reference_mel_batch(
+    clips: Sequence[np.ndarray],
+    sample_rate: int | Sequence[int],
+    *,
+    preset: str | Preset = "v2",
+    resampler: str = "torchaudio",
+) -> list[np.ndarray]:
+    """Reference features of many clips (any lengths, any rates) in one MLX evaluation.
+
+    clips: each [n] or [n, channels]; sample_rate: one rate for all, or one per clip.
+    Returns one float32 [1, n_bins, n_frames] array per clip, equal to `reference_mel` of each.
+    """
+    preset = get_preset(preset, resampler=resampler)
+    rates = [sample_rate] * len(clips) if isinstance(sample_rate, (int, np.integer)) else list(sample_rate)
+    if len(rates) != len(clips):
+        raise ReferenceMelError(
+            "bad_sample_rate", f"{len(rates)} sample rates for {len(clips)} clips; give one rate or one per clip")
+    if not clips:
+        return []
+    checked = [check_samples(x, sr) for x, sr in zip(clips, rates)]
+    for x, sr in zip(checked, rates):
+        check_long_enough(x.shape[0], sr, preset)
+    outputs = reference_mel_batch_mx(checked, rates, preset)
+    mx.eval(outputs)
+    return [np.array(out) for out in outputs]
+
+
+def reference_mel(
+    samples: np.ndarray, sample_rate: int, *, preset: str | Preset = "v2", resampler: str = "torchaudio"
+) -> np.ndarray:
+    """GPT-SoVITS's reference feature of one clip, computed with MLX.
+
+    samples: [n] or [n, channels], float PCM or int16/int32 PCM (scaled to [-1, 1]).
+    preset: "v2" -> linear spectrogram [1, 704, n_frames] at 32 kHz; "v3"/"v4" -> prompt log-mel
+    [1, 100, n_frames] at 24/32 kHz. n_frames = n_resampled // hop_length.
+    """
+    return reference_mel_batch([samples], sample_rate, preset=preset, resampler=resampler)[0]
