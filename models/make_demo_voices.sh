@@ -30,3 +30,4 @@ for rate in 16000 22050 24000 32000 44100 48000; do
   sox -M "$tmp/fx_l.wav" "$tmp/fx_r.wav" -r "$rate" -b 16 "tests/fixtures/speech/stereo_${rate}.wav" trim 0 2.5
 done
 soxi models/voices/*.wav | grep -E "^(Input File|Channels|Sample Rate|Duration)"
+python models/make_demo_codes.py

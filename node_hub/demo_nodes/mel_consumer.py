@@ -1,0 +1,100 @@
+"""Example GPT-SoVITS-side consumer: what a TTS node does with the reference-mel node's events.
+
+It decodes each `mel` event with the contract helper (one import), prepares exactly what GPT-SoVITS
+feeds its models at that boundary (`refer` [1, 704, T] for v2, the prompt codes int64 [1, 1, N],
+the v3/v4 prompt mel trimmed to its last 468 / 500 frames), prints one line per event, writes a PNG
+of each spectrogram into OUT_DIR, drops duplicate answers (re-sent requests), and prints per-voice
+timing statistics at the end. Replace the body of `feed_model` with your GPT-SoVITS call.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import sys
+import time
+
+import numpy as np
+from dora import Node
+
+from dora_reference_mel.contract import (
+    ERROR_OUTPUT,
+    MEL_OUTPUT,
+    ContractError,
+    ReferenceMel,
+    decode_error_event,
+    decode_mel_event,
+)
+
+
+def feed_model(ref: ReferenceMel) -> dict[str, np.ndarray]:
+    """The tensors GPT-SoVITS takes for this reference (here: returned, not fed)."""
+    tensors = {"refer" if ref.preset == "v2" else "prompt_mel": (
+        ref.spectrogram if ref.preset == "v2" else ref.prompt_mel())}
+    if ref.codes is not None:
+        tensors["prompt"] = ref.codes
+    return tensors
+
+
+def main() -> int:
+    out_dir = os.environ.get("OUT_DIR", "../out/demo")
+    write_png = os.environ.get("WRITE_PNG", "1") == "1"
+    seen: set[tuple[str, str]] = set()
+    timings: dict[tuple[str, str], list[float]] = collections.defaultdict(list)
+    counts = collections.Counter()
+    received: list[ReferenceMel] = []
+    node = Node()
+    for event in node:
+        if event["type"] != "INPUT":
+            continue
+        try:
+            if event["id"] == ERROR_OUTPUT:
+                body = decode_error_event(event)
+                key = (body["request_id"], body.get("preset", "*"))
+                counts["duplicate" if key in seen else "error"] += 1
+                if key not in seen:
+                    print(f"consumer: error {body['error']}: {body['message']}")
+                seen.add(key)
+                continue
+            if event["id"] != MEL_OUTPUT:
+                continue
+            ref = decode_mel_event(event)
+        except ContractError as err:
+            counts["contract_violation"] += 1
+            print(f"consumer: CONTRACT VIOLATION: {err}", file=sys.stderr)
+            continue
+        if (ref.request_id, ref.preset) in seen:
+            counts["duplicate"] += 1
+            continue
+        seen.add((ref.request_id, ref.preset))
+        counts["mel"] += 1
+        latency_ms = (time.time() - ref.metadata["sent_at"]) * 1e3 if "sent_at" in ref.metadata else float("nan")
+        timings[(ref.voice or "-", ref.source)].append(latency_ms)
+        tensors = feed_model(ref)
+        shapes = " ".join(f"{k}{list(v.shape)}" for k, v in tensors.items())
+        print(f"consumer: voice={ref.voice or '-'} preset={ref.preset} source={ref.source} {shapes} "
+              f"node={ref.metadata['elapsed_ms']:.1f}ms end-to-end={latency_ms:.1f}ms"
+              + (f" warnings={list(ref.warnings)}" if ref.warnings else ""))
+        if write_png:
+            received.append(ref)  # drawn after the stream ends: drawing here would delay the next events
+    print("consumer: per-voice end-to-end latency (ms): voice source count p50 p99")
+    for (voice, source), values in sorted(timings.items()):
+        print(f"consumer:   {voice:8s} {source:11s} {len(values):5d} {np.median(values):8.2f} "
+              f"{np.percentile(values, 99):8.2f}")
+    print(f"consumer: totals {dict(counts)}")
+    if received:
+        from dora_reference_mel.plot import save_spectrogram_png
+
+        for ref in received:
+            name = ref.voice or "unnamed"
+            save_spectrogram_png(
+                ref.spectrogram, os.path.join(out_dir, f"{name}_{ref.preset}_{ref.request_id}.png"),
+                title=f"{name} {ref.preset} ({ref.source})", preset=ref.preset,
+                sample_rate=ref.metadata["sample_rate"], hop_length=ref.metadata["hop_length"],
+                n_fft=ref.metadata["n_fft"])
+        print(f"consumer: wrote {len(received)} PNGs to {out_dir}")
+    return 1 if counts["contract_violation"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""The node's configuration: every environment variable it reads, parsed once, typed.
+
+README's table and dora-node.yml list the same variables; tests/test_manifest.py checks all three agree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from .errors import ReferenceMelError
+from .recipe import PRESET_NAMES, RESAMPLERS, V2_DEFAULT_BINS, Preset, get_preset
+
+DEFAULT_MODEL_DIR = "~/.dora/models/primespeech"
+
+# name -> (default, meaning). The one list of variables; `from_env` reads exactly these.
+ENV_VARS: dict[str, tuple[str, str]] = {
+    "PRIMESPEECH_MODEL_DIR": (DEFAULT_MODEL_DIR, "models root of primespeech"),
+    "CODES_DIR": ("$PRIMESPEECH_MODEL_DIR/gpt-sovits-mlx/codes",
+                  "folder of <voice>_codes.bin and the precomputed <voice>_mel*.bin files"),
+    "VOICES_CONFIG": ("$PRIMESPEECH_MODEL_DIR/voices.json", "the primespeech voice library"),
+    "MEL_PRESET": ("v2", "comma-separated presets to emit per input: v2, v3, v4"),
+    "MEL_BINS": (str(V2_DEFAULT_BINS), "v2 only: linear bins kept (704 for v2+ models, 1025 for v1)"),
+    "MEL_RESAMPLER": ("torchaudio", "torchaudio (GPT-SoVITS main) or soxr_hq (early-2025 releases)"),
+    "MEL_DEVICE": ("auto", "auto (GPU when MLX has one), gpu or cpu"),
+    "MEL_CACHE_MB": ("256", "memory cache bound in MB; 0 turns the cache off"),
+    "MEL_WRITE_BACK": ("1", "1: write computed spectrograms of named voices to CODES_DIR; 0: never write"),
+    "MAX_REF_SECONDS": ("60", "longest reference accepted, in seconds (upstream wants 3 to 10)"),
+    "LOG_LEVEL": ("INFO", "logging level: DEBUG, INFO, WARNING, ERROR"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    codes_dir: Path
+    voices_config: Path
+    presets: tuple[Preset, ...]
+    device: str = "auto"
+    cache_mb: float = 256.0
+    write_back: bool = True
+    max_ref_seconds: float = 60.0
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
+        env = os.environ if env is None else env
+
+        def get(name: str) -> str:
+            value = env.get(name, "").strip()
+            return value if value else ENV_VARS[name][0]
+
+        model_dir = Path(os.path.expanduser(get("PRIMESPEECH_MODEL_DIR")))
+        codes_dir = Path(os.path.expanduser(env.get("CODES_DIR") or model_dir / "gpt-sovits-mlx" / "codes"))
+        voices = Path(os.path.expanduser(env.get("VOICES_CONFIG") or model_dir / "voices.json"))
+        resampler = get("MEL_RESAMPLER")
+        bins = _parse_int("MEL_BINS", get("MEL_BINS"))
+        names = [p.strip() for p in get("MEL_PRESET").split(",") if p.strip()]
+        if not names or len(set(names)) != len(names):
+            raise ReferenceMelError(
+                "bad_config", f"MEL_PRESET={get('MEL_PRESET')!r} must list distinct presets of "
+                f"{', '.join(PRESET_NAMES)}, e.g. v2 or v2,v4")
+        presets = tuple(get_preset(n, resampler=resampler, v2_bins=bins) for n in names)
+        device = get("MEL_DEVICE").lower()
+        if device not in ("auto", "gpu", "cpu"):
+            raise ReferenceMelError("bad_config", f"MEL_DEVICE={device!r} must be auto, gpu or cpu")
+        if resampler not in RESAMPLERS:
+            raise ReferenceMelError("bad_config", f"MEL_RESAMPLER={resampler!r} must be one of {RESAMPLERS}")
+        cache_mb = _parse_float("MEL_CACHE_MB", get("MEL_CACHE_MB"), minimum=0)
+        max_seconds = _parse_float("MAX_REF_SECONDS", get("MAX_REF_SECONDS"), minimum=0.1)
+        write_back = get("MEL_WRITE_BACK").lower()
+        if write_back not in ("0", "1", "true", "false", "yes", "no"):
+            raise ReferenceMelError("bad_config", f"MEL_WRITE_BACK={write_back!r} must be 1 or 0")
+        return cls(codes_dir=codes_dir, voices_config=voices, presets=presets, device=device,
+                   cache_mb=cache_mb, write_back=write_back in ("1", "true", "yes"),
+                   max_ref_seconds=max_seconds, log_level=get("LOG_LEVEL").upper())
+
+
+def _parse_int(name: str, text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ReferenceMelError("bad_config", f"{name}={text!r} must be an integer") from None
+
+
+def _parse_float(name: str, text: str, *, minimum: float) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value >= minimum:
+        raise ReferenceMelError("bad_config", f"{name}={text!r} must be a number >= {minimum}")
+    return value
+
+
+def select_device(name: str) -> str:
+    """Make MLX's default device the one MEL_DEVICE asks for; returns "gpu" or "cpu"."""
+    import mlx.core as mx
+
+    has_gpu = mx.is_available(mx.gpu)
+    if name == "gpu" and not has_gpu:
+        raise ReferenceMelError("bad_config", "MEL_DEVICE=gpu but MLX has no GPU here; use auto or cpu")
+    device = "gpu" if (name == "gpu" or (name == "auto" and has_gpu)) else "cpu"
+    mx.set_default_device(mx.gpu if device == "gpu" else mx.cpu)
+    return device

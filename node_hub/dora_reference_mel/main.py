@@ -1,0 +1,48 @@
+"""The `dora-reference-mel` custom node: a thin event loop over ReferenceMelService."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from .config import Config, select_device
+from .service import ReferenceMelService
+
+log = logging.getLogger("dora_reference_mel")
+
+
+def build_service(config: Config) -> ReferenceMelService:
+    """Configure logging and MLX, build the service and warm MLX up (shared with the operator)."""
+    logging.basicConfig(level=config.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    device = select_device(config.device)
+    service = ReferenceMelService(config)
+    start = time.perf_counter()
+    service.warm_up()
+    log.info("ready on %s: presets %s, codes %s, warm-up %.0f ms", device,
+             ",".join(p.name for p in config.presets), config.codes_dir, (time.perf_counter() - start) * 1e3)
+    return service
+
+
+def main() -> None:
+    from dora import Node
+
+    service = build_service(Config.from_env())
+    node = Node()
+    for event in node:
+        kind = event["type"]
+        if kind == "INPUT":
+            try:
+                outputs = service.handle(event["id"], event["value"], event["metadata"])
+            except Exception:  # a bug must not take the dataflow down: answer, log, keep serving
+                log.exception("internal error on %s", event["id"])
+                outputs = service.internal_error(event.get("metadata") or {})
+            for out in outputs:
+                node.send_output(out.output_id, out.value, out.metadata)
+        elif kind == "STOP":
+            break
+        elif kind == "ERROR":
+            log.warning("dora error event: %s", event.get("error"))
+
+
+if __name__ == "__main__":
+    main()
