@@ -15,20 +15,21 @@ from .recipe import PRESET_NAMES, RESAMPLERS, V2_DEFAULT_BINS, Preset, get_prese
 
 DEFAULT_MODEL_DIR = "~/.dora/models/primespeech"
 
-# name -> (default, meaning). The one list of variables; `from_env` reads exactly these.
-ENV_VARS: dict[str, tuple[str, str]] = {
-    "PRIMESPEECH_MODEL_DIR": (DEFAULT_MODEL_DIR, "models root of primespeech"),
-    "CODES_DIR": ("$PRIMESPEECH_MODEL_DIR/gpt-sovits-mlx/codes",
+# name -> (type, default, meaning). The one list of variables; `from_env` reads exactly these.
+ENV_VARS: dict[str, tuple[str, str, str]] = {
+    "PRIMESPEECH_MODEL_DIR": ("string", DEFAULT_MODEL_DIR, "models root of primespeech"),
+    "CODES_DIR": ("string", "$PRIMESPEECH_MODEL_DIR/gpt-sovits-mlx/codes",
                   "folder of <voice>_codes.bin and the precomputed <voice>_mel*.bin files"),
-    "VOICES_CONFIG": ("$PRIMESPEECH_MODEL_DIR/voices.json", "the primespeech voice library"),
-    "MEL_PRESET": ("v2", "comma-separated presets to emit per input: v2, v3, v4"),
-    "MEL_BINS": (str(V2_DEFAULT_BINS), "v2 only: linear bins kept (704 for v2+ models, 1025 for v1)"),
-    "MEL_RESAMPLER": ("torchaudio", "torchaudio (GPT-SoVITS main) or soxr_hq (early-2025 releases)"),
-    "MEL_DEVICE": ("auto", "auto (GPU when MLX has one), gpu or cpu"),
-    "MEL_CACHE_MB": ("256", "memory cache bound in MB; 0 turns the cache off"),
-    "MEL_WRITE_BACK": ("1", "1: write computed spectrograms of named voices to CODES_DIR; 0: never write"),
-    "MAX_REF_SECONDS": ("60", "longest reference accepted, in seconds (upstream wants 3 to 10)"),
-    "LOG_LEVEL": ("INFO", "logging level: DEBUG, INFO, WARNING, ERROR"),
+    "VOICES_CONFIG": ("string", "$PRIMESPEECH_MODEL_DIR/voices.json", "the primespeech voice library"),
+    "MEL_PRESET": ("string", "v2", "comma-separated presets to emit per input: v2, v3, v4"),
+    "MEL_BINS": ("int", str(V2_DEFAULT_BINS), "v2 only: linear bins kept (704 for v2+ models, 1025 for v1)"),
+    "MEL_RESAMPLER": ("string", "torchaudio", "torchaudio (GPT-SoVITS main) or soxr_hq (early-2025 releases)"),
+    "MEL_DEVICE": ("string", "auto", "auto (GPU when MLX has one), gpu or cpu"),
+    "MEL_CACHE_MB": ("float", "256", "memory cache bound in MB; 0 turns the cache off"),
+    "MEL_WRITE_BACK": ("bool", "true",
+                       "true/1: write computed spectrograms of named voices to CODES_DIR; false/0: never write"),
+    "MAX_REF_SECONDS": ("float", "60", "longest reference accepted, in seconds (upstream wants 3 to 10)"),
+    "LOG_LEVEL": ("string", "INFO", "logging level: DEBUG, INFO, WARNING, ERROR"),
 }
 
 
@@ -49,7 +50,7 @@ class Config:
 
         def get(name: str) -> str:
             value = env.get(name, "").strip()
-            return value if value else ENV_VARS[name][0]
+            return value if value else ENV_VARS[name][1]
 
         model_dir = Path(os.path.expanduser(get("PRIMESPEECH_MODEL_DIR")))
         codes_dir = Path(os.path.expanduser(env.get("CODES_DIR") or model_dir / "gpt-sovits-mlx" / "codes"))

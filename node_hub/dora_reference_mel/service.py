@@ -115,8 +115,16 @@ class ReferenceMelService:
     def _audio_request(self, value, metadata: dict) -> Request:
         sample_rate = _int_metadata(metadata, "sample_rate", required=True)
         channels = _int_metadata(metadata, "channels", default=1)
-        voice_value = metadata.get("voice")
-        voice = self.store.voice(voice_value) if voice_value is not None else None
+        voice, warnings = None, []
+        if metadata.get("voice") is not None:
+            try:
+                voice = self.store.voice(metadata["voice"])
+            except ReferenceMelError as err:
+                if err.code != "bad_voices_config":
+                    raise
+                # The samples are here: serve them, by name alone, and say what is wrong with the library.
+                voice = Voice(name=metadata["voice"])
+                warnings.append(err.message)
         flat = _pcm_from_arrow(value)
         if channels < 1:
             raise ReferenceMelError("bad_channels", f"channels={channels} must be at least 1")
@@ -127,7 +135,7 @@ class ReferenceMelService:
         samples = signal.check_samples(flat.reshape(-1, channels), sample_rate)
         if samples.dtype != np.float32:  # canonical float32 PCM: the same audio hashes the same however sent
             samples = samples.astype(np.float32) / np.float32(32768.0 if samples.dtype == np.int16 else 2147483648.0)
-        return Request(samples, sample_rate, voice, self._audio_warnings(samples, sample_rate))
+        return Request(samples, sample_rate, voice, tuple(warnings) + self._audio_warnings(samples, sample_rate))
 
     def _audio_warnings(self, samples: np.ndarray, sample_rate: int) -> tuple[str, ...]:
         seconds = samples.shape[0] / sample_rate

@@ -266,7 +266,7 @@ def reference_mel_batch_mx(
     clips: Sequence[np.ndarray], sample_rates: Sequence[int], preset: Preset
 ) -> list[mx.array]:
     """Lazy MLX graph for many checked clips: one FFT (and one mel product) over all their frames."""
-    frames = [frame_signal(preprocess(x, sr, preset), preset) for x, sr in zip(clips, sample_rates)]
+    frames = [frame_signal(preprocess(x, sr, preset), preset) for x, sr in zip(clips, sample_rates, strict=True)]
     counts = [f.shape[0] for f in frames]
     mag = magnitude(frames[0] if len(frames) == 1 else mx.concatenate(frames), preset,
                     preset.n_fft // 2 + 1 if preset.n_mels else preset.n_bins)
@@ -295,8 +295,8 @@ def reference_mel_batch(
             "bad_sample_rate", f"{len(rates)} sample rates for {len(clips)} clips; give one rate or one per clip")
     if not clips:
         return []
-    checked = [check_samples(x, sr) for x, sr in zip(clips, rates)]
-    for x, sr in zip(checked, rates):
+    checked = [check_samples(x, sr) for x, sr in zip(clips, rates, strict=True)]
+    for x, sr in zip(checked, rates, strict=True):
         check_long_enough(x.shape[0], sr, preset)
     outputs = reference_mel_batch_mx(checked, rates, preset)
     mx.eval(outputs)

@@ -1,0 +1,63 @@
+"""Shared test helpers: real speech fixtures, a copy of the demo voice library, and the real node
+run in dora's integration-test mode (DORA_TEST_WITH_INPUTS)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import soundfile
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures"
+SPEECH = FIXTURES / "speech"
+EVENTS = FIXTURES / "events"
+RATES = (16000, 22050, 24000, 32000, 44100, 48000)
+BIN = Path(sys.executable).parent
+
+
+def speech(layout: str, rate: int, dtype: str = "float32"):
+    """Real speech (espeak-ng, resampled by sox): [n] mono or [n, 2] stereo, and its rate."""
+    samples, sr = soundfile.read(str(SPEECH / f"{layout}_{rate}.wav"), dtype=dtype)
+    assert sr == rate
+    return samples, sr
+
+
+@pytest.fixture
+def library(tmp_path) -> dict:
+    """A writable copy of models/ (voices.json, audio, codes) and an empty codes directory."""
+    models = tmp_path / "models"
+    shutil.copytree(ROOT / "models", models, ignore=shutil.ignore_patterns("*.sh", "*.py"))
+    codes_dir = tmp_path / "codes"
+    codes_dir.mkdir()
+    return {"voices": models / "voices.json", "codes_dir": codes_dir, "models": models,
+            "env": {"VOICES_CONFIG": str(models / "voices.json"), "CODES_DIR": str(codes_dir)}}
+
+
+def recorded(index: int) -> dict:
+    """A recorded event (tests/fixtures/events) as an integration-test input event."""
+    entry = json.loads((EVENTS / "events.json").read_text())[index]
+    return {"type": "Input", "id": entry["id"], "path": str(EVENTS / entry["file"]), "batch_index": 0,
+            "column": "value", "metadata": dict(entry["metadata"])}
+
+
+def run_node(tmp_path: Path, events: list[dict], env: dict, name: str = "run") -> tuple[list[dict], str]:
+    """Run the real `dora-reference-mel` on `events` (integration-test mode); returns outputs and log."""
+    for i, event in enumerate(events):
+        event.setdefault("time_offset_secs", 0.05 * i)
+    events = events + [{"type": "Stop", "time_offset_secs": 0.05 * len(events) + 0.5}]
+    inputs, outputs = tmp_path / f"{name}-inputs.json", tmp_path / f"{name}-outputs.jsonl"
+    inputs.write_text(json.dumps({"id": "reference-mel", "events": events}))
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("DORA_")}
+    full_env.update(env, DORA_TEST_WITH_INPUTS=str(inputs), DORA_TEST_WRITE_OUTPUTS_TO=str(outputs),
+                    DORA_TEST_NO_OUTPUT_TIME_OFFSET="1")
+    proc = subprocess.run([str(BIN / "dora-reference-mel")], env=full_env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = outputs.read_text().splitlines() if outputs.exists() else []
+    return [json.loads(line) for line in lines], proc.stderr

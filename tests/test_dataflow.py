@@ -1,0 +1,82 @@
+"""dataflows/tts.yml with the real dora CLI and daemon, both ways users start it."""
+
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from conftest import BIN, ROOT
+
+DATAFLOWS = ROOT / "dataflows"
+STORE = ROOT / "out" / "demo-store"
+pytestmark = pytest.mark.dataflow
+
+
+def dora(*args, timeout=240):
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
+    env.pop("DORA_TEST_WITH_INPUTS", None)
+    return subprocess.run([str(BIN / "dora"), *args], cwd=DATAFLOWS, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def consumer_lines(output: str) -> list[tuple[str, str, str]]:
+    return re.findall(r"consumer: voice=(\S+) preset=(\S+) source=(\S+) refer", output)
+
+
+def test_every_dataflow_validates():
+    for path in DATAFLOWS.glob("*.yml"):
+        result = dora("validate", path.name)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+def git_status() -> str:
+    return subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout
+
+
+def test_dora_run_demo_twice():
+    shutil.rmtree(STORE, ignore_errors=True)
+    before = git_status()
+    first = dora("run", "tts.yml")
+    out = first.stdout + first.stderr
+    assert first.returncode == 0, out[-4000:]
+    assert sorted(consumer_lines(out)) == sorted([
+        ("aria", "v2", "computed"), ("basil", "v2", "computed"), ("cleo", "v2", "computed"),
+        ("aria", "v2", "cache"), ("basil", "v2", "precomputed")])
+    assert "5 requests answered" in out and "0 with an unexpected answer" in out
+    assert "CONTRACT VIOLATION" not in out
+    assert {p.name for p in STORE.glob("codes/*_mel.bin")} == {"aria_mel.bin", "basil_mel.bin", "cleo_mel.bin"}
+    pngs = list((ROOT / "out" / "demo").glob("aria_v2_*.png"))
+    assert pngs and all(p.stat().st_size > 10_000 for p in pngs)
+
+    second = dora("run", "tts.yml")
+    out = second.stdout + second.stderr
+    assert second.returncode == 0, out[-4000:]
+    sources = sorted(s for _, _, s in consumer_lines(out))
+    assert sources == ["cache", "precomputed", "precomputed", "precomputed", "precomputed"]
+    assert git_status() == before, "the demo must not write into the git tree (only into git-ignored out/)"
+
+
+def test_dora_up_start_attach():
+    dora("down", timeout=60)
+    up = dora("up", timeout=60)
+    assert up.returncode == 0, up.stderr
+    try:
+        started = dora("start", "tts.yml", "--attach")
+        out = started.stdout + started.stderr
+        assert started.returncode == 0, out[-4000:]
+    finally:
+        dora("down", timeout=60)
+    assert "5 requests answered" in out and "0 with an unexpected answer" in out
+
+
+def test_demo_wiring_matches_node_manifest():
+    """tts.yml wires exactly the inputs and outputs dora-node.yml declares."""
+    manifest = yaml.safe_load((ROOT / "node_hub/dora_reference_mel/dora-node.yml").read_text())
+    for path in DATAFLOWS.glob("*.yml"):
+        for node in yaml.safe_load(path.read_text())["nodes"]:
+            if node.get("path") == "dora-reference-mel":
+                assert set(node["outputs"]) <= set(manifest["outputs"]), path
+                assert set(node["inputs"]) <= set(manifest["inputs"]), path

@@ -1,0 +1,102 @@
+"""One truth for configuration and contract: code tables == README tables == dora-node.yml."""
+
+import re
+import subprocess
+import sys
+
+import pytest
+import tomllib
+import yaml
+
+from conftest import ROOT
+from dora_reference_mel.config import ENV_VARS, Config
+from dora_reference_mel.contract import MEL_METADATA
+from dora_reference_mel.errors import ERROR_CODES, ReferenceMelError
+
+README = (ROOT / "README.md").read_text()
+MANIFEST = yaml.safe_load((ROOT / "node_hub/dora_reference_mel/dora-node.yml").read_text())
+PACKAGE = ROOT / "node_hub" / "dora_reference_mel"
+
+
+def readme_table(tag: str) -> list[list[str]]:
+    block = README.split(f"<!-- {tag} -->")[1].split(f"<!-- /{tag} -->")[0]
+    rows = [line.strip().strip("|").split(" | ") for line in block.strip().splitlines()[2:]]
+    return [[cell.strip().strip("`") for cell in row] for row in rows]
+
+
+def test_env_table_matches_code_and_manifest():
+    table = readme_table("config:env")
+    assert [row[0] for row in table] == list(ENV_VARS)
+    for name, kind, default, meaning in table:
+        assert (kind, meaning) == (ENV_VARS[name][0], ENV_VARS[name][2]), name
+        manifest = MANIFEST["env"][name]
+        assert manifest["type"] == kind and manifest["description"] == meaning, name
+        assert str(manifest["default"]).lower().removesuffix(".0") == default.lower(), name
+        assert ENV_VARS[name][1] == default, name
+    assert set(MANIFEST["env"]) == set(ENV_VARS)
+
+
+def test_code_reads_exactly_the_documented_variables():
+    read = set()
+    for path in PACKAGE.glob("*.py"):
+        text = path.read_text()
+        read |= set(re.findall(r'get\("([A-Z_]+)"\)', text)) | set(re.findall(r'env\.get\("([A-Z_]+)"', text))
+    assert read == set(ENV_VARS)
+
+
+def test_mel_contract_table_matches_code():
+    table = readme_table("contract:mel")
+    assert [row[0] for row in table] == list(MEL_METADATA)
+    for key, kind, always, meaning in table:
+        assert (kind, always == "yes", meaning) == MEL_METADATA[key], key
+
+
+def test_error_code_table_matches_code_and_every_raised_code_is_listed():
+    assert {row[0]: row[1] for row in readme_table("contract:errors")} == ERROR_CODES
+    raised = set()
+    for path in PACKAGE.glob("*.py"):
+        raised |= set(re.findall(r'ReferenceMelError\(\s*f?"([a-z_]+)"', path.read_text()))
+    raised |= {"bad_sample_rate", "bad_channels"}  # built as f"bad_{key}" from metadata keys
+    assert raised - {"bad_preset", "bad_config"} <= set(ERROR_CODES), raised - set(ERROR_CODES)
+
+
+def test_manifest_and_one_to_one_naming():
+
+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert pyproject["project"]["name"] == MANIFEST["name"] == MANIFEST["entrypoint"] == "dora-reference-mel"
+    assert "dora-reference-mel" in pyproject["project"]["scripts"]
+    assert set(MANIFEST["inputs"]) == {"reference_audio", "voice"}
+    assert set(MANIFEST["outputs"]) == {"mel", "error"}
+    check = subprocess.run([str(ROOT / ".venv/bin/dora") if (ROOT / ".venv/bin/dora").exists() else "dora",
+                            "validate", "--node-manifest", str(PACKAGE / "dora-node.yml")],
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr[-2000:]
+
+
+def test_python_dash_m_and_contract_import_without_mlx():
+    code = ("import sys; import dora_reference_mel.contract; "
+            "assert 'mlx' not in sys.modules and 'mlx.core' not in sys.modules, sorted(sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+    outside = subprocess.run([sys.executable, "-m", "dora_reference_mel"], capture_output=True, text=True,
+                             timeout=120, env={"PATH": "/usr/bin:/bin", "HOME": str(ROOT / "out")})
+    assert outside.returncode != 0 and "dora" in (outside.stderr + outside.stdout).lower()
+
+
+@pytest.mark.parametrize("env, fragment", [
+    ({"MEL_PRESET": "v9"}, "preset='v9'"), ({"MEL_PRESET": "v2,v2"}, "distinct"),
+    ({"MEL_BINS": "abc"}, "MEL_BINS='abc'"), ({"MEL_CACHE_MB": "-1"}, "MEL_CACHE_MB='-1'"),
+    ({"MEL_DEVICE": "tpu"}, "MEL_DEVICE='tpu'"), ({"MEL_RESAMPLER": "sinc"}, "resampler='sinc'"),
+    ({"MEL_WRITE_BACK": "maybe"}, "MEL_WRITE_BACK='maybe'"), ({"MAX_REF_SECONDS": "nan"}, "MAX_REF_SECONDS"),
+])
+def test_bad_configuration_names_the_variable(env, fragment):
+    with pytest.raises(ReferenceMelError) as err:
+        Config.from_env(env)
+    assert fragment in err.value.message and err.value.code in ("bad_config", "bad_preset")
+
+
+def test_default_paths():
+    config = Config.from_env({"PRIMESPEECH_MODEL_DIR": "/m"})
+    assert str(config.codes_dir) == "/m/gpt-sovits-mlx/codes" and str(config.voices_config) == "/m/voices.json"
+    config = Config.from_env({"CODES_DIR": "/c", "VOICES_CONFIG": "/v.json"})
+    assert (str(config.codes_dir), str(config.voices_config)) == ("/c", "/v.json")

@@ -1,0 +1,171 @@
+"""The node's behaviour in-process (the same ReferenceMelService the node and operator run)."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pyarrow as pa
+import soundfile
+
+import oracle
+from conftest import speech
+from dora_reference_mel.config import Config
+from dora_reference_mel.service import ReferenceMelService
+
+
+def service(library, **env):
+    return ReferenceMelService(Config.from_env({**library["env"], **{k: str(v) for k, v in env.items()}}))
+
+
+def audio_event(samples, rate, **metadata):
+    channels = 1 if samples.ndim == 1 else samples.shape[1]
+    return pa.array(samples.reshape(-1)), {"sample_rate": rate, "channels": channels, **metadata}
+
+
+def aria(library):
+    samples, rate = soundfile.read(str(library["models"] / "voices/aria.wav"), dtype="float32")
+    return samples, rate
+
+
+def only(outputs, output_id="mel"):
+    assert len(outputs) == 1, outputs
+    assert outputs[0].output_id == output_id, outputs[0].value
+    return outputs[0]
+
+
+def test_computed_then_cache_then_precomputed_after_restart(library):
+    samples, rate = aria(library)
+    node = service(library)
+    first = only(node.handle("reference_audio", *audio_event(samples, rate, voice="aria", request_id="r1",
+                                                              question_id=7, session_status="started")))
+    meta = first.metadata
+    assert meta["source"] == "computed" and meta["shape"] == [1, 704, 500] and meta["write_back"] == "written"
+    assert meta["request_id"] == "r1" and meta["question_id"] == 7 and meta["session_status"] == "started"
+    assert meta["voice"] == "aria" and len(meta["codes"]) == 500 and meta["dtype"] == "float32"
+    assert (meta["preset"], meta["sample_rate"], meta["n_fft"], meta["hop_length"]) == ("v2", 32000, 2048, 640)
+    spectrogram = first.value.to_numpy().reshape(meta["shape"])
+    assert np.abs(spectrogram - oracle.reference_feature(samples, rate)).max() <= 1e-3
+    assert (library["codes_dir"] / "aria_mel.bin").stat().st_size == 704 * 500 * 4
+
+    again = only(node.handle("reference_audio", *audio_event(samples, rate, voice="aria")))
+    assert again.metadata["source"] == "cache"
+    np.testing.assert_array_equal(again.value.to_numpy(), first.value.to_numpy())
+
+    restarted = service(library)
+    third = only(restarted.handle("reference_audio", *audio_event(samples, rate, voice="aria")))
+    assert third.metadata["source"] == "precomputed"
+    np.testing.assert_array_equal(third.value.to_numpy(), first.value.to_numpy())
+
+
+def test_request_id_generated_when_absent(library):
+    samples, rate = speech("mono", 16000)
+    meta = only(service(library).handle("reference_audio", *audio_event(samples, rate))).metadata
+    assert meta["request_id_generated"] is True and len(meta["request_id"]) == 32
+    assert "voice" not in meta and "codes" not in meta
+
+
+def test_int16_and_float_of_the_same_audio_share_the_cache(library):
+    as_int, rate = speech("stereo", 22050, dtype="int16")
+    node = service(library)
+    assert only(node.handle("reference_audio", *audio_event(as_int, rate))).metadata["source"] == "computed"
+    as_float = as_int.astype(np.float32) / 32768
+    assert only(node.handle("reference_audio", *audio_event(as_float, rate))).metadata["source"] == "cache"
+
+
+def test_voice_event_paths(library):
+    node = service(library)
+    first = only(node.handle("voice", pa.array(["Aria Demo"]), {"request_id": "v1"}))
+    assert first.metadata["source"] == "computed" and first.metadata["voice"] == "aria"
+    assert only(node.handle("voice", pa.array(["aria"]), {})).metadata["source"] == "cache"
+    restarted = service(library)
+    assert only(restarted.handle("voice", pa.array(["aria"]), {})).metadata["source"] == "precomputed"
+    cleo = only(restarted.handle("voice", pa.array(["cleo"]), {})).metadata
+    assert cleo["codes_status"] == "missing" and "codes" not in cleo
+
+
+def test_voice_audio_changed_is_recomputed(library):
+    node = service(library)
+    only(node.handle("voice", pa.array(["basil"]), {}))
+    wav = library["models"] / "voices/basil.wav"
+    samples, rate = soundfile.read(str(wav), dtype="float32")
+    soundfile.write(str(wav), samples[: rate * 4], rate)  # the user replaced the reference clip
+    for fresh in (node, service(library)):
+        out = only(fresh.handle("voice", pa.array(["basil"]), {}))
+        assert out.metadata["source"] in ("computed", "precomputed")
+        assert out.metadata["shape"] == [1, 704, 4 * 32000 // 640]
+
+
+def test_stale_sidecar_is_recomputed_and_rewritten(library):
+    samples, rate = aria(library)
+    only(service(library).handle("reference_audio", *audio_event(samples, rate, voice="aria")))
+    sidecar_path = library["codes_dir"] / "aria_mel.json"
+    sidecar = json.loads(sidecar_path.read_text())
+    sidecar["fingerprint"] = "0000000000000000"  # made by another recipe
+    sidecar_path.write_text(json.dumps(sidecar))
+    out = only(service(library).handle("reference_audio", *audio_event(samples, rate, voice="aria")))
+    assert out.metadata["source"] == "computed" and out.metadata["write_back"] == "written"
+    assert json.loads(sidecar_path.read_text())["fingerprint"] == out.metadata["fingerprint"]
+
+
+def test_truncated_file_is_recomputed_served_and_repaired(library, caplog):
+    samples, rate = aria(library)
+    first = only(service(library).handle("reference_audio", *audio_event(samples, rate, voice="aria")))
+    path = library["codes_dir"] / "aria_mel.bin"
+    path.write_bytes(path.read_bytes()[:1000])
+    out = only(service(library).handle("voice", pa.array(["aria"]), {}))
+    assert out.metadata["source"] == "computed"
+    np.testing.assert_array_equal(out.value.to_numpy(), first.value.to_numpy())
+    assert path.stat().st_size == 704 * 500 * 4
+    assert "bytes" in caplog.text and "recomputing" in caplog.text
+    assert only(service(library).handle("voice", pa.array(["aria"]), {})).metadata["source"] == "precomputed"
+
+
+def test_unwritable_store_still_serves(library, caplog):
+    """A codes dir that cannot be created or written (as root, chmod would not stop writes)."""
+    blocker = library["codes_dir"].parent / "not-a-dir"
+    blocker.write_text("x")
+    node = service(library, CODES_DIR=blocker / "codes")
+    samples, rate = speech("mono", 48000)
+    for i in range(2):
+        out = only(node.handle("reference_audio", *audio_event(samples[i:], rate, voice="aria")))
+        assert out.metadata["write_back"] == "failed" and out.metadata["source"] == "computed"
+    assert caplog.text.count("cannot write precomputed spectrograms") == 1  # logged once, not per event
+
+
+def test_write_back_off(library):
+    samples, rate = speech("mono", 48000)
+    out = only(service(library, MEL_WRITE_BACK=0).handle("reference_audio", *audio_event(samples, rate, voice="x")))
+    assert out.metadata["write_back"] == "off" and os.listdir(library["codes_dir"]) == []
+
+
+def test_error_then_next_event_is_served(library):
+    node = service(library)
+    bad = only(node.handle("reference_audio", pa.array([], pa.float32()), {"sample_rate": 16000, "request_id": "b"}),
+               "error")
+    body = json.loads(bad.value[0].as_py())
+    assert body["error"] == "empty_audio" and "3 to 10 s" in body["message"]
+    assert bad.metadata["request_id"] == "b" and bad.metadata["error"] == "empty_audio"
+    samples, rate = speech("mono", 24000)
+    assert only(node.handle("reference_audio", *audio_event(samples, rate))).metadata["source"] == "computed"
+
+
+def test_several_presets_answer_each_input(library):
+    node = service(library, MEL_PRESET="v2,v4")
+    samples, rate = speech("stereo", 44100)
+    first = node.handle("reference_audio", *audio_event(samples, rate, voice="cleo"))
+    assert [o.metadata["preset"] for o in first] == ["v2", "v4"]
+    assert first[1].metadata["n_mels"] == 100 and first[1].metadata["shape"][1] == 100
+    assert (library["codes_dir"] / "cleo_mel_v4.bin").exists() and (library["codes_dir"] / "cleo_mel.bin").exists()
+    again = node.handle("reference_audio", *audio_event(samples, rate, voice="cleo"))
+    assert [o.metadata["source"] for o in again] == ["cache", "cache"]
+
+
+def test_missing_voices_json_and_codes_dir(library, tmp_path):
+    shutil.rmtree(library["codes_dir"])
+    node = service(library, VOICES_CONFIG=tmp_path / "absent.json")
+    samples, rate = speech("mono", 16000)
+    out = only(node.handle("reference_audio", *audio_event(samples, rate, voice="newvoice")))
+    assert out.metadata["write_back"] == "written" and (library["codes_dir"] / "newvoice_mel.bin").exists()
+    err = only(node.handle("voice", pa.array(["nobody"]), {}), "error")
+    assert json.loads(err.value[0].as_py())["error"] == "unknown_voice"

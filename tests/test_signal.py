@@ -1,0 +1,121 @@
+"""The MLX recipe against the independent float64 oracle (tests/oracle.py), on real speech."""
+
+import math
+
+import numpy as np
+import pytest
+import soundfile
+
+import oracle
+from conftest import RATES, ROOT, speech
+from dora_reference_mel import ReferenceMelError, get_preset, reference_mel, reference_mel_batch
+from dora_reference_mel.signal import hann_window, sinc_resample_taps, slaney_mel_filterbank
+
+LINEAR_MAX_ABS = 1e-3  # recipe section 4: values reach several hundred
+LOG_MEL_MAX_ABS, LOG_MEL_MEAN_ABS = 1e-2, 1e-4
+
+
+def expected_frames(n_samples: int, rate: int, preset: str) -> int:
+    p = get_preset(preset)
+    n = n_samples if rate == p.sample_rate else math.ceil(n_samples * p.sample_rate / rate)
+    return n // p.hop_length
+
+
+def assert_matches(ours: np.ndarray, reference: np.ndarray, preset: str) -> None:
+    assert ours.dtype == np.float32
+    assert ours.shape == reference.shape
+    diff = np.abs(ours.astype(np.float64) - reference)
+    if preset == "v2":
+        assert diff.max() <= LINEAR_MAX_ABS, diff.max()
+    else:
+        assert diff.max() <= LOG_MEL_MAX_ABS, diff.max()
+        assert diff.mean() <= LOG_MEL_MEAN_ABS, diff.mean()
+
+
+@pytest.mark.parametrize("resampler", ["torchaudio", "soxr_hq"])
+@pytest.mark.parametrize("layout", ["mono", "stereo"])
+@pytest.mark.parametrize("rate", RATES)
+@pytest.mark.parametrize("preset", ["v2", "v3", "v4"])
+def test_parity_matrix(preset, rate, layout, resampler):
+    samples, sr = speech(layout, rate, dtype="int16")
+    ours = reference_mel(samples, sr, preset=preset, resampler=resampler)
+    reference = oracle.reference_feature(samples, sr, preset, resampler)
+    n_bins = 704 if preset == "v2" else 100
+    assert ours.shape == (1, n_bins, expected_frames(samples.shape[0], sr, preset))
+    assert_matches(ours, reference, preset)
+
+
+def test_ten_seconds_at_48k_gives_500_frames():
+    samples, sr = soundfile.read(str(ROOT / "models/voices/aria.wav"), dtype="float32")
+    assert (sr, samples.shape) == (48000, (480000,))
+    ours = reference_mel(samples, sr)
+    assert ours.shape == (1, 704, 500)
+    assert_matches(ours, oracle.reference_feature(samples, sr), "v2")
+    assert ours.max() > 10  # real speech, not silence
+
+
+def test_pcm_dtypes_agree():
+    as_int16, sr = speech("stereo", 44100, dtype="int16")
+    as_int32, _ = speech("stereo", 44100, dtype="int32")
+    as_float64, _ = speech("stereo", 44100, dtype="float64")
+    reference = reference_mel(as_int16, sr)
+    for other in (as_int32, as_float64, as_float64.astype(np.float32)):
+        np.testing.assert_allclose(reference_mel(other, sr), reference, atol=1e-4)
+
+
+def test_peak_normalisation_only_above_one_and_only_v2():
+    samples, sr = speech("mono", 32000)
+    samples = samples / np.abs(samples).max() * 0.5  # peak 0.5: left alone
+    quiet = reference_mel(samples, sr)
+    # peak 1.5 -> divided by 1.5 -> peak 1 == 2 * quiet; peak 4 -> divided by min(2, 4) -> peak 2 == 4 * quiet
+    np.testing.assert_allclose(reference_mel(samples * 3, sr), quiet * 2, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(reference_mel(samples * 8, sr), quiet * 4, rtol=1e-4, atol=1e-3)
+    loud_v4 = reference_mel(samples * 4, sr, preset="v4")
+    assert not np.allclose(loud_v4, reference_mel(samples, sr, preset="v4"), atol=1e-2)
+
+
+def test_batch_equals_one_by_one():
+    clips = [speech("mono", 48000)[0], speech("stereo", 22050)[0][: 22050 * 2], speech("mono", 16000)[0]]
+    rates = [48000, 22050, 16000]
+    for preset in ("v2", "v4"):
+        batch = reference_mel_batch(clips, rates, preset=preset)
+        assert len(batch) == 3
+        for clip, rate, out in zip(clips, rates, batch, strict=True):
+            single = reference_mel(clip, rate, preset=preset)
+            assert out.shape == single.shape
+            np.testing.assert_allclose(out, single, rtol=0, atol=1e-5)
+
+
+def test_v1_bins_and_preset_errors():
+    samples, sr = speech("mono", 32000)
+    full = reference_mel(samples, sr, preset=get_preset("v2", v2_bins=1025))
+    assert full.shape[1] == 1025
+    np.testing.assert_array_equal(full[:, :704], reference_mel(samples, sr))
+    with pytest.raises(ReferenceMelError, match="preset='v9'"):
+        reference_mel(samples, sr, preset="v9")
+    with pytest.raises(ReferenceMelError, match="MEL_BINS=2000"):
+        get_preset("v2", v2_bins=2000)
+
+
+@pytest.mark.parametrize("n, code", [(0, "empty_audio"), (1, "too_short"), (1000, "too_short")])
+def test_too_short_is_a_clear_error(n, code):
+    with pytest.raises(ReferenceMelError) as err:
+        reference_mel(np.zeros(n, np.float32), 48000)
+    assert err.value.code == code
+
+
+def test_cached_tables_cannot_be_poisoned():
+    for table in (hann_window(2048), slaney_mel_filterbank(32000, 1280, 100, 0.0, 16000.0),
+                  sinc_resample_taps(44100, 32000)[4]):
+        with pytest.raises(ValueError):
+            table *= 0
+
+
+def test_periodic_window_and_reflect_padding_are_upstreams():
+    """The two mistakes of earlier ports (recipe section 6) would each move the output far off."""
+    window = hann_window(8)
+    np.testing.assert_allclose(window, 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(8) / 8), atol=1e-7)
+    samples, sr = speech("mono", 32000)
+    ours = reference_mel(samples, sr)[0].astype(np.float64)
+    centered = oracle.magnitude(np.pad(samples.astype(np.float64), 1024), 2048, 640)[:704]  # center=True style
+    assert centered.shape[1] != ours.shape[1] or np.abs(centered - ours).mean() > 1e-2

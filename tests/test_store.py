@@ -1,0 +1,176 @@
+"""Codes, spectrogram files, sidecars and voices.json, on real files."""
+
+import json
+import os
+import zlib
+
+import numpy as np
+import pytest
+
+from dora_reference_mel import ReferenceMelError, get_preset
+from dora_reference_mel.store import (
+    CorruptFile,
+    ReferenceStore,
+    Voice,
+    VoiceLibrary,
+    check_voice_name,
+    read_codes,
+)
+
+V2, V4 = get_preset("v2"), get_preset("v4")
+
+
+@pytest.fixture
+def store(library):
+    return ReferenceStore(library["codes_dir"], VoiceLibrary(library["voices"]))
+
+
+def test_codes_bin_and_npy_dtypes(tmp_path):
+    codes = np.array([0, 5, 1023, 77], dtype=np.int64)
+    (tmp_path / "a_codes.bin").write_bytes(codes.astype("<i4").tobytes())
+    np.save(tmp_path / "b_codes.npy", codes)  # int64: must not be misread as pairs of int32
+    np.save(tmp_path / "c_codes.npy", codes.astype(np.int32))
+    for name in ("a_codes.bin", "b_codes.npy", "c_codes.npy"):
+        out = read_codes(tmp_path / name)
+        assert out.dtype == np.int64
+        np.testing.assert_array_equal(out, codes)
+
+
+@pytest.mark.parametrize("blob, why", [(b"\x01\x00\x00", "not a whole number"),
+                                       (np.array([3, 5000], "<i4").tobytes(), "outside the codebook"),
+                                       (b"", "no codes")])
+def test_bad_codes_files(tmp_path, blob, why):
+    (tmp_path / "x_codes.bin").write_bytes(blob)
+    with pytest.raises(ValueError, match=why):
+        read_codes(tmp_path / "x_codes.bin")
+
+
+def test_codes_found_by_voices_json_and_by_name(store, library):
+    aria = store.voice("ARIA")  # case-insensitive
+    assert aria.name == "aria" and aria.in_library
+    assert store.load_codes(aria).shape == (500,)
+    assert store.voice("basil").codes_path.suffix == ".npy"
+    assert store.load_codes(store.voice("cleo")) is None
+    (library["codes_dir"] / "stranger_codes.bin").write_bytes(np.arange(10, dtype="<i4").tobytes())
+    np.testing.assert_array_equal(store.load_codes(store.voice("stranger")), np.arange(10))
+    (library["codes_dir"] / "broken_codes.bin").write_bytes(b"\x00" * 7)
+    with pytest.raises(ReferenceMelError) as err:
+        store.load_codes(store.voice("broken"))
+    assert err.value.code == "bad_codes" and "broken_codes.bin" in err.value.message
+
+
+def test_aliases_and_relative_paths(store, library):
+    voice = store.voice("cleo stereo")
+    assert voice.name == "cleo"
+    assert voice.ref_audio == library["models"] / "voices" / "cleo.wav" and voice.ref_audio.exists()
+
+
+def test_mel_round_trip_with_sidecar(store, library):
+    data = np.random.default_rng(0).random((704, 37), dtype=np.float32)
+    voice = store.voice("aria")
+    path = store.save_mel(voice, V2, data, source_sha256="abc", source_sample_rate=48000)
+    assert path == library["codes_dir"] / "aria_mel.bin"
+    assert path.stat().st_size == 704 * 37 * 4
+    sidecar = json.loads(path.with_suffix(".json").read_text())
+    assert sidecar["shape"] == [704, 37] and sidecar["preset"] == "v2" and sidecar["fingerprint"] == V2.fingerprint
+    assert sidecar["source_sha256"] == "abc" and sidecar["recipe"]["magnitude_eps"] == 1e-8
+    stored = store.load_mel(voice, V2)
+    np.testing.assert_array_equal(stored.data, data)
+    assert not stored.data.flags.writeable
+    v4 = store.save_mel(voice, V4, data[:100], source_sha256="abc", source_sample_rate=48000)
+    assert v4.name == "aria_mel_v4.bin"
+    assert not [f for f in os.listdir(library["codes_dir"]) if f.endswith(".tmp")]
+
+
+def test_legacy_bin_without_sidecar(store, library):
+    voice = store.voice("aria")
+    data = np.arange(704 * 3, dtype="<f4").reshape(704, 3)
+    (library["codes_dir"] / "aria_mel.bin").write_bytes(data.tobytes())
+    np.testing.assert_array_equal(store.load_mel(voice, V2).data, data)
+    assert store.load_mel(voice, V2).sidecar is None
+    (library["codes_dir"] / "aria_mel.bin").write_bytes(data.tobytes()[:-4])
+    with pytest.raises(CorruptFile, match="multiple of 704"):
+        store.load_mel(voice, V2)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "nan", "sidecar"])
+def test_corrupt_files_are_refused(store, library, damage):
+    voice = store.voice("aria")
+    data = np.ones((704, 10), np.float32)
+    path = store.save_mel(voice, V2, data, source_sha256="x", source_sample_rate=48000)
+    blob = bytearray(path.read_bytes())
+    if damage == "truncate":
+        path.write_bytes(blob[:-100])
+    elif damage == "flip":
+        blob[10] ^= 0xFF
+        path.write_bytes(blob)
+    elif damage == "nan":
+        bad = data.copy()
+        bad[3, 3] = np.nan
+        path.write_bytes(bad.tobytes())
+        sidecar = json.loads(path.with_suffix(".json").read_text())
+        sidecar["data_crc32"] = zlib.crc32(bad.tobytes())
+        path.with_suffix(".json").write_text(json.dumps(sidecar))
+    else:
+        path.with_suffix(".json").write_text("{not json")
+    with pytest.raises(CorruptFile):
+        store.load_mel(voice, V2)
+
+
+def test_symlink_out_of_the_codes_dir_is_not_read(store, library, tmp_path):
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(np.ones(704 * 2, "<f4").tobytes())
+    (library["codes_dir"] / "evil_mel.bin").symlink_to(secret)
+    (library["codes_dir"] / "evil_codes.bin").symlink_to(secret)
+    with pytest.raises(CorruptFile, match="outside the codes directory"):
+        store.load_mel(store.voice("evil"), V2)
+    with pytest.raises(ReferenceMelError):
+        store.load_codes(store.voice("evil"))
+    # A write replaces the link itself, never the file it points to.
+    store.save_mel(Voice("evil"), V2, np.zeros((704, 1), np.float32), source_sha256="x", source_sample_rate=1)
+    assert secret.read_bytes() == np.ones(704 * 2, "<f4").tobytes()
+    assert not (library["codes_dir"] / "evil_mel.bin").is_symlink()
+
+
+@pytest.mark.parametrize("name", ["", " ", "../etc/passwd", "a/b", "a\\b", "..", ".hidden", "x\x00y",
+                                  "tab\there", "x" * 201, 42, None])
+def test_bad_voice_names(name):
+    with pytest.raises(ReferenceMelError) as err:
+        check_voice_name(name)
+    assert err.value.code == "bad_voice"
+
+
+def test_good_voice_names():
+    for name in ("luoxiang", "Luo Xiang", "罗翔", "a.b-c_d", "x" * 200):
+        assert check_voice_name(name) == name
+
+
+def test_set_voice_fields_keeps_every_key_and_the_order(library):
+    original = json.loads(library["voices"].read_text())
+    original["extra_top_level"] = {"keep": [1, 2]}
+    original["voices"]["aria"]["unknown_field"] = "kept"
+    library["voices"].write_text(json.dumps(original, indent=2))
+    lib = VoiceLibrary(library["voices"])
+    lib.set_voice_fields({"aria": {"mel_path": "/x/aria_mel.bin"}})
+    updated = json.loads(library["voices"].read_text())
+    assert list(updated) == list(original)
+    assert list(updated["voices"]["aria"])[:-1] == list(original["voices"]["aria"])
+    assert updated["voices"]["aria"]["mel_path"] == "/x/aria_mel.bin"
+    updated["voices"]["aria"].pop("mel_path")
+    assert updated == original
+    assert lib.resolve("aria").mel_path(V2).as_posix() == "/x/aria_mel.bin"  # re-read after the write
+
+
+@pytest.mark.parametrize("content, why", [(b"", "not valid JSON"), (b"[1, 2]", "voices"),
+                                          (b'{"voices": {"a": 3}}', "must be objects"),
+                                          (b'{"voices": {}, "models_base_path": 5}', "models_base_path")])
+def test_bad_voices_json(tmp_path, content, why):
+    path = tmp_path / "voices.json"
+    path.write_bytes(content)
+    with pytest.raises(ReferenceMelError, match=why) as err:
+        VoiceLibrary(path).resolve("a")
+    assert err.value.code == "bad_voices_config"
+
+
+def test_missing_voices_json_means_no_library(tmp_path):
+    assert VoiceLibrary(tmp_path / "none.json").resolve("aria") is None
