@@ -3,9 +3,9 @@
 import re
 import subprocess
 import sys
+import tomllib
 
 import pytest
-import tomllib
 import yaml
 
 from conftest import ROOT
