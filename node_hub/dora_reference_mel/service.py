@@ -30,6 +30,7 @@ from .store import (
     check_voice_name,
     read_audio,
     samples_digest,
+    staleness,
 )
 
 log = logging.getLogger(__name__)
@@ -247,7 +248,7 @@ class ReferenceMelService:
         if stored.sidecar is None:  # legacy .bin: only its frame count can be checked against the audio
             n = signal.resampled_length(request.samples.shape[0], request.sample_rate, preset.sample_rate)
             return stored.data.shape[1] == preset.n_frames(n)
-        return stored.sidecar.get("fingerprint") == preset.fingerprint and stored.sidecar.get("source_sha256") == digest
+        return staleness(stored, preset, digest) is None
 
     def _compute(self, request: Request, digest: str, preset: Preset, extra: dict,
                  stamp: AudioStamp | None = None) -> Served:

@@ -324,6 +324,19 @@ class ReferenceStore:
         return path
 
 
+def staleness(stored: StoredMel | None, preset: Preset, digest: str) -> str | None:
+    """Why `stored` must not be served for audio with SHA-256 `digest` (None: it is up to date)."""
+    if stored is None:
+        return "missing"
+    if stored.sidecar is None:
+        return "no sidecar (legacy file)"
+    if stored.sidecar.get("fingerprint") != preset.fingerprint:
+        return f"made by another recipe (fingerprint {stored.sidecar.get('fingerprint')}, want {preset.fingerprint})"
+    if stored.sidecar.get("source_sha256") != digest:
+        return "made from other audio (the reference audio changed)"
+    return None
+
+
 def read_sidecar(path: Path) -> dict | None:
     try:
         blob = path.read_bytes()
@@ -377,10 +390,10 @@ def read_audio(path: Path) -> tuple[np.ndarray, int]:
     """A reference audio file as float32 [n, channels] and its rate; `bad_ref_audio` when unusable."""
     import soundfile
 
+    if not Path(path).is_file():
+        raise ReferenceMelError("bad_ref_audio", f"ref_audio {path} does not exist; fix the path in voices.json")
     try:
         samples, sample_rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-    except FileNotFoundError:
-        raise ReferenceMelError("bad_ref_audio", f"ref_audio {path} does not exist; fix the path in voices.json") from None
     except (RuntimeError, OSError, ValueError) as err:  # soundfile raises LibsndfileError(RuntimeError)
         raise ReferenceMelError(
             "bad_ref_audio", f"ref_audio {path} is not readable audio ({err}); use WAV, FLAC or OGG") from None

@@ -1,0 +1,164 @@
+"""`reference-mel precompute | verify | inspect` on a real 20-voice library, and concurrent writers."""
+
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import soundfile
+
+from conftest import BIN, RATES, ROOT, SPEECH, run_node
+from dora_reference_mel import get_preset, reference_mel
+from dora_reference_mel.config import Config
+from dora_reference_mel.service import ReferenceMelService
+from dora_reference_mel.store import ReferenceStore, VoiceLibrary
+
+
+def cli(*args, env=None):
+    return subprocess.run([str(BIN / "reference-mel"), *args], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.fixture
+def library20(tmp_path):
+    """20 voices of real speech at 16 to 48 kHz, mono and stereo, in primespeech's layout."""
+    base = tmp_path / "primespeech"
+    (base / "audio").mkdir(parents=True)
+    voices = {}
+    sources = [SPEECH / f"{layout}_{rate}.wav" for rate in RATES for layout in ("mono", "stereo")]
+    sources += [ROOT / "models/voices" / f"{v}.wav" for v in ("aria", "basil", "cleo")]
+    for i in range(20):
+        source = sources[i % len(sources)]
+        samples, rate = soundfile.read(str(source), dtype="int16")
+        name = f"voice{i:02d}"
+        soundfile.write(str(base / "audio" / f"{name}.wav"), samples[i * 97:], rate)  # distinct audio each
+        voices[name] = {"ref_audio": f"audio/{name}.wav", "ref_text": "x", "aliases": [f"Voice {i}"],
+                        "custom_key": {"kept": i}}
+    config = {"default_voice": "voice00", "models_base_path": str(base), "voices": voices, "extra": [1, 2]}
+    (base / "voices.json").write_text(json.dumps(config, indent=2))
+    codes = base / "gpt-sovits-mlx" / "codes"
+    return {"base": base, "voices": base / "voices.json", "codes": codes,
+            "args": ["--voices", str(base / "voices.json"), "--codes-dir", str(codes)],
+            "env": {"VOICES_CONFIG": str(base / "voices.json"), "CODES_DIR": str(codes)}}
+
+
+def test_precompute_then_nothing_then_exactly_the_changed_voice(library20):
+    before = json.loads(library20["voices"].read_text())
+    first = cli("precompute", *library20["args"])
+    assert first.returncode == 0, first.stderr
+    assert "20 computed, 0 up to date, 0 failed" in first.stdout
+    assert "computing [" in first.stderr  # the progress bar
+    assert len(list(library20["codes"].glob("voice*_mel.bin"))) == 20
+    after = json.loads(library20["voices"].read_text())
+    assert list(after) == list(before) and after["extra"] == [1, 2]
+    for name, entry in after["voices"].items():
+        assert entry.pop("mel_path") == f"gpt-sovits-mlx/codes/{name}_mel.bin"
+    assert after == before  # nothing else changed, key order kept
+    stamp = library20["voices"].stat().st_mtime_ns
+
+    second = cli("precompute", *library20["args"])
+    assert second.returncode == 0 and "0 computed, 20 up to date" in second.stdout
+    assert "nothing to do" in second.stdout
+    assert library20["voices"].stat().st_mtime_ns == stamp  # not even rewritten
+
+    wav = library20["base"] / "audio/voice07.wav"
+    samples, rate = soundfile.read(str(wav), dtype="int16")
+    soundfile.write(str(wav), samples[: len(samples) // 2], rate)
+    third = cli("precompute", *library20["args"])
+    assert "1 computed, 19 up to date" in third.stdout and "voice07 v2 (made from other audio" in third.stdout
+    stored = ReferenceStore(library20["codes"], VoiceLibrary(library20["voices"])).load_mel(
+        VoiceLibrary(library20["voices"]).resolve("voice07"), get_preset("v2"))
+    np.testing.assert_array_equal(stored.data, reference_mel(samples[: len(samples) // 2], rate)[0])
+
+
+def test_failures_do_not_stop_the_others(library20):
+    config = json.loads(library20["voices"].read_text())
+    config["voices"]["voice03"]["ref_audio"] = "audio/absent.wav"
+    config["voices"]["voice04"]["ref_audio"] = "voices.json"  # not audio
+    library20["voices"].write_text(json.dumps(config))
+    result = cli("precompute", *library20["args"], "--preset", "v2", "v3")
+    assert result.returncode == 1
+    assert "36 computed, 0 up to date, 4 failed" in result.stdout
+    assert "voice03 v2: ref_audio" in result.stdout and "does not exist" in result.stdout
+    assert "voice04 v3: ref_audio" in result.stdout and "not readable audio" in result.stdout
+
+
+def test_node_after_precompute_serves_every_voice_precomputed(library20, tmp_path):
+    assert cli("precompute", *library20["args"]).returncode == 0
+    events = [{"type": "Input", "id": "voice", "data": [f"Voice {i}"], "data_type": "Utf8", "metadata": {}}
+              for i in range(20)]
+    outputs, log = run_node(tmp_path, events, library20["env"])
+    assert [o["id"] for o in outputs] == ["mel"] * 20
+    assert log.count("source=precomputed") == 20 and "source=computed" not in log
+
+
+def test_verify_reports_stale_and_corrupt(library20):
+    assert cli("precompute", *library20["args"]).returncode == 0
+    ok = cli("verify", *library20["args"])
+    assert ok.returncode == 0 and "verify: 0 stale or corrupt" in ok.stdout
+    (library20["codes"] / "voice02_mel.bin").write_bytes(b"\0" * 100)
+    wav = library20["base"] / "audio/voice05.wav"
+    samples, rate = soundfile.read(str(wav), dtype="int16")
+    soundfile.write(str(wav), samples[::-1], rate)
+    bad = cli("verify", *library20["args"])
+    assert bad.returncode == 1 and "verify: 2 stale or corrupt" in bad.stdout
+    assert "corrupt  voice02 v2" in bad.stdout and "stale    voice05 v2: made from other audio" in bad.stdout
+
+
+def test_inspect_voice_and_file(library20, tmp_path):
+    assert cli("precompute", *library20["args"]).returncode == 0
+    out = cli("inspect", "voice 1", *library20["args"], "--png", str(tmp_path / "v.png"))
+    assert out.returncode == 0, out.stderr
+    assert "source     precomputed file" in out.stdout and "shape      [1, 704, " in out.stdout
+    assert "codes      missing" in out.stdout
+    assert (tmp_path / "v.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    out = cli("inspect", str(SPEECH / "stereo_44100.wav"), "--preset", "v4")
+    assert out.returncode == 0 and "shape      [1, 100, 250]" in out.stdout and "2 channel(s)" in out.stdout
+    missing = cli("inspect", "nobody", *library20["args"])
+    assert missing.returncode == 2 and "neither an audio file nor a voice" in missing.stderr
+
+
+# -- concurrency ---------------------------------------------------------------------------------
+
+
+def _reader_writer(args):
+    """One node process: serve the same voice from two alternating clips, with no memory cache."""
+    env, worker, rounds = args
+    service = ReferenceMelService(Config.from_env({**env, "MEL_CACHE_MB": "0"}))
+    clips = [soundfile.read(str(SPEECH / f"mono_{rate}.wav"), dtype="float32") for rate in (48000, 22050)]
+    served = []
+    for i in range(rounds):
+        samples, rate = clips[(i + worker) % 2]
+        out = service.handle("reference_audio", pa.array(samples), {"sample_rate": rate, "voice": "shared"})
+        served.append(((i + worker) % 2, out[0].metadata.get("source"), out[0].value.to_numpy().copy()))
+    return served
+
+
+def test_concurrent_nodes_and_precompute_never_serve_or_leave_a_bad_file(library20):
+    config = json.loads(library20["voices"].read_text())
+    config["voices"] = {"shared": {"ref_audio": "audio/voice00.wav"}}
+    library20["voices"].write_text(json.dumps(config))
+    (library20["base"] / "audio/voice00.wav").write_bytes((SPEECH / "mono_48000.wav").read_bytes())
+    expected = [reference_mel(*soundfile.read(str(SPEECH / f"mono_{r}.wav"), dtype="float32"))[0].reshape(-1)
+                for r in (48000, 22050)]
+    precompute = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from dora_reference_mel.cli import main\n"
+         "for _ in range(8): main(['precompute', '--force'] + sys.argv[1:])", *library20["args"]],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with multiprocessing.get_context("spawn").Pool(3) as pool:
+        results = pool.map(_reader_writer, [(library20["env"], w, 12) for w in range(3)])
+    assert precompute.wait(timeout=600) == 0
+    sources = set()
+    for served in results:
+        for which, source, data in served:
+            sources.add(source)
+            np.testing.assert_allclose(data, expected[which], rtol=0, atol=1e-5)  # never the other clip's
+    assert "precomputed" in sources and "computed" in sources
+    store = ReferenceStore(library20["codes"], VoiceLibrary(library20["voices"]))
+    final = store.load_mel(store.voice("shared"), get_preset("v2"))  # whole, CRC-consistent
+    assert final.data.shape[0] == 704
+    assert not [p for p in library20["codes"].iterdir() if p.name.endswith(".tmp")]
