@@ -4,6 +4,7 @@ import os
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
@@ -80,3 +81,29 @@ def test_demo_wiring_matches_node_manifest():
             if node.get("path") == "dora-reference-mel":
                 assert set(node["outputs"]) <= set(manifest["outputs"]), path
                 assert set(node["inputs"]) <= set(manifest["inputs"]), path
+
+
+@pytest.mark.slow
+def test_soak_2000_mixed_events():
+    """dataflows/soak.yml: every request answered (re-sent where dora dropped it), bad ones with the
+    right error, the node alive to the end, memory bounded, nothing written outside the codes dir."""
+    store = ROOT / "out" / "soak-store"
+    shutil.rmtree(store, ignore_errors=True)
+    before = git_status()
+    passwd = Path("/etc/passwd").stat().st_mtime_ns
+    result = dora("run", "soak.yml", timeout=1200)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-4000:]
+    assert re.search(r"2000 requests answered in [\d.]+ s, \d+ re-sent, 0 with an unexpected answer", out), out[-3000:]
+    assert "consumer: totals {'mel': 1500, 'error': 500}" in out or "'error': 500, 'mel': 1500" in out
+    stopping = re.search(r"stopping: sent (\d+) mel and (\d+) error events; cache \d+ entries, ([\d.]+) MB; "
+                         r"peak RSS (\d+) MB", out)
+    assert stopping, "the node must reach its own orderly stop"
+    mel, errors, cache_mb, peak = (float(g) for g in stopping.groups())
+    assert mel >= 1500 and errors >= 500 and cache_mb <= 64
+    # Bound: the 64 MB cache + ~250 MB of process (MLX, Arrow, Python) + the source's window of 200
+    # requests in flight, queued in the node (up to 1.4 MB of audio each): see README, "Delivery".
+    assert peak <= 64 + 250 + 200 * 1.4, peak
+    assert git_status() == before and Path("/etc/passwd").stat().st_mtime_ns == passwd
+    written = sorted(p.relative_to(store).as_posix() for p in store.rglob("*"))
+    assert written == ["codes"] + sorted(f"codes/{v}_mel.{x}" for v in ("aria", "basil", "cleo") for x in ("bin", "json"))

@@ -39,6 +39,7 @@ def feed_model(ref: ReferenceMel) -> dict[str, np.ndarray]:
 def main() -> int:
     out_dir = os.environ.get("OUT_DIR", "../out/demo")
     write_png = os.environ.get("WRITE_PNG", "1") == "1"
+    quiet = os.environ.get("QUIET", "0") == "1"  # soak runs: totals only
     seen: set[tuple[str, str]] = set()
     timings: dict[tuple[str, str], list[float]] = collections.defaultdict(list)
     counts = collections.Counter()
@@ -52,7 +53,7 @@ def main() -> int:
                 body = decode_error_event(event)
                 key = (body["request_id"], body.get("preset", "*"))
                 counts["duplicate" if key in seen else "error"] += 1
-                if key not in seen:
+                if key not in seen and not quiet:
                     print(f"consumer: error {body['error']}: {body['message']}")
                 seen.add(key)
                 continue
@@ -71,6 +72,8 @@ def main() -> int:
         latency_ms = (time.time() - ref.metadata["sent_at"]) * 1e3 if "sent_at" in ref.metadata else float("nan")
         timings[(ref.voice or "-", ref.source)].append(latency_ms)
         tensors = feed_model(ref)
+        if quiet:
+            continue
         shapes = " ".join(f"{k}{list(v.shape)}" for k, v in tensors.items())
         print(f"consumer: voice={ref.voice or '-'} preset={ref.preset} source={ref.source} {shapes} "
               f"node={ref.metadata['elapsed_ms']:.1f}ms end-to-end={latency_ms:.1f}ms"

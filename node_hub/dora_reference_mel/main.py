@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import collections
 import logging
+import resource
+import sys
 import time
 
 from .config import Config, select_device
@@ -28,6 +31,7 @@ def main() -> None:
 
     service = build_service(Config.from_env())
     node = Node()
+    sent = collections.Counter()
     for event in node:
         kind = event["type"]
         if kind == "INPUT":
@@ -38,10 +42,19 @@ def main() -> None:
                 outputs = service.internal_error(event.get("metadata") or {})
             for out in outputs:
                 node.send_output(out.output_id, out.value, out.metadata)
+                sent[out.output_id] += 1
         elif kind == "STOP":
             break
         elif kind == "ERROR":
             log.warning("dora error event: %s", event.get("error"))
+    log.info("stopping: sent %d mel and %d error events; cache %d entries, %.1f MB; peak RSS %.0f MB",
+             sent["mel"], sent["error"], len(service.cache), service.cache.nbytes / 2**20, peak_rss_mb())
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
 if __name__ == "__main__":
