@@ -107,3 +107,44 @@ def test_soak_2000_mixed_events():
     assert git_status() == before and Path("/etc/passwd").stat().st_mtime_ns == passwd
     written = sorted(p.relative_to(store).as_posix() for p in store.rglob("*"))
     assert written == ["codes"] + sorted(f"codes/{v}_mel.{x}" for v in ("aria", "basil", "cleo") for x in ("bin", "json"))
+
+
+def run_fresh(name: str, store: str) -> str:
+    shutil.rmtree(ROOT / "out" / store, ignore_errors=True)
+    result = dora("run", name)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-4000:]
+    return out
+
+
+def test_operator_form_gives_the_same_outputs_as_the_node_form():
+    as_node = re.findall(r"consumer: (voice=.*crc=\w+)", run_fresh("tts.yml", "demo-store"))
+    as_operator = re.findall(r"consumer: (voice=.*crc=\w+)", run_fresh("tts_operator.yml", "demo-store-operator"))
+    assert len(as_node) == 5 and sorted(as_node) == sorted(as_operator)
+
+
+@pytest.mark.parametrize("name", ["primespeech.yml", "primespeech_operator.yml"])
+def test_primespeech_wiring(name):
+    out = run_fresh(name, "demo-store")
+    spoken = re.findall(r"text '([^']*)' -> synthesise with voice (\w+)", out)
+    assert spoken == [("Good morning, this is Aria.", "aria"), ("A second sentence, same voice.", "aria"),
+                      ("Now Basil speaks.", "basil"), ("And Cleo, in stereo.", "cleo")]
+    assert "0 with an unexpected answer" in out
+
+
+def test_readme_fragment_drops_into_a_dataflow(tmp_path):
+    """The README's YAML fragment, pasted into a pipeline with an audio and a text node, validates."""
+    readme = (ROOT / "README.md").read_text()
+    fragment = readme.split("## Wiring it into a primespeech dataflow")[1].split("```yaml")[1].split("```")[0]
+    nodes = yaml.safe_load(fragment)
+    flow = {"nodes": nodes + [
+        {"id": "your-audio-node", "path": str(ROOT / "node_hub/demo_nodes/voice_source.py"),
+         "outputs": ["reference_audio"]},
+        {"id": "your-text-node", "path": str(ROOT / "node_hub/demo_nodes/voice_source.py"), "outputs": ["voice"]},
+        {"id": "tts", "path": str(ROOT / "node_hub/demo_nodes/mel_consumer.py"),
+         "inputs": {"reference": {"source": "reference-mel/mel", "queue_policy": "backpressure"}}},
+    ]}
+    path = tmp_path / "adopted.yml"
+    path.write_text(yaml.safe_dump(flow))
+    result = dora("validate", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr

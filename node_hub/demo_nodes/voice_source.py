@@ -8,6 +8,8 @@ re-sent request cheap, and consumers drop the duplicate answers by request_id.
 Plans (SOURCE_PLAN):
   demo      every voice of voices.json as reference_audio, the first one again (cache hit), then one
             voice event by alias (the store path);
+  text      primespeech's text protocol: each line of TEXT ("|"-separated) is sent on `text`; a line
+            starting "VOICE:<name> " first switches voice, sent as a `voice` event;
   soak:N    N events as fast as the window allows, good ones mixed with bad ones (issue 6 soak test).
 Exits 0 when every request was answered as expected, 1 otherwise.
 """
@@ -66,6 +68,21 @@ def demo_plan(voices) -> list[Request]:
     return plan
 
 
+def text_plan(text: str) -> list[Request]:
+    """Each text event names the voice switch it belongs to (`voice_request_id`), so the TTS node
+    can hold the text until that voice's reference has arrived."""
+    plan, voice_request = [], None
+    for line in (part.strip() for part in text.split("|")):
+        if line.startswith("VOICE:"):
+            name, _, line = line[len("VOICE:"):].partition(" ")
+            voice_request = Request(uuid.uuid4().hex[:12], "voice", pa.array([name]), {}, "mel")
+            plan.append(voice_request)
+        if line:
+            link = {"voice_request_id": voice_request.request_id} if voice_request else {}
+            plan.append(Request(uuid.uuid4().hex[:12], "text", pa.array([line]), link, "none"))
+    return plan
+
+
 def soak_plan(voices, count: int, seed: int = 7) -> list[Request]:
     """Good requests (voices, cropped clips) mixed with bad ones, each with the answer it must get."""
     rng = np.random.default_rng(seed)
@@ -92,7 +109,12 @@ def soak_plan(voices, count: int, seed: int = 7) -> list[Request]:
 def main() -> int:
     voices = load_voices(os.environ.get("VOICES_CONFIG", "../models/voices.json"))
     plan_name = os.environ.get("SOURCE_PLAN", "demo")
-    plan = demo_plan(voices) if plan_name == "demo" else soak_plan(voices, int(plan_name.split(":")[1]))
+    if plan_name == "demo":
+        plan = demo_plan(voices)
+    elif plan_name == "text":
+        plan = text_plan(os.environ.get("TEXT", "VOICE:aria Hello from the demo.|VOICE:basil Goodbye."))
+    else:
+        plan = soak_plan(voices, int(plan_name.split(":")[1]))
     presets = [p.strip() for p in os.environ.get("MEL_PRESET", "v2").split(",")]
     window = int(os.environ.get("WINDOW", "4"))
     resend_after = float(os.environ.get("RESEND_AFTER_S", "20"))
@@ -104,8 +126,9 @@ def main() -> int:
     while queue or in_flight:
         while queue and len(in_flight) < window:
             request = queue.pop(0)
-            in_flight[request.request_id] = request
             send(node, request)
+            if request.expect != "none":  # text is fire-and-forget: the TTS node answers with audio
+                in_flight[request.request_id] = request
         now = time.monotonic()
         for request in list(in_flight.values()):
             if now - request.sent_at > resend_after:
@@ -128,9 +151,11 @@ def main() -> int:
         if all(p in request.answers for p in presets):
             in_flight.pop(request.request_id, None)
 
-    wrong = [(r.request_id, r.expect, r.answers) for r in plan if set(r.answers.values()) != {r.expect}]
+    wrong = [(r.request_id, r.expect, r.answers) for r in plan
+             if r.expect != "none" and set(r.answers.values()) != {r.expect}]
     seconds = time.perf_counter() - started
-    print(f"voice-source: {len(plan)} requests answered in {seconds:.1f} s, {resent} re-sent, "
+    answered = [r for r in plan if r.expect != "none"]
+    print(f"voice-source: {len(answered)} requests answered in {seconds:.1f} s, {resent} re-sent, "
           f"{len(wrong)} with an unexpected answer")
     for item in wrong[:10]:
         print(f"voice-source: unexpected answer {item}", file=sys.stderr)

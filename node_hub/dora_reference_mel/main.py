@@ -35,18 +35,17 @@ def main() -> None:
     for event in node:
         kind = event["type"]
         if kind == "INPUT":
-            try:
-                outputs = service.handle(event["id"], event["value"], event["metadata"])
-            except Exception:  # a bug must not take the dataflow down: answer, log, keep serving
-                log.exception("internal error on %s", event["id"])
-                outputs = service.internal_error(event.get("metadata") or {})
-            for out in outputs:
+            for out in service.answer(event):
                 node.send_output(out.output_id, out.value, out.metadata)
                 sent[out.output_id] += 1
         elif kind == "STOP":
             break
         elif kind == "ERROR":
             log.warning("dora error event: %s", event.get("error"))
+    log_stop(service, sent)
+
+
+def log_stop(service: ReferenceMelService, sent: collections.Counter) -> None:
     log.info("stopping: sent %d mel and %d error events; cache %d entries, %.1f MB; peak RSS %.0f MB",
              sent["mel"], sent["error"], len(service.cache), service.cache.nbytes / 2**20, peak_rss_mb())
 

@@ -80,7 +80,15 @@ class ReferenceMelService:
         self._voice_index: dict[tuple[str, str], tuple[AudioStamp | None, str]] = {}
         self._write_failures_logged: set[str] = set()
 
-    # -- entry point ----------------------------------------------------------------------------
+    # -- entry points ---------------------------------------------------------------------------
+
+    def answer(self, event: dict) -> list[Output]:
+        """The outputs for one dora INPUT event; never raises (the node and the operator call this)."""
+        try:
+            return self.handle(event["id"], event.get("value"), event.get("metadata") or {})
+        except Exception:  # a bug must not take the dataflow down: answer, log, keep serving
+            log.exception("internal error on %s", event.get("id"))
+            return self.internal_error(event.get("metadata") or {})
 
     def handle(self, input_id: str, value, metadata: dict) -> list[Output]:
         start = time.perf_counter()

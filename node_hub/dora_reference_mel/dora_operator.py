@@ -1,0 +1,29 @@
+"""The same node as a dora Python operator (`operator: python: .../dora_operator.py`).
+
+A second thin shell over ReferenceMelService.answer, the handler the custom node runs: no behaviour
+lives here. (Named dora_operator.py, not operator.py: dora puts this folder on sys.path, where a
+file called operator.py would shadow Python's own `operator` module.)
+"""
+
+import collections
+
+from dora import DoraStatus
+
+from dora_reference_mel.config import Config
+from dora_reference_mel.main import build_service, log_stop
+
+
+class Operator:
+    def __init__(self):
+        self.service = build_service(Config.from_env())
+        self.sent = collections.Counter()
+
+    def on_event(self, dora_event, send_output) -> DoraStatus:
+        if dora_event["type"] == "INPUT":
+            for out in self.service.answer(dora_event):
+                send_output(out.output_id, out.value, out.metadata)
+                self.sent[out.output_id] += 1
+        elif dora_event["type"] == "STOP":
+            log_stop(self.service, self.sent)
+            return DoraStatus.STOP
+        return DoraStatus.CONTINUE
