@@ -188,7 +188,7 @@ def to_mono(samples: np.ndarray) -> mx.array:
     x = mx.array(samples)
     if samples.dtype in _INT_SCALE:
         x = x.astype(mx.float32) / _INT_SCALE[samples.dtype]
-    return x[:, 0] if samples.shape[1] == 1 else mx.mean(x, axis=1)
+    return x.reshape(-1) if samples.shape[1] == 1 else mx.mean(x, axis=1)  # reshape: contiguous, no copy
 
 
 def resample_sinc(x: mx.array, orig_freq: int, new_freq: int) -> mx.array:
@@ -199,9 +199,18 @@ def resample_sinc(x: mx.array, orig_freq: int, new_freq: int) -> mx.array:
     n_out = resampled_length(x.shape[0], orig_freq, new_freq)
     n_blocks = -(-n_out // new)
     padded = mx.pad(x, [(width, width + orig)])
-    index = (mx.arange(n_blocks, dtype=mx.int32)[:, None, None] * orig
-             + mx.array(starts)[None, :, None] + mx.arange(weights.shape[1], dtype=mx.int32)[None, None, :])
-    out = mx.sum(padded[index] * mx.array(weights), axis=-1)  # [n_blocks, new]
+    taps = weights.shape[1]
+    if new <= 8 or mx.default_device() == mx.cpu:
+        # One strided view per output phase (no gather): MLX's CPU backend gathers at ~5 ns an element
+        # but multiplies and sums at a fraction of that. Few phases (48k, 16k, 24k inputs) suit GPUs too.
+        phases = [mx.sum(mx.as_strided(padded[int(start):], (n_blocks, taps), (orig, 1)) * mx.array(weights[k]),
+                         axis=-1) for k, start in enumerate(starts)]
+        out = mx.stack(phases, axis=1)  # [n_blocks, new]
+    else:
+        # Hundreds of phases (44.1k, 22.05k inputs) on a GPU: one banded gather, one kernel launch.
+        index = (mx.arange(n_blocks, dtype=mx.int32)[:, None, None] * orig
+                 + mx.array(starts)[None, :, None] + mx.arange(taps, dtype=mx.int32)[None, None, :])
+        out = mx.sum(padded[index] * mx.array(weights), axis=-1)  # [n_blocks, new]
     return out.reshape(-1)[:n_out]
 
 
@@ -231,19 +240,29 @@ def frame_signal(y: mx.array, preset: Preset) -> mx.array:
     return mx.as_strided(padded, (n_frames, preset.n_fft), (preset.hop_length, 1))
 
 
+@mx.compile
+def _windowed_magnitude(frames: mx.array, window: mx.array) -> mx.array:
+    spectrum = mx.fft.rfft(frames * window, axis=-1)
+    real, imag = mx.real(spectrum), mx.imag(spectrum)
+    return mx.sqrt(real * real + imag * imag + MAGNITUDE_EPS)  # one fused kernel after the FFT
+
+
 def magnitude(frames: mx.array, preset: Preset, n_bins: int) -> mx.array:
     """|rfft(frames * periodic hann)| with eps inside the root: [n_frames, n_fft] -> [n_frames, n_bins]."""
-    spectrum = mx.fft.rfft(frames * mx.array(hann_window(preset.win_length)), axis=-1)[:, :n_bins]
-    real, imag = mx.real(spectrum), mx.imag(spectrum)
-    return mx.sqrt(real * real + imag * imag + MAGNITUDE_EPS)
+    return _windowed_magnitude(frames, mx.array(hann_window(preset.win_length)))[:, :n_bins]
 
 
-def log_mel(mag: mx.array, preset: Preset) -> mx.array:
-    """Slaney filterbank, natural log of clamp(x, 1e-5), norm_spec: [n_frames, n_freq] -> [n_frames, n_mels]."""
+def log_mel(mag_t: mx.array, preset: Preset) -> mx.array:
+    """Slaney filterbank, natural log of clamp(x, 1e-5), norm_spec: [n_freq, n_frames] -> [n_mels, n_frames].
+
+    Each band is a run of whole rows (frequency bins) times its weights, summed: gathering rows is
+    19x faster than gathering elements on MLX's CPU backend, and it is elementwise-exact everywhere.
+    """
     fmax = preset.fmax if preset.fmax is not None else preset.sample_rate / 2
     starts, weights = mel_bands(preset.sample_rate, preset.n_fft, preset.n_mels, preset.fmin, fmax)
-    index = mx.array(starts)[:, None] + mx.arange(weights.shape[1], dtype=mx.int32)[None, :]
-    mel = mx.sum(mag[:, index] * mx.array(weights), axis=-1)
+    index = (mx.array(starts)[:, None] + mx.arange(weights.shape[1], dtype=mx.int32)[None, :]).reshape(-1)
+    rows = mx.take(mag_t, index, axis=0).reshape(preset.n_mels, weights.shape[1], -1)
+    mel = mx.sum(rows * mx.array(weights)[:, :, None], axis=1)
     return (mx.log(mx.maximum(mel, LOG_CLAMP_MIN)) - SPEC_MIN) / (SPEC_MAX - SPEC_MIN) * 2 - 1
 
 
@@ -270,10 +289,12 @@ def reference_mel_batch_mx(
     counts = [f.shape[0] for f in frames]
     mag = magnitude(frames[0] if len(frames) == 1 else mx.concatenate(frames), preset,
                     preset.n_fft // 2 + 1 if preset.n_mels else preset.n_bins)
-    features = log_mel(mag, preset) if preset.n_mels else mag  # [sum(n_frames), n_bins]
+    features = mag.T  # [n_bins, sum(n_frames)]
+    if preset.n_mels:
+        features = log_mel(mx.contiguous(features), preset)
     splits = np.cumsum(counts)[:-1].tolist()
-    parts = mx.split(features, splits, axis=0) if splits else [features]
-    return [mx.expand_dims(part.T, 0) for part in parts]  # each [1, n_bins, n_frames]
+    parts = mx.split(features, splits, axis=1) if splits else [features]
+    return [mx.expand_dims(part, 0) for part in parts]  # each [1, n_bins, n_frames]
 
 
 def reference_mel_batch(

@@ -1,0 +1,210 @@
+"""Benchmarks for BENCHMARKS.md: one process per part, interleaved with the peer, medians and ratios.
+
+    python benchmarks/bench.py compute [--device cpu|gpu]   MLX reference_mel vs the torch recipe
+    python benchmarks/bench.py batch   [--device cpu|gpu]   64 ten-second clips: read + reference_mel_batch
+    python benchmarks/bench.py node                         real dataflow: latency per source vs transport
+    python benchmarks/bench.py all                          the three, as BENCHMARKS.md reports them
+
+Needs the `bench` extra (torch: `pip install torch==2.13.0` is the CPU build here). Prints a table and
+writes JSON to --json when given. Timings include the host copies both ways, for MLX and for torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).parent))
+VOICE = ROOT / "models" / "voices" / "aria.wav"  # 10 s of speech at 48 kHz
+
+
+def machine() -> str:
+    import mlx.core as mx
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = ""
+    if mx.is_available(mx.gpu):
+        gpu = f", GPU {mx.device_info().get('device_name', 'gpu')}" if hasattr(mx, "device_info") else ", GPU"
+    return f"{cpu}, {os.cpu_count()} cores{gpu}; MLX {mx.__version__}, Python {platform.python_version()}"
+
+
+def median_ms(values: list[float]) -> float:
+    return statistics.median(values) * 1e3
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def use_device(device: str):
+    """Select MLX's device and return torch's device string for the same hardware."""
+    import mlx.core as mx
+    import torch
+
+    if device == "gpu":
+        mx.set_default_device(mx.gpu)
+        # A fair peer gives the recipe's numbers too: no TF32 in torch's convolutions and matmuls.
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+        return "cuda"
+    mx.set_default_device(mx.cpu)
+    return "cpu"
+
+
+def bench_compute(device: str, repeats: int) -> list[dict]:
+    import torch
+    import torch_recipe
+
+    from dora_reference_mel import reference_mel
+
+    torch_device = use_device(device)
+    samples, rate = soundfile.read(str(VOICE), dtype="float32")
+    rows = []
+    for preset in ("v2", "v3", "v4"):
+        for seconds in (3, 10):
+            clip = samples[: seconds * rate]
+
+            def ours():
+                return reference_mel(clip, rate, preset=preset)
+
+            def peer():
+                out = torch_recipe.reference_feature(torch.from_numpy(clip).to(torch_device), rate, preset)
+                return out.cpu().numpy()
+
+            diff = float(np.abs(ours() - peer()).max())
+            for _ in range(3):  # warm-up: kernels, caches, allocator
+                ours(), peer()
+            mlx_times, torch_times = [], []
+            for _ in range(repeats):  # interleaved: both see the same machine noise
+                mlx_times.append(timed(ours))
+                torch_times.append(timed(peer))
+            rows.append({"part": "compute", "device": device, "preset": preset, "seconds": seconds,
+                         "mlx_ms": median_ms(mlx_times), "torch_ms": median_ms(torch_times),
+                         "ratio": median_ms(mlx_times) / median_ms(torch_times), "max_abs_diff": diff,
+                         "torch_threads": torch.get_num_threads(), "repeats": repeats})
+            print(f"compute {device} {preset} {seconds:2d} s: MLX {rows[-1]['mlx_ms']:8.3f} ms  torch "
+                  f"{rows[-1]['torch_ms']:8.3f} ms  ratio {rows[-1]['ratio']:.2f}  |diff| {diff:.1e}", flush=True)
+    return rows
+
+
+def bench_batch(device: str, clips: int, repeats: int) -> list[dict]:
+    import torch
+    import torch_recipe
+
+    from dora_reference_mel import reference_mel_batch
+
+    torch_device = use_device(device)
+    samples, rate = soundfile.read(str(VOICE), dtype="float32")
+    folder = Path(tempfile.mkdtemp(prefix="bench-clips-"))
+    try:
+        paths = []
+        for i in range(clips):  # distinct 10 s clips: shifted and scaled copies of the voice
+            path = folder / f"clip{i:03d}.wav"
+            soundfile.write(str(path), np.roll(samples, i * 4801) * (0.5 + i / (2 * clips)), rate, subtype="PCM_16")
+            paths.append(path)
+
+        def read_all():
+            return [soundfile.read(str(p), dtype="float32")[0] for p in paths]
+
+        def ours():
+            return reference_mel_batch(read_all(), rate, preset="v2")
+
+        def peer():
+            return [torch_recipe.reference_feature(torch.from_numpy(x).to(torch_device), rate, "v2").cpu().numpy()
+                    for x in read_all()]
+
+        ours(), peer()
+        mlx_times, torch_times = [], []
+        for _ in range(repeats):
+            mlx_times.append(timed(ours))
+            torch_times.append(timed(peer))
+        row = {"part": "batch", "device": device, "clips": clips, "clip_seconds": 10, "repeats": repeats,
+               "mlx_clips_per_s": clips / statistics.median(mlx_times),
+               "torch_clips_per_s": clips / statistics.median(torch_times),
+               "read_only_clips_per_s": clips / statistics.median([timed(read_all) for _ in range(3)])}
+        print(f"batch {device}: {clips} clips of 10 s, files read included: MLX {row['mlx_clips_per_s']:.0f}/s, "
+              f"torch one by one {row['torch_clips_per_s']:.0f}/s (reading alone {row['read_only_clips_per_s']:.0f}/s)",
+              flush=True)
+        return [row]
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def bench_node(requests: int) -> list[dict]:
+    """benchmarks/node_bench.yml with the real dora CLI; the source node does the measuring."""
+    work = Path(tempfile.mkdtemp(prefix="bench-node-"))
+    try:
+        env = dict(os.environ, BENCH_REQUESTS=str(requests), BENCH_STORE=str(work / "codes"),
+                   BENCH_RESULT=str(work / "result.json"),
+                   PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+        subprocess.run([sys.executable, "-m", "dora_reference_mel.cli", "precompute", "--voices",
+                        str(ROOT / "models/voices.json"), "--codes-dir", str(work / "codes")],
+                       env=env, check=True, capture_output=True)
+        shutil.copy(ROOT / "benchmarks/node_bench.yml", work / "node_bench.yml")
+        result = subprocess.run([str(Path(sys.executable).parent / "dora"), "run", "node_bench.yml"], cwd=work,
+                                env=env, capture_output=True, text=True, timeout=1200)
+        log = result.stdout + result.stderr
+        if result.returncode != 0 or not (work / "result.json").exists():
+            raise SystemExit(f"node benchmark failed:\n{log[-5000:]}")
+        rows = json.loads((work / "result.json").read_text())
+        for node in ("mel-cached", "mel-nocache"):
+            ready = re.search(rf"{node}: .*ready on \w+: .*idle RSS (\d+) MB", log)
+            stop = re.search(rf"{node}: .*stopping: .*cache (\d+) entries, ([\d.]+) MB; peak RSS (\d+) MB", log)
+            if ready and stop:
+                rows.append({"part": "memory", "node": node, "idle_rss_mb": int(ready.group(1)),
+                             "cache_entries": int(stop.group(1)), "cache_mb": float(stop.group(2)),
+                             "peak_rss_mb": int(stop.group(3))})
+        for row in rows:
+            print("node", json.dumps(row), flush=True)
+        return rows
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("part", choices=("compute", "batch", "node", "all"))
+    parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--clips", type=int, default=64)
+    parser.add_argument("--requests", type=int, default=60)
+    parser.add_argument("--json", help="write every row here")
+    args = parser.parse_args(argv)
+    import torch
+
+    print(f"machine: {machine()}; torch {torch.__version__} ({torch.get_num_threads()} threads)")
+    rows = []
+    if args.part in ("compute", "all"):
+        rows += bench_compute(args.device, args.repeats)
+    if args.part in ("batch", "all"):
+        rows += bench_batch(args.device, args.clips, max(3, args.repeats // 6))
+    if args.part in ("node", "all"):
+        rows += bench_node(args.requests)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": machine(), "date": time.strftime("%Y-%m-%d"),
+                                               "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""Against the real upstream code path: torchaudio.functional.resample and torch.stft, as GPT-SoVITS
+calls them. torchaudio has no CPU build on the registry this project's machines use, so this runs
+where torchaudio is installed (the H200 machine of BENCHMARKS.md) and is skipped elsewhere."""
+
+import numpy as np
+import pytest
+
+from conftest import RATES, speech
+from dora_reference_mel import reference_mel
+from dora_reference_mel.signal import resample_sinc
+
+torch = pytest.importorskip("torch")
+torchaudio = pytest.importorskip("torchaudio")
+
+
+def upstream_refer(samples: np.ndarray, rate: int) -> np.ndarray:
+    """GPT-SoVITS get_spepc + spectrogram_torch for v2: resample, mono, peak, reflect pad, stft, |.|."""
+    audio = torch.from_numpy(samples.T.copy() if samples.ndim == 2 else samples[None].copy())
+    if rate != 32000:
+        audio = torchaudio.functional.resample(audio, rate, 32000)
+    audio = audio.mean(0, keepdim=True)
+    peak = audio.abs().max()
+    if peak > 1:
+        audio /= min(2, float(peak))
+    pad = (2048 - 640) // 2
+    y = torch.nn.functional.pad(audio[None], (pad, pad), mode="reflect")[0]
+    spec = torch.stft(y, 2048, hop_length=640, win_length=2048, window=torch.hann_window(2048), center=False,
+                      normalized=False, onesided=True, return_complex=True)
+    return torch.sqrt(spec.real.pow(2) + spec.imag.pow(2) + 1e-8)[:, :704].numpy()
+
+
+@pytest.mark.parametrize("rate", RATES)
+def test_resampler_is_torchaudios(rate):
+    import mlx.core as mx
+
+    samples, _ = speech("mono", rate)
+    ours = np.array(resample_sinc(mx.array(samples), rate, 32000))
+    theirs = torchaudio.functional.resample(torch.from_numpy(samples), rate, 32000).numpy()
+    assert ours.shape == theirs.shape
+    assert np.abs(ours - theirs).max() <= 1e-5
+
+
+@pytest.mark.parametrize("layout", ["mono", "stereo"])
+@pytest.mark.parametrize("rate", RATES)
+def test_v2_is_gpt_sovits_refer(rate, layout):
+    samples, _ = speech(layout, rate)
+    theirs = upstream_refer(samples, rate)
+    ours = reference_mel(samples, rate)
+    assert ours.shape == theirs.shape
+    assert np.abs(ours - theirs).max() <= 1e-3
