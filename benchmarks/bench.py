@@ -84,10 +84,10 @@ def bench_compute(device: str, repeats: int) -> list[dict]:
         for seconds in (3, 10):
             clip = samples[: seconds * rate]
 
-            def ours():
+            def ours(clip=clip, preset=preset):
                 return reference_mel(clip, rate, preset=preset)
 
-            def peer():
+            def peer(clip=clip, preset=preset):
                 out = torch_recipe.reference_feature(torch.from_numpy(clip).to(torch_device), rate, preset)
                 return out.cpu().numpy()
 
