@@ -1,0 +1,60 @@
+"""Where the time goes: each stage of reference_mel timed alone (mx.eval after each), medians.
+
+    python benchmarks/profile_stages.py [--device cpu|gpu] [--preset v2] [--seconds 10]
+"""
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+import soundfile
+
+from dora_reference_mel import get_preset, signal
+
+VOICE = Path(__file__).resolve().parent.parent / "models" / "voices" / "aria.wav"
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    parser.add_argument("--preset", default="v2")
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=30)
+    args = parser.parse_args()
+    mx.set_default_device(mx.gpu if args.device == "gpu" else mx.cpu)
+    samples, rate = soundfile.read(str(VOICE), dtype="float32", always_2d=True)
+    samples = samples[: args.seconds * rate]
+    preset = get_preset(args.preset)
+    n_bins = preset.n_fft // 2 + 1 if preset.n_mels else preset.n_bins
+    stages = {
+        "check (host)": lambda s: signal.check_samples(samples, rate),
+        "host->device + mono": lambda s: signal.to_mono(samples),
+        "resample": lambda s: signal.resample_sinc(s["mono"], rate, preset.sample_rate),
+        "frame (reflect pad)": lambda s: signal.frame_signal(s["resample"], preset),
+        "window + rfft + |.|": lambda s: signal.magnitude(s["frame (reflect pad)"], preset, n_bins),
+        "transpose (+ mel)": lambda s: (signal.log_mel(mx.contiguous(s["window + rfft + |.|"].T), preset)
+                                        if preset.n_mels else s["window + rfft + |.|"].T),
+        "device->host": lambda s: np.array(s["transpose (+ mel)"]),
+        "reference_mel, whole": lambda s: signal.reference_mel(samples, rate, preset=preset),
+    }
+    times = {name: [] for name in stages}
+    for repeat in range(args.repeats + 3):
+        state = {}
+        for name, stage in stages.items():
+            start = time.perf_counter()
+            out = stage(state)
+            if isinstance(out, mx.array):
+                mx.eval(out)
+            if repeat >= 3:
+                times[name].append(time.perf_counter() - start)
+            state["mono" if name == "host->device + mono" else name] = out
+    print(f"{args.preset}, {args.seconds} s at {rate} Hz on {mx.default_device()} (median of {args.repeats}):")
+    for name, values in times.items():
+        print(f"  {name:24s} {statistics.median(values) * 1e3:8.3f} ms")
+
+
+if __name__ == "__main__":
+    main()
