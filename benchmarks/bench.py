@@ -12,6 +12,7 @@ writes JSON to --json when given. Timings include the host copies both ways, for
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import os
 import platform
@@ -123,8 +124,12 @@ def bench_batch(device: str, clips: int, repeats: int) -> list[dict]:
             soundfile.write(str(path), np.roll(samples, i * 4801) * (0.5 + i / (2 * clips)), rate, subtype="PCM_16")
             paths.append(path)
 
-        def read_all():
-            return [soundfile.read(str(p), dtype="float32")[0] for p in paths]
+        def read_one(path):
+            return soundfile.read(str(path), dtype="float32")[0]
+
+        def read_all():  # in threads, as `reference-mel precompute --jobs` reads a library
+            with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
+                return list(pool.map(read_one, paths))
 
         def ours():
             return reference_mel_batch(read_all(), rate, preset="v2")
@@ -160,7 +165,9 @@ def bench_node(requests: int) -> list[dict]:
         subprocess.run([sys.executable, "-m", "dora_reference_mel.cli", "precompute", "--voices",
                         str(ROOT / "models/voices.json"), "--codes-dir", str(work / "codes")],
                        env=env, check=True, capture_output=True)
-        shutil.copy(ROOT / "benchmarks/node_bench.yml", work / "node_bench.yml")
+        flow = (ROOT / "benchmarks/node_bench.yml").read_text().replace("BENCH_ROOT", str(ROOT))
+        flow = flow.replace("VOICES_CONFIG:", f"CODES_DIR: {work / 'codes'}\n      VOICES_CONFIG:")
+        (work / "node_bench.yml").write_text(flow)
         result = subprocess.run([str(Path(sys.executable).parent / "dora"), "run", "node_bench.yml"], cwd=work,
                                 env=env, capture_output=True, text=True, timeout=1200)
         log = result.stdout + result.stderr

@@ -31,9 +31,9 @@ def main():
     n_bins = preset.n_fft // 2 + 1 if preset.n_mels else preset.n_bins
     stages = {
         "check (host)": lambda s: signal.check_samples(samples, rate),
-        "host->device + mono": lambda s: signal.to_mono(samples),
+        "host->device + mono": lambda s: signal.to_mono([samples])[0],
         "resample": lambda s: signal.resample_sinc(s["mono"], rate, preset.sample_rate),
-        "frame (reflect pad)": lambda s: signal.frame_signal(s["resample"], preset),
+        "frame (reflect pad)": lambda s: signal.frame_signals([s["resample"]], preset)[0],
         "window + rfft + |.|": lambda s: signal.magnitude(s["frame (reflect pad)"], preset, n_bins),
         "transpose (+ mel)": lambda s: (signal.log_mel(mx.contiguous(s["window + rfft + |.|"].T), preset)
                                         if preset.n_mels else s["window + rfft + |.|"].T),

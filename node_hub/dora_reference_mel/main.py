@@ -21,8 +21,9 @@ def build_service(config: Config) -> ReferenceMelService:
     service = ReferenceMelService(config)
     start = time.perf_counter()
     service.warm_up()
-    log.info("ready on %s: presets %s, codes %s, warm-up %.0f ms", device,
-             ",".join(p.name for p in config.presets), config.codes_dir, (time.perf_counter() - start) * 1e3)
+    log.info("ready on %s: presets %s, codes %s, warm-up %.0f ms, idle RSS %.0f MB", device,
+             ",".join(p.name for p in config.presets), config.codes_dir, (time.perf_counter() - start) * 1e3,
+             peak_rss_mb())
     return service
 
 

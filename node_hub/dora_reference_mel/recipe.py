@@ -8,6 +8,7 @@ resampler, bin count or eps) is never served for this one.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 
@@ -69,7 +70,7 @@ class Preset:
                           spec_min=SPEC_MIN, spec_max=SPEC_MAX)
         return params
 
-    @property
+    @functools.cached_property  # hashed once per preset, not once per event
     def fingerprint(self) -> str:
         text = json.dumps(self.recipe(), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -155,7 +155,7 @@ class ReferenceMelService:
         warnings = []
         if not UPSTREAM_SECONDS[0] <= seconds <= UPSTREAM_SECONDS[1]:
             warnings.append(f"duration {seconds:.2f} s is outside GPT-SoVITS's 3 to 10 s reference range")
-        peak = float(np.abs(samples).max())
+        peak = max(float(samples.max()), -float(samples.min()))  # no |x| temporary
         if peak > 2:
             warnings.append(f"peak {peak:.3g} is far above 1 (clipped or mis-scaled PCM); served peak-normalised")
         return tuple(warnings)
@@ -305,11 +305,12 @@ class ReferenceMelService:
         return [self._error(err, passthrough, None)]
 
     def warm_up(self) -> None:
-        """Compile MLX's kernels for every preset once, so the first event does not pay for it."""
+        """Run every preset once on 10 s of audio (upstream's longest reference) at the preset's rate
+        and at 48 kHz: MLX compiles its kernels and fills its buffer cache before the first event."""
         rng = np.random.default_rng(0)
         for preset in self.config.presets:
             for rate in (preset.sample_rate, 48000):
-                samples = (rng.standard_normal((rate // 2, 1)) * 0.1).astype(np.float32)
+                samples = (rng.standard_normal((rate * 10, 1)) * 0.1).astype(np.float32)
                 signal.reference_mel(samples, rate, preset=preset)
 
 

@@ -32,6 +32,8 @@ from .recipe import (
 )
 
 MAX_SAMPLE_RATE = 384_000
+CPU_FRAMES_PER_GRAPH = 600  # ~12 s of v2 frames: the spectra of one graph stay in cache
+GPU_FRAMES_PER_GRAPH = 65_536
 _INT_SCALE = {np.dtype(np.int16): 32768.0, np.dtype(np.int32): 2147483648.0}
 
 
@@ -183,12 +185,20 @@ def check_long_enough(n_samples: int, sample_rate: int, preset: Preset) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-def to_mono(samples: np.ndarray) -> mx.array:
-    """[n, channels] PCM -> [n] float32 on the device: ints scaled to [-1, 1], channels averaged."""
-    x = mx.array(samples)
-    if samples.dtype in _INT_SCALE:
-        x = x.astype(mx.float32) / _INT_SCALE[samples.dtype]
-    return x.reshape(-1) if samples.shape[1] == 1 else mx.mean(x, axis=1)  # reshape: contiguous, no copy
+def to_mono(clips: Sequence[np.ndarray]) -> list[mx.array]:
+    """Checked [n, channels] PCM clips -> [n] float32 each on the device: ints scaled, channels averaged.
+
+    All clips cross to the device in one copy (each copy costs a fixed ~0.5 ms on MLX's CUDA backend).
+    """
+    flat = [(x.astype(np.float32) / np.float32(_INT_SCALE[x.dtype]) if x.dtype in _INT_SCALE else x).reshape(-1)
+            for x in clips]
+    device = mx.array(flat[0] if len(flat) == 1 else np.concatenate(flat))
+    offsets = np.cumsum([0] + [f.size for f in flat]).tolist()
+    mono = []
+    for x, start, stop in zip(clips, offsets[:-1], offsets[1:], strict=True):
+        part = device[start:stop]
+        mono.append(part if x.shape[1] == 1 else mx.mean(part.reshape(-1, x.shape[1]), axis=1))
+    return mono
 
 
 def resample_sinc(x: mx.array, orig_freq: int, new_freq: int) -> mx.array:
@@ -232,24 +242,41 @@ def peak_normalize(y: mx.array) -> mx.array:
     return y / mx.where(peak > 1, mx.minimum(peak, 2.0), 1.0)
 
 
-def frame_signal(y: mx.array, preset: Preset) -> mx.array:
-    """Reflect-pad by (n_fft - hop) // 2 and cut [n_frames, n_fft] frames (center=False), no copies."""
+def reflect_pad(y: mx.array, preset: Preset) -> mx.array:
+    """Reflect-pad by (n_fft - hop) // 2 on each side (numpy's reflect: the edge is not repeated)."""
     pad = preset.pad
-    padded = mx.concatenate([y[pad:0:-1], y, y[-2:-pad - 2:-1]])
-    n_frames = preset.n_frames(y.shape[0])
-    return mx.as_strided(padded, (n_frames, preset.n_fft), (preset.hop_length, 1))
+    return mx.concatenate([y[pad:0:-1], y, y[-2:-pad - 2:-1]])
 
 
-@mx.compile
-def _windowed_magnitude(frames: mx.array, window: mx.array) -> mx.array:
-    spectrum = mx.fft.rfft(frames * window, axis=-1)
-    real, imag = mx.real(spectrum), mx.imag(spectrum)
-    return mx.sqrt(real * real + imag * imag + MAGNITUDE_EPS)  # one fused kernel after the FFT
+def frame_signals(signals: Sequence[mx.array], preset: Preset) -> tuple[mx.array, list[int]]:
+    """[n_frames, n_fft] frames of several signals (center=False) as one strided view, no copies.
+
+    Each reflect-padded signal is zero-extended to a multiple of hop_length and all are laid end to
+    end, so one view with stride hop_length frames them all; frames that straddle two signals are
+    extra rows. Returns the frames and the first row of each signal (its n_frames rows follow).
+    """
+    hop = preset.hop_length
+    parts, first_rows, rows = [], [], 0
+    for y in signals:
+        padded = reflect_pad(y, preset)
+        extra = -padded.shape[0] % hop
+        parts.append(mx.pad(padded, [(0, extra)]) if extra else padded)
+        first_rows.append(rows)
+        rows += parts[-1].shape[0] // hop
+    joined = parts[0] if len(parts) == 1 else mx.concatenate(parts)
+    n_rows = (joined.shape[0] - preset.n_fft) // hop + 1
+    return mx.as_strided(joined, (n_rows, preset.n_fft), (hop, 1)), first_rows
+
+
+@functools.partial(mx.compile, shapeless=True)  # one fused kernel, traced once for every clip length
+def _magnitude(real: mx.array, imag: mx.array) -> mx.array:
+    return mx.sqrt(real * real + imag * imag + MAGNITUDE_EPS)
 
 
 def magnitude(frames: mx.array, preset: Preset, n_bins: int) -> mx.array:
     """|rfft(frames * periodic hann)| with eps inside the root: [n_frames, n_fft] -> [n_frames, n_bins]."""
-    return _windowed_magnitude(frames, mx.array(hann_window(preset.win_length)))[:, :n_bins]
+    spectrum = mx.fft.rfft(frames * mx.array(hann_window(preset.win_length)), axis=-1)
+    return _magnitude(mx.real(spectrum), mx.imag(spectrum))[:, :n_bins]
 
 
 def log_mel(mag_t: mx.array, preset: Preset) -> mx.array:
@@ -266,9 +293,8 @@ def log_mel(mag_t: mx.array, preset: Preset) -> mx.array:
     return (mx.log(mx.maximum(mel, LOG_CLAMP_MIN)) - SPEC_MIN) / (SPEC_MAX - SPEC_MIN) * 2 - 1
 
 
-def preprocess(samples: np.ndarray, sample_rate: int, preset: Preset) -> mx.array:
-    """Checked [n, channels] PCM -> the mono signal at the preset rate, ready to frame: [n_resampled]."""
-    x = to_mono(samples)
+def preprocess(x: mx.array, sample_rate: int, preset: Preset) -> mx.array:
+    """Mono [n] on the device -> the signal at the preset rate, ready to frame: [n_resampled]."""
     if preset.resampler == "soxr_hq":
         y = resample_soxr_hq(x, sample_rate, preset.sample_rate)
     else:
@@ -283,18 +309,14 @@ def preprocess(samples: np.ndarray, sample_rate: int, preset: Preset) -> mx.arra
 
 def reference_mel_batch_mx(
     clips: Sequence[np.ndarray], sample_rates: Sequence[int], preset: Preset
-) -> list[mx.array]:
-    """Lazy MLX graph for many checked clips: one FFT (and one mel product) over all their frames."""
-    frames = [frame_signal(preprocess(x, sr, preset), preset) for x, sr in zip(clips, sample_rates, strict=True)]
-    counts = [f.shape[0] for f in frames]
-    mag = magnitude(frames[0] if len(frames) == 1 else mx.concatenate(frames), preset,
-                    preset.n_fft // 2 + 1 if preset.n_mels else preset.n_bins)
-    features = mag.T  # [n_bins, sum(n_frames)]
-    if preset.n_mels:
-        features = log_mel(mx.contiguous(features), preset)
-    splits = np.cumsum(counts)[:-1].tolist()
-    parts = mx.split(features, splits, axis=1) if splits else [features]
-    return [mx.expand_dims(part, 0) for part in parts]  # each [1, n_bins, n_frames]
+) -> tuple[mx.array, list[int]]:
+    """Lazy MLX graph for many checked clips: one copy in, one FFT (and mel product) over all their
+    frames. Returns [n_bins, n_rows] and the first column of each clip (its n_frames columns follow)."""
+    signals = [preprocess(x, sr, preset) for x, sr in zip(to_mono(clips), sample_rates, strict=True)]
+    frames, first_rows = frame_signals(signals, preset)
+    mag = magnitude(frames, preset, preset.n_fft // 2 + 1 if preset.n_mels else preset.n_bins)
+    features = mag.T  # [n_bins, n_rows]
+    return (log_mel(mx.contiguous(features), preset) if preset.n_mels else features), first_rows
 
 
 def reference_mel_batch(
@@ -317,11 +339,26 @@ def reference_mel_batch(
     if not clips:
         return []
     checked = [check_samples(x, sr) for x, sr in zip(clips, rates, strict=True)]
-    for x, sr in zip(checked, rates, strict=True):
-        check_long_enough(x.shape[0], sr, preset)
-    outputs = reference_mel_batch_mx(checked, rates, preset)
-    mx.eval(outputs)
-    return [np.array(out) for out in outputs]
+    counts = [preset.n_frames(check_long_enough(x.shape[0], sr, preset)) for x, sr in zip(checked, rates, strict=True)]
+    # Frames per MLX graph: a GPU wants big launches; MLX's CPU kernels slow down 3 to 6 times per frame
+    # once a graph's spectra leave the cache (measured: 4000 frames cost 23x what 500 cost).
+    budget = CPU_FRAMES_PER_GRAPH if mx.default_device() == mx.cpu else GPU_FRAMES_PER_GRAPH
+    results, start = [], 0
+    while start < len(checked):
+        stop, frames = start + 1, counts[start]
+        while stop < len(checked) and frames + counts[stop] <= budget:
+            frames += counts[stop]
+            stop += 1
+        features, first_rows = reference_mel_batch_mx(checked[start:stop], rates[start:stop], preset)
+        mx.eval(features)
+        host = np.array(features)  # one copy out per graph, then split on the host
+        if stop - start == 1 and host.shape[1] == counts[start]:
+            results.append(host[None])
+        else:
+            results += [np.ascontiguousarray(host[None, :, a:a + n])
+                        for a, n in zip(first_rows, counts[start:stop], strict=True)]
+        start = stop
+    return results
 
 
 def reference_mel(
