@@ -162,10 +162,16 @@ def bench_node(requests: int) -> list[dict]:
         env = dict(os.environ, BENCH_REQUESTS=str(requests), BENCH_STORE=str(work / "codes"),
                    BENCH_RESULT=str(work / "result.json"),
                    PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+        # A copy of the library: precompute records mel paths in voices.json, and the repo's must not change.
+        voices = json.loads((ROOT / "models/voices.json").read_text())
+        voices["models_base_path"] = str(ROOT / "models")
+        (work / "voices.json").write_text(json.dumps(voices))
         subprocess.run([sys.executable, "-m", "dora_reference_mel.cli", "precompute", "--voices",
-                        str(ROOT / "models/voices.json"), "--codes-dir", str(work / "codes")],
+                        str(work / "voices.json"), "--codes-dir", str(work / "codes")],
                        env=env, check=True, capture_output=True)
-        flow = (ROOT / "benchmarks/node_bench.yml").read_text().replace("BENCH_ROOT", str(ROOT))
+        flow = (ROOT / "benchmarks/node_bench.yml").read_text()
+        flow = flow.replace("VOICES_CONFIG: BENCH_ROOT/models/voices.json", f"VOICES_CONFIG: {work / 'voices.json'}")
+        flow = flow.replace("BENCH_ROOT", str(ROOT))
         flow = flow.replace("VOICES_CONFIG:", f"CODES_DIR: {work / 'codes'}\n      VOICES_CONFIG:")
         (work / "node_bench.yml").write_text(flow)
         result = subprocess.run([str(Path(sys.executable).parent / "dora"), "run", "node_bench.yml"], cwd=work,

@@ -61,3 +61,12 @@ def run_node(tmp_path: Path, events: list[dict], env: dict, name: str = "run") -
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = outputs.read_text().splitlines() if outputs.exists() else []
     return [json.loads(line) for line in lines], proc.stderr
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shipped_models_stay_untouched():
+    """No test (nor anything it runs) may write into the shipped models/ folder."""
+    before = {p: p.read_bytes() for p in (ROOT / "models").rglob("*") if p.is_file()}
+    yield
+    after = {p: p.read_bytes() for p in (ROOT / "models").rglob("*") if p.is_file()}
+    assert after == before, "models/ was modified during the tests"
