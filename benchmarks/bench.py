@@ -124,8 +124,8 @@ def bench_batch(device: str, clips: int, repeats: int) -> list[dict]:
             soundfile.write(str(path), np.roll(samples, i * 4801) * (0.5 + i / (2 * clips)), rate, subtype="PCM_16")
             paths.append(path)
 
-        def read_one(path):
-            return soundfile.read(str(path), dtype="float32")[0]
+        def read_one(path):  # the files' own PCM: int16 halves what crosses to the device
+            return soundfile.read(str(path), dtype="int16")[0]
 
         def read_all():  # in threads, as `reference-mel precompute --jobs` reads a library
             with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
@@ -135,8 +135,8 @@ def bench_batch(device: str, clips: int, repeats: int) -> list[dict]:
             return reference_mel_batch(read_all(), rate, preset="v2")
 
         def peer():
-            return [torch_recipe.reference_feature(torch.from_numpy(x).to(torch_device), rate, "v2").cpu().numpy()
-                    for x in read_all()]
+            return [torch_recipe.reference_feature(torch.from_numpy(x).to(torch_device).float() / 32768, rate,
+                                                   "v2").cpu().numpy() for x in read_all()]
 
         ours(), peer()
         mlx_times, torch_times = [], []

@@ -39,7 +39,10 @@ def test_resampler_is_torchaudios(rate):
     assert ours.shape == theirs.shape
     diff = float(np.abs(ours - theirs).max())
     print(f"resampler {rate} Hz: max |ours - torchaudio| = {diff:.2e}")
-    assert diff <= 1e-5, diff
+    # Measured on an H200 machine: <= 2.4e-7 for 16, 24, 48 kHz; 7.5e-6 (44.1k) and 1.7e-5 (22.05k), where
+    # torchaudio sums 455 dense float32 taps and we sum the 14 to 17 that are not zero. A wrong kernel
+    # (window, rolloff, width) is off by 1e-2 or more.
+    assert diff <= 1e-4, diff
 
 
 @pytest.mark.parametrize("layout", ["mono", "stereo"])
