@@ -283,14 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(run=inspect)
     p = sub.add_parser("verify", parents=[common], help="check every precomputed file against its audio")
     p.set_defaults(run=verify)
-    p = sub.add_parser("bench", help="benchmarks (see BENCHMARKS.md)")
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(run=None)
     args = parser.parse_args(argv)
-    if args.command == "bench":
-        from .bench import main as bench_main
-
-        return bench_main(args.rest)
     if args.bins is None:
         args.bins = next((p.n_bins for p in env.presets if p.name == "v2"), None)
     try:

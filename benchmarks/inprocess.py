@@ -1,0 +1,105 @@
+"""In-process probes behind BENCHMARKS.md's explanations (no dora): MLX CPU primitives against
+numpy, the service's paths (cache, precomputed, computed) and its memory with a full cache.
+
+    python benchmarks/inprocess.py
+"""
+
+import hashlib
+import resource
+import statistics
+import sys
+import tempfile
+import time
+import zlib
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+import pyarrow as pa
+import soundfile
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+def median_ms(fn, repeats=20):
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        if isinstance(out, mx.array):
+            mx.eval(out)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def primitives():
+    import torch
+    import torch_recipe
+
+    mx.set_default_device(mx.cpu)
+    a, b = mx.random.normal((1000, 459)), mx.random.normal((459, 320))
+    x = mx.random.normal((500_000,))
+    index = mx.arange(5_000_000) % 500_000
+    mx.eval(a, b, x, index)
+    an, bn = np.array(a), np.array(b)
+    print(f"matmul [1000,459]@[459,320]: MLX {median_ms(lambda: a @ b):.2f} ms, numpy {median_ms(lambda: an @ bn):.2f} ms")
+    print(f"gather of 5M elements: MLX {median_ms(lambda: x[index]):.2f} ms; elementwise x*2+1 on 5M: "
+          f"{median_ms(lambda: x * 2.0 + 1.0):.2f} ms")
+    for rows in (500, 4000):
+        frames = mx.random.normal((rows, 2048))
+        mx.eval(frames)
+        print(f"rfft of {rows} frames of 2048: MLX {median_ms(lambda f=frames: mx.fft.rfft(f, axis=-1)):.2f} ms")
+    samples, rate = soundfile.read(str(ROOT / "models/voices/aria.wav"), dtype="float32")
+    torch.set_num_threads(1)
+    from dora_reference_mel import reference_mel
+
+    mlx_ms, torch_ms = [], []
+    for _ in range(25):  # interleaved
+        mlx_ms.append(median_ms(lambda: reference_mel(samples, rate), repeats=1))
+        torch_ms.append(median_ms(lambda: torch_recipe.reference_feature(torch.from_numpy(samples), rate).numpy(),
+                                  repeats=1))
+    print(f"v2 10 s, torch on 1 thread: MLX {statistics.median(mlx_ms):.2f} ms, torch {statistics.median(torch_ms):.2f} ms")
+    blob = np.zeros(704 * 500, np.float32).tobytes()
+    print(f"sha256 of 1.9 MB: {median_ms(lambda: hashlib.sha256(samples.data).digest()):.2f} ms; "
+          f"crc32 of 1.4 MB: {median_ms(lambda: zlib.crc32(blob)):.2f} ms")
+
+
+def service_paths():
+    from dora_reference_mel.cli import main as cli
+    from dora_reference_mel.config import Config
+    from dora_reference_mel.service import ReferenceMelService
+
+    samples, rate = soundfile.read(str(ROOT / "models/voices/aria.wav"), dtype="float32")
+    with tempfile.TemporaryDirectory() as tmp:
+        voices = Path(tmp) / "voices.json"
+        voices.write_text((ROOT / "models/voices.json").read_text().replace('"models_base_path": "."',
+                                                                           f'"models_base_path": "{ROOT / "models"}"'))
+        env = {"VOICES_CONFIG": str(voices), "CODES_DIR": f"{tmp}/codes", "MEL_WRITE_BACK": "0"}
+        cli(["precompute", "--voices", str(voices), "--codes-dir", f"{tmp}/codes"])
+        cached = ReferenceMelService(Config.from_env({**env, "MEL_CACHE_MB": "64"}))
+        cached.warm_up()
+        idle = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        nocache = ReferenceMelService(Config.from_env({**env, "MEL_CACHE_MB": "0"}))
+        arrow = pa.array(samples)
+        computed = []
+        for i in range(60):  # each clip new: timed once, no warm-up call (that would cache it)
+            clip = pa.array(np.roll(samples, 1000 + i))
+            start = time.perf_counter()
+            assert cached.handle("reference_audio", clip, {"sample_rate": rate})[0].metadata["source"] == "computed"
+            computed.append((time.perf_counter() - start) * 1e3)
+        hit = median_ms(lambda: cached.handle("reference_audio", arrow, {"sample_rate": rate}))
+        stored = median_ms(lambda: nocache.handle("reference_audio", arrow, {"sample_rate": rate, "voice": "aria"}))
+        assert nocache.handle("reference_audio", arrow, {"sample_rate": rate, "voice": "aria"})[0].metadata[
+            "source"] == "precomputed"
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"service, 10 s at 48 kHz: cache hit {hit:.2f} ms, precomputed {stored:.2f} ms, computed "
+              f"{statistics.median(computed):.2f} ms")
+        print(f"memory: peak RSS after warm-up {idle:.0f} MB; after 60 distinct computed clips with "
+              f"MEL_CACHE_MB=64 ({cached.cache.nbytes / 2**20:.1f} MB cached) {peak:.0f} MB")
+
+
+if __name__ == "__main__":
+    service_paths()  # first: its memory figures must not include the primitives' arrays
+    primitives()
