@@ -104,6 +104,20 @@ def test_too_short_is_a_clear_error(n, code):
     assert err.value.code == code
 
 
+@pytest.mark.parametrize("rate", [161193, 47999, 384000 - 1])
+def test_rates_without_a_small_ratio_are_refused_not_allocated(rate):
+    """torchaudio's kernel for 161193 -> 32000 Hz would be 32000 x 161255 taps (38 GiB in float64)."""
+    with pytest.raises(ReferenceMelError) as err:
+        reference_mel(np.zeros(rate, np.float32), rate)
+    assert err.value.code == "bad_sample_rate" and f"sample_rate={rate}" in err.value.message
+
+
+def test_every_common_rate_is_accepted():
+    for rate in (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 88200, 96000, 192000, 384000):
+        for preset in ("v2", "v3"):
+            assert reference_mel(np.zeros(rate // 2, np.float32), rate, preset=preset).shape[1] > 0
+
+
 def test_cached_tables_cannot_be_poisoned():
     for table in (hann_window(2048), slaney_mel_filterbank(32000, 1280, 100, 0.0, 16000.0),
                   sinc_resample_taps(44100, 32000)[4]):

@@ -25,7 +25,7 @@ ERROR_CODES = {
     "null_samples": "nulls inside the Arrow array",
     "bad_dtype": "the Arrow array is not float32, float64, int16 or int32 PCM (strings, booleans, structs, ...)",
     "bad_shape": "samples that are not [n] or [n, channels]",
-    "bad_sample_rate": "sample_rate missing, not an integer, zero, negative or above 384000",
+    "bad_sample_rate": "sample_rate missing, not an integer, zero, negative, above 384000, or of no small ratio to 32 kHz",
     "bad_channels": "channels not an integer, below 1, or not dividing the sample count",
     "bad_voice": "voice not a string, empty, over 200 characters, or not a plain name (separators, '..', controls)",
     "unknown_voice": "a voice event for a name neither in voices.json nor in the codes directory",

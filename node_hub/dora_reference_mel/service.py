@@ -68,6 +68,13 @@ class Request:
     sample_rate: int | None
     voice: Voice | None
     warnings: tuple[str, ...] = ()
+    digest: str | None = None  # samples_digest(samples, sample_rate), computed once for every preset
+    stamp: AudioStamp | None = None  # when the samples were read from the voice's ref_audio file
+
+    @classmethod
+    def with_samples(cls, samples: np.ndarray, sample_rate: int, voice: Voice | None, warnings,
+                     stamp: AudioStamp | None = None) -> Request:
+        return cls(samples, sample_rate, voice, tuple(warnings), samples_digest(samples, sample_rate), stamp)
 
 
 class ReferenceMelService:
@@ -111,8 +118,9 @@ class ReferenceMelService:
             return [self._error(err, passthrough, voice_name)]
         outputs = []
         for preset in self.config.presets:
-            try:
-                outputs.append(self._serve(request, preset, passthrough, start))
+            try:  # a voice event's audio, once read for one preset, serves the next ones too
+                output, request = self._serve(request, preset, passthrough, start)
+                outputs.append(output)
             except ReferenceMelError as err:
                 outputs.append(self._error(err, passthrough, voice_name, preset))
             except CorruptFile as err:  # store problem found where no recompute is possible
@@ -144,9 +152,9 @@ class ReferenceMelService:
         samples = signal.check_samples(flat.reshape(-1, channels), sample_rate)
         if samples.dtype != np.float32:  # canonical float32 PCM: the same audio hashes the same however sent
             samples = samples.astype(np.float32) / np.float32(32768.0 if samples.dtype == np.int16 else 2147483648.0)
-        return Request(samples, sample_rate, voice, tuple(warnings) + self._audio_warnings(samples, sample_rate))
+        return Request.with_samples(samples, sample_rate, voice, warnings + self._audio_warnings(samples, sample_rate))
 
-    def _audio_warnings(self, samples: np.ndarray, sample_rate: int) -> tuple[str, ...]:
+    def _audio_warnings(self, samples: np.ndarray, sample_rate: int) -> list[str]:
         seconds = samples.shape[0] / sample_rate
         if seconds > self.config.max_ref_seconds:
             raise ReferenceMelError(
@@ -158,11 +166,11 @@ class ReferenceMelService:
         peak = max(float(samples.max()), -float(samples.min()))  # no |x| temporary
         if peak > 2:
             warnings.append(f"peak {peak:.3g} is far above 1 (clipped or mis-scaled PCM); served peak-normalised")
-        return tuple(warnings)
+        return warnings
 
     # -- resolution -----------------------------------------------------------------------------
 
-    def _serve(self, request: Request, preset: Preset, passthrough: dict, start: float) -> Output:
+    def _serve(self, request: Request, preset: Preset, passthrough: dict, start: float) -> tuple[Output, Request]:
         extra: dict = {}
         if request.samples is None:
             served, source, request = self._resolve_voice(request, preset, extra)
@@ -189,11 +197,13 @@ class ReferenceMelService:
         log.info("mel voice=%s preset=%s source=%s shape=%s request_id=%s elapsed_ms=%.2f",
                  metadata.get("voice"), preset.name, source, metadata["shape"], metadata["request_id"],
                  metadata["elapsed_ms"])
-        return Output(OUTPUT_MEL, served.array, metadata)
+        return Output(OUTPUT_MEL, served.array, metadata), request
 
     def _resolve_samples(self, request: Request, preset: Preset, extra: dict) -> tuple[Served, str]:
         signal.check_long_enough(request.samples.shape[0], request.sample_rate, preset)
-        digest = samples_digest(request.samples, request.sample_rate)
+        digest = request.digest
+        if request.stamp is not None:  # read from the voice's file: a later voice event may hit the cache
+            self._voice_index[(request.voice.name, preset.fingerprint)] = (request.stamp, digest)
         cached = self.cache.get((digest, preset.fingerprint))
         if cached is not None:
             return cached, "cache"
@@ -233,16 +243,14 @@ class ReferenceMelService:
                 "no_ref_audio", f"voice {voice.name!r} has no ref_audio in voices.json and no usable precomputed "
                 f"{preset.name} spectrogram; add ref_audio or run `reference-mel precompute`", voice=voice.name)
         samples, sample_rate = read_audio(voice.ref_audio)
-        request = Request(samples, sample_rate, voice, self._audio_warnings(samples, sample_rate))
-        signal.check_long_enough(samples.shape[0], sample_rate, preset)
-        digest = samples_digest(samples, sample_rate)
-        self._voice_index[(voice.name, preset.fingerprint)] = (stamp, digest)
-        if stored is not None and self._stored_matches(stored, preset, digest, request):
-            return self._remember(stored.data, digest, preset), "precomputed", request
-        cached = self.cache.get((digest, preset.fingerprint))
-        if cached is not None:
-            return cached, "cache", request
-        return self._compute(request, digest, preset, extra, stamp), "computed", request
+        request = Request.with_samples(samples, sample_rate, voice, self._audio_warnings(samples, sample_rate), stamp)
+        if stored is not None:
+            signal.check_long_enough(samples.shape[0], sample_rate, preset)
+            if self._stored_matches(stored, preset, request.digest, request):
+                self._voice_index[(voice.name, preset.fingerprint)] = (stamp, request.digest)
+                return self._remember(stored.data, request.digest, preset), "precomputed", request
+        served, source = self._resolve_samples(request, preset, extra)
+        return served, source, request
 
     def _load_stored(self, voice: Voice, preset: Preset):
         try:
@@ -258,20 +266,18 @@ class ReferenceMelService:
             return stored.data.shape[1] == preset.n_frames(n)
         return staleness(stored, preset, digest) is None
 
-    def _compute(self, request: Request, digest: str, preset: Preset, extra: dict,
-                 stamp: AudioStamp | None = None) -> Served:
+    def _compute(self, request: Request, digest: str, preset: Preset, extra: dict) -> Served:
         mel = signal.reference_mel(request.samples, request.sample_rate, preset=preset)[0]  # [n_bins, n_frames]
         if request.voice is not None:
-            extra["write_back"] = self._write_back(request, mel, digest, preset, stamp)
+            extra["write_back"] = self._write_back(request, mel, digest, preset)
         return self._remember(mel, digest, preset)
 
-    def _write_back(self, request: Request, mel: np.ndarray, digest: str, preset: Preset,
-                    stamp: AudioStamp | None) -> str:
+    def _write_back(self, request: Request, mel: np.ndarray, digest: str, preset: Preset) -> str:
         if not self.config.write_back:
             return "off"
         try:
             self.store.save_mel(request.voice, preset, mel, source_sha256=digest,
-                                source_sample_rate=request.sample_rate, audio=stamp)
+                                source_sample_rate=request.sample_rate, audio=request.stamp)
             return "written"
         except OSError as err:
             folder = str(self.store.mel_file(request.voice, preset).parent)

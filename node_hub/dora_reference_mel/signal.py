@@ -32,6 +32,7 @@ from .recipe import (
 )
 
 MAX_SAMPLE_RATE = 384_000
+MAX_KERNEL_TAPS = 4_000_000  # 16 MB of kernel; standard rates need at most 0.3M (22.05 kHz -> 32 kHz)
 CPU_FRAMES_PER_GRAPH = 600  # ~12 s of v2 frames: the spectra of one graph stay in cache
 GPU_FRAMES_PER_GRAPH = 65_536
 _INT_SCALE = {np.dtype(np.int16): 32768.0, np.dtype(np.int32): 2147483648.0}
@@ -169,7 +170,17 @@ def resampled_length(n_samples: int, sample_rate: int, target_rate: int) -> int:
 
 
 def check_long_enough(n_samples: int, sample_rate: int, preset: Preset) -> int:
-    """Raise `too_short` when the clip gives no frame; return the resampled length."""
+    """Raise `too_short` when the clip gives no frame, `bad_sample_rate` when its rate has no practical
+    ratio to the preset's; return the resampled length."""
+    if sample_rate != preset.sample_rate:
+        gcd = math.gcd(sample_rate, preset.sample_rate)
+        orig, new = sample_rate // gcd, preset.sample_rate // gcd
+        taps = 2 * math.ceil(SINC_LOWPASS_FILTER_WIDTH * orig / (min(orig, new) * SINC_ROLLOFF)) + orig
+        if new * taps > MAX_KERNEL_TAPS:  # torchaudio would build the same table: [new, taps] floats
+            raise ReferenceMelError(
+                "bad_sample_rate", f"sample_rate={sample_rate} has no small ratio to {preset.sample_rate} Hz "
+                f"({orig}:{new}; the resampling kernel would hold {new} x {taps} taps); resample the audio to a "
+                "standard rate such as 16000, 22050, 24000, 32000, 44100 or 48000 Hz")
     n_resampled = resampled_length(n_samples, sample_rate, preset.sample_rate)
     if n_resampled < preset.min_samples:
         need = math.ceil(preset.min_samples * sample_rate / preset.sample_rate)

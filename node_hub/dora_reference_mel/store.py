@@ -285,12 +285,9 @@ class ReferenceStore:
             if not path.exists() and not path.is_symlink():
                 return None
             self._inside(path)
-        try:
-            blob = path.read_bytes()
-        except FileNotFoundError:
+        blob = _read_or_none(path)
+        if blob is None:
             return None
-        except OSError as err:
-            raise CorruptFile(f"{path} cannot be read ({err})") from None
         sidecar = read_sidecar(path.with_suffix(".json"))
         if sidecar is None:
             return StoredMel(_legacy_array(blob, path, preset), None, path)
@@ -337,13 +334,20 @@ def staleness(stored: StoredMel | None, preset: Preset, digest: str) -> str | No
     return None
 
 
-def read_sidecar(path: Path) -> dict | None:
+def _read_or_none(path: Path) -> bytes | None:
+    """The file's bytes; None when it does not exist; CorruptFile when it exists but cannot be read."""
     try:
-        blob = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
         return None
     except OSError as err:
         raise CorruptFile(f"{path} cannot be read ({err})") from None
+
+
+def read_sidecar(path: Path) -> dict | None:
+    blob = _read_or_none(path)
+    if blob is None:
+        return None
     try:
         sidecar = json.loads(blob)
     except (json.JSONDecodeError, UnicodeDecodeError):
