@@ -75,15 +75,32 @@ def test_peak_normalisation_only_above_one_and_only_v2():
 
 
 def test_batch_equals_one_by_one():
-    clips = [speech("mono", 48000)[0], speech("stereo", 22050)[0][: 22050 * 2], speech("mono", 16000)[0]]
-    rates = [48000, 22050, 16000]
+    """Mixed rates, channels and int16/float clips; over 600 frames, so on a CPU it spans several graphs."""
+    clips = [speech("mono", 48000)[0], speech("stereo", 22050)[0][: 22050 * 2], speech("mono", 16000)[0],
+             speech("stereo", 44100, dtype="int16")[0]] * 2
+    rates = [48000, 22050, 16000, 44100] * 2
     for preset in ("v2", "v4"):
         batch = reference_mel_batch(clips, rates, preset=preset)
-        assert len(batch) == 3
+        assert len(batch) == len(clips)
         for clip, rate, out in zip(clips, rates, batch, strict=True):
             single = reference_mel(clip, rate, preset=preset)
             assert out.shape == single.shape
             np.testing.assert_allclose(out, single, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("rate", [44100, 22050, 48000])
+def test_both_resampler_strategies_agree(rate):
+    """A GPU uses the gathered form for 44.1k and 22.05k; check it here against the strided one."""
+    import mlx.core as mx
+
+    from dora_reference_mel.signal import _phases_gathered, _phases_strided, sinc_resample_taps
+
+    orig, new, width, starts, weights = sinc_resample_taps(rate, 32000)
+    padded = mx.pad(mx.array(speech("mono", rate)[0]), [(width, width + orig)])
+    n_blocks = (padded.shape[0] - 2 * width - orig) // orig
+    strided = np.array(_phases_strided(padded, orig, n_blocks, starts, weights))
+    gathered = np.array(_phases_gathered(padded, orig, n_blocks, starts, weights))
+    np.testing.assert_allclose(strided, gathered, rtol=0, atol=1e-6)
 
 
 def test_v1_bins_and_preset_errors():

@@ -43,6 +43,26 @@ _INT_SCALE = {np.dtype(np.int16): 32768.0, np.dtype(np.int32): 2147483648.0}
 # ---------------------------------------------------------------------------------------------
 
 
+def sinc_geometry(orig_freq: int, new_freq: int) -> tuple[int, int, int]:
+    """(orig, new, width) of torchaudio's kernel: rates reduced by their gcd, and its half-width in
+    input samples. The full kernel table is [new, 2 * width + orig]."""
+    gcd = math.gcd(orig_freq, new_freq)
+    orig, new = orig_freq // gcd, new_freq // gcd
+    return orig, new, math.ceil(SINC_LOWPASS_FILTER_WIDTH * orig / (min(orig, new) * SINC_ROLLOFF))
+
+
+def _nonzero_bands(table: np.ndarray, nonzero: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row of a sparse table [rows, cols] as one band of equal width: starts [rows], weights
+    [rows, width]. Rows whose nonzero run is narrower carry a few zeros: they add nothing to a sum."""
+    has = nonzero.any(axis=1)
+    first = np.where(has, nonzero.argmax(axis=1), 0)
+    last = np.where(has, table.shape[1] - nonzero[:, ::-1].argmax(axis=1), 1)
+    width = int((last - first).max())
+    starts = np.minimum(first, table.shape[1] - width)
+    weights = np.stack([table[row, start:start + width] for row, start in enumerate(starts)])
+    return _frozen(starts.astype(np.int32)), _frozen(weights)
+
+
 @functools.lru_cache(maxsize=64)
 def sinc_resample_taps(orig_freq: int, new_freq: int) -> tuple[int, int, int, np.ndarray, np.ndarray]:
     """torchaudio's `sinc_interp_hann` kernel for orig -> new, cut to its nonzero band per phase.
@@ -52,10 +72,8 @@ def sinc_resample_taps(orig_freq: int, new_freq: int) -> tuple[int, int, int, np
     `padded` is the input with `width` zeros before and `width + orig` after: torchaudio's conv1d
     with stride orig, minus the taps that the clamped Hann window makes (numerically) zero.
     """
-    gcd = math.gcd(orig_freq, new_freq)
-    orig, new = orig_freq // gcd, new_freq // gcd
+    orig, new, width = sinc_geometry(orig_freq, new_freq)
     base_freq = min(orig, new) * SINC_ROLLOFF
-    width = math.ceil(SINC_LOWPASS_FILTER_WIDTH * orig / base_freq)
     idx = np.arange(-width, width + orig, dtype=np.float64)[None, :] / orig
     # torchaudio divides the phase index in the default dtype (float32) before adding idx.
     phase = (np.arange(0, -new, -1, dtype=np.float32) / np.float32(new)).astype(np.float64)[:, None]
@@ -67,13 +85,8 @@ def sinc_resample_taps(orig_freq: int, new_freq: int) -> tuple[int, int, int, np
     kernel = (kernel * window * (base_freq / orig)).astype(np.float32)  # [new, 2 * width + orig]
 
     # The window is cos(pi/2)^2 ~ 4e-33 at the clamp: taps that small cannot change a float32 sum.
-    nonzero = np.abs(kernel) > 1e-20
-    first = nonzero.argmax(axis=1)
-    last = kernel.shape[1] - nonzero[:, ::-1].argmax(axis=1)
-    taps = int((last - first).max())
-    starts = np.minimum(first, kernel.shape[1] - taps)
-    weights = np.stack([kernel[k, s:s + taps] for k, s in enumerate(starts)])
-    return orig, new, width, _frozen(starts.astype(np.int32)), _frozen(weights)
+    starts, weights = _nonzero_bands(kernel, np.abs(kernel) > 1e-20)
+    return orig, new, width, starts, weights
 
 
 @functools.lru_cache(maxsize=16)
@@ -115,13 +128,7 @@ def slaney_mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float
 def mel_bands(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> tuple[np.ndarray, np.ndarray]:
     """The filterbank as bands: starts [n_mels] and weights [n_mels, width] of its nonzero runs."""
     bank = slaney_mel_filterbank(sample_rate, n_fft, n_mels, fmin, fmax)
-    nonzero = bank != 0
-    first = np.where(nonzero.any(axis=1), nonzero.argmax(axis=1), 0)
-    last = np.where(nonzero.any(axis=1), bank.shape[1] - nonzero[:, ::-1].argmax(axis=1), 1)
-    width = int((last - first).max())
-    starts = np.minimum(first, bank.shape[1] - width)
-    weights = np.stack([bank[m, s:s + width] for m, s in enumerate(starts)])
-    return _frozen(starts.astype(np.int32)), _frozen(weights)
+    return _nonzero_bands(bank, bank != 0)
 
 
 def _frozen(array: np.ndarray) -> np.ndarray:
@@ -173,9 +180,8 @@ def check_long_enough(n_samples: int, sample_rate: int, preset: Preset) -> int:
     """Raise `too_short` when the clip gives no frame, `bad_sample_rate` when its rate has no practical
     ratio to the preset's; return the resampled length."""
     if sample_rate != preset.sample_rate:
-        gcd = math.gcd(sample_rate, preset.sample_rate)
-        orig, new = sample_rate // gcd, preset.sample_rate // gcd
-        taps = 2 * math.ceil(SINC_LOWPASS_FILTER_WIDTH * orig / (min(orig, new) * SINC_ROLLOFF)) + orig
+        orig, new, width = sinc_geometry(sample_rate, preset.sample_rate)
+        taps = 2 * width + orig
         if new * taps > MAX_KERNEL_TAPS:  # torchaudio would build the same table: [new, taps] floats
             raise ReferenceMelError(
                 "bad_sample_rate", f"sample_rate={sample_rate} has no small ratio to {preset.sample_rate} Hz "
@@ -203,9 +209,10 @@ def to_mono(clips: Sequence[np.ndarray]) -> list[mx.array]:
     cost per copy), as int16 when they all are (half the bytes), scaled to [-1, 1] on the device.
     """
     as_int16 = all(x.dtype == np.int16 for x in clips)
-    flat = [(x if as_int16 or x.dtype == np.float32 else
-             x.astype(np.float32) / np.float32(_INT_SCALE[x.dtype]) if x.dtype in _INT_SCALE else
-             x.astype(np.float32)).reshape(-1) for x in clips]
+    if not as_int16:  # one common dtype for the copy: float32 (check_samples made floats float32 already)
+        clips_f32 = [x if x.dtype == np.float32 else x.astype(np.float32) / np.float32(_INT_SCALE[x.dtype])
+                     for x in clips]
+    flat = [x.reshape(-1) for x in (clips if as_int16 else clips_f32)]
     device = mx.array(flat[0] if len(flat) == 1 else np.concatenate(flat))
     if as_int16:
         device = device.astype(mx.float32) / _INT_SCALE[np.dtype(np.int16)]
@@ -225,19 +232,26 @@ def resample_sinc(x: mx.array, orig_freq: int, new_freq: int) -> mx.array:
     n_out = resampled_length(x.shape[0], orig_freq, new_freq)
     n_blocks = -(-n_out // new)
     padded = mx.pad(x, [(width, width + orig)])
-    taps = weights.shape[1]
-    if new <= 8 or mx.default_device() == mx.cpu:
-        # One strided view per output phase (no gather): MLX's CPU backend gathers at ~5 ns an element
-        # but multiplies and sums at a fraction of that. Few phases (48k, 16k, 24k inputs) suit GPUs too.
-        phases = [mx.sum(mx.as_strided(padded[int(start):], (n_blocks, taps), (orig, 1)) * mx.array(weights[k]),
-                         axis=-1) for k, start in enumerate(starts)]
-        out = mx.stack(phases, axis=1)  # [n_blocks, new]
-    else:
-        # Hundreds of phases (44.1k, 22.05k inputs) on a GPU: one banded gather, one kernel launch.
-        index = (mx.arange(n_blocks, dtype=mx.int32)[:, None, None] * orig
-                 + mx.array(starts)[None, :, None] + mx.arange(taps, dtype=mx.int32)[None, None, :])
-        out = mx.sum(padded[index] * mx.array(weights), axis=-1)  # [n_blocks, new]
+    # One strided view per phase avoids gathers, which MLX's CPU backend runs at ~6 ns an element; on a
+    # GPU, hundreds of phases (44.1k, 22.05k inputs) are better as one banded gather: one launch.
+    strided = new <= 8 or mx.default_device() == mx.cpu
+    out = (_phases_strided if strided else _phases_gathered)(padded, orig, n_blocks, starts, weights)
     return out.reshape(-1)[:n_out]
+
+
+def _phases_strided(padded: mx.array, orig: int, n_blocks: int, starts, weights) -> mx.array:
+    """[n_blocks, new]: output phase k is a strided view of `padded` times weights[k], summed."""
+    taps = weights.shape[1]
+    phases = [mx.sum(mx.as_strided(padded[int(start):], (n_blocks, taps), (orig, 1)) * mx.array(weights[k]), axis=-1)
+              for k, start in enumerate(starts)]
+    return mx.stack(phases, axis=1)
+
+
+def _phases_gathered(padded: mx.array, orig: int, n_blocks: int, starts, weights) -> mx.array:
+    """[n_blocks, new]: the same sums, every tap of every phase gathered at once."""
+    index = (mx.arange(n_blocks, dtype=mx.int32)[:, None, None] * orig
+             + mx.array(starts)[None, :, None] + mx.arange(weights.shape[1], dtype=mx.int32)[None, None, :])
+    return mx.sum(padded[index] * mx.array(weights), axis=-1)
 
 
 def resample_soxr_hq(x: mx.array, orig_freq: int, new_freq: int) -> mx.array:
@@ -342,7 +356,7 @@ def reference_mel_batch(
     preset: str | Preset = "v2",
     resampler: str = "torchaudio",
 ) -> list[np.ndarray]:
-    """Reference features of many clips (any lengths, any rates) in one MLX evaluation.
+    """Reference features of many clips (any lengths, any rates) in few MLX evaluations.
 
     clips: each [n] or [n, channels]; sample_rate: one rate for all, or one per clip.
     Returns one float32 [1, n_bins, n_frames] array per clip, equal to `reference_mel` of each
@@ -357,8 +371,8 @@ def reference_mel_batch(
         return []
     checked = [check_samples(x, sr) for x, sr in zip(clips, rates, strict=True)]
     counts = [preset.n_frames(check_long_enough(x.shape[0], sr, preset)) for x, sr in zip(checked, rates, strict=True)]
-    # Frames per MLX graph: a GPU wants big launches; MLX's CPU kernels slow down 3 to 6 times per frame
-    # once a graph's spectra leave the cache (measured: 4000 frames cost 23x what 500 cost).
+    # Frames per MLX graph: a GPU wants big launches; MLX's CPU kernels slow down once a graph's spectra
+    # leave the cache (benchmarks/inprocess.py: the FFT of 4000 frames costs 9x that of 500).
     budget = CPU_FRAMES_PER_GRAPH if mx.default_device() == mx.cpu else GPU_FRAMES_PER_GRAPH
     results, start = [], 0
     while start < len(checked):
