@@ -169,3 +169,14 @@ def test_missing_voices_json_and_codes_dir(library, tmp_path):
     assert out.metadata["write_back"] == "written" and (library["codes_dir"] / "newvoice_mel.bin").exists()
     err = only(node.handle("voice", pa.array(["nobody"]), {}), "error")
     assert json.loads(err.value[0].as_py())["error"] == "unknown_voice"
+
+
+def test_hand_edited_sidecar_stamp_is_not_an_internal_error(library):
+    """A sidecar whose source_audio someone edited: the audio is re-read and checked, not trusted."""
+    only(service(library).handle("voice", pa.array(["basil"]), {}))
+    sidecar_path = library["codes_dir"] / "basil_mel.json"
+    sidecar = json.loads(sidecar_path.read_text())
+    sidecar["source_audio"] = {"bogus": 1}
+    sidecar_path.write_text(json.dumps(sidecar))
+    out = only(service(library).handle("voice", pa.array(["basil"]), {}))
+    assert out.metadata["source"] == "precomputed"  # the audio's SHA-256 still matches the sidecar's

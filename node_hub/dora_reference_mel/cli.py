@@ -173,11 +173,11 @@ def _summary(jobs: list[Job]) -> int:
 
 
 def verify(args) -> int:
-    store = _store(args)
+    store, presets = _store(args), _presets(args)
     bad = 0
     for voice in store.library.voices():
-        job = _load(Job(voice, _presets(args)[0]))
-        for preset in _presets(args):
+        job = _load(Job(voice, presets[0]))
+        for preset in presets:
             try:
                 stored = store.load_mel(voice, preset)
             except CorruptFile as err:

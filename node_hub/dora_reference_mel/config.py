@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from .errors import ReferenceMelError
-from .recipe import PRESET_NAMES, RESAMPLERS, V2_DEFAULT_BINS, Preset, get_preset
+from .recipe import PRESET_NAMES, V2_DEFAULT_BINS, Preset, get_preset
 
 DEFAULT_MODEL_DIR = "~/.dora/models/primespeech"
 
@@ -66,8 +66,6 @@ class Config:
         device = get("MEL_DEVICE").lower()
         if device not in ("auto", "gpu", "cpu"):
             raise ReferenceMelError("bad_config", f"MEL_DEVICE={device!r} must be auto, gpu or cpu")
-        if resampler not in RESAMPLERS:
-            raise ReferenceMelError("bad_config", f"MEL_RESAMPLER={resampler!r} must be one of {RESAMPLERS}")
         cache_mb = _parse_float("MEL_CACHE_MB", get("MEL_CACHE_MB"), minimum=0)
         max_seconds = _parse_float("MAX_REF_SECONDS", get("MAX_REF_SECONDS"), minimum=0.1)
         write_back = get("MEL_WRITE_BACK").lower()

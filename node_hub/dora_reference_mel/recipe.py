@@ -93,7 +93,7 @@ def get_preset(name: str | Preset, *, resampler: str = "torchaudio", v2_bins: in
         raise ReferenceMelError("bad_preset", f"preset={name!r} is not known; use one of {', '.join(PRESET_NAMES)}")
     if resampler not in RESAMPLERS:
         raise ReferenceMelError(
-            "bad_config", f"resampler={resampler!r} is not known; use one of {', '.join(RESAMPLERS)}")
+            "bad_config", f"resampler={resampler!r} (MEL_RESAMPLER) is not known; use one of {', '.join(RESAMPLERS)}")
     params = dict(_BASE[name], name=name, resampler=resampler)
     if v2_bins is not None and name == "v2":
         if not 1 <= v2_bins <= params["n_fft"] // 2 + 1:

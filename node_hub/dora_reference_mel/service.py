@@ -59,7 +59,6 @@ class Served:
 
     array: pa.Array  # flat float32, C-order data of [1, n_bins, n_frames]
     shape: tuple[int, int, int]
-    digest: str | None  # SHA-256 of the source samples, when known
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,7 +224,7 @@ class ReferenceMelService:
         if stored is not None and (stored.sidecar is None or stored.sidecar.get("fingerprint") == preset.fingerprint):
             recorded = (stored.sidecar or {}).get("source_audio")
             fresh = (stored.sidecar is None or voice.ref_audio is None or stamp is None
-                     or (recorded and AudioStamp(**recorded) == stamp))
+                     or recorded == dataclasses.asdict(stamp))
             if fresh:
                 digest = (stored.sidecar or {}).get("source_sha256")
                 served = self._remember(stored.data, digest, preset)
@@ -288,7 +287,7 @@ class ReferenceMelService:
 
     def _remember(self, mel: np.ndarray, digest: str | None, preset: Preset) -> Served:
         flat = np.ascontiguousarray(mel, dtype=np.float32).reshape(-1)
-        served = Served(pa.array(flat), (1, *mel.shape), digest)
+        served = Served(pa.array(flat), (1, *mel.shape))
         if digest:
             self.cache.put((digest, preset.fingerprint), served, flat.nbytes)
         return served
