@@ -75,6 +75,17 @@ def test_precompute_then_nothing_then_exactly_the_changed_voice(library20):
     np.testing.assert_array_equal(stored.data, reference_mel(samples[: len(samples) // 2], rate)[0])
 
 
+def test_precompute_in_chunks_of_voices(library20, monkeypatch, capsys):
+    """A library larger than one chunk (here 7 voices a chunk): every voice once, nothing twice."""
+    from dora_reference_mel import cli as tool
+
+    monkeypatch.setattr(tool, "VOICES_PER_CHUNK", 7)
+    assert tool.main(["precompute", *library20["args"], "--preset", "v2", "v4"]) == 0
+    assert "40 computed, 0 up to date, 0 failed" in capsys.readouterr().out
+    assert tool.main(["precompute", *library20["args"], "--preset", "v2", "v4"]) == 0
+    assert "0 computed, 40 up to date" in capsys.readouterr().out
+
+
 def test_failures_do_not_stop_the_others(library20):
     config = json.loads(library20["voices"].read_text())
     config["voices"]["voice03"]["ref_audio"] = "audio/absent.wav"

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import signal
 from .config import Config, select_device
 from .errors import ReferenceMelError
 from .recipe import PRESET_NAMES, Preset, get_preset
@@ -31,7 +32,7 @@ from .store import (
     staleness,
 )
 
-BATCH_CLIPS = 16  # clips per MLX evaluation: bounded memory, still few calls
+VOICES_PER_CHUNK = 32  # voices read, computed and written together: bounds memory, still few MLX calls
 
 
 @dataclasses.dataclass
@@ -94,51 +95,54 @@ def precompute(args) -> int:
         print(f"error: {store.library.path} does not exist; pass --voices or set VOICES_CONFIG", file=sys.stderr)
         return 2
     presets = _presets(args)
-    from . import signal
 
-    # Read and hash every voice's audio once, shared by its presets.
-    progress = Progress(len(voices), "reading")
-    loaded: dict[str, Job] = {}
+    # Chunk by chunk of voices: read (in threads) and hash each voice's audio once for all its presets,
+    # compute what is missing or stale in one batch, write, and let the chunk go: memory stays bounded
+    # by one chunk whatever the library's size.
+    jobs: list[Job] = []
+    progress = Progress(len(voices) * len(presets), "computing")
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        for job in pool.map(_load, [Job(v, presets[0]) for v in voices]):
-            loaded[job.voice.name] = job
-            progress.step(job.voice.name)
-    jobs = [dataclasses.replace(loaded[v.name], preset=p) for p in presets for v in voices]
-    for job in jobs:
-        if job.state != "pending":
-            continue
-        try:
-            reason = staleness(store.load_mel(job.voice, job.preset), job.preset, job.digest)
-        except CorruptFile as err:
-            reason = f"corrupt ({err})"
-        if reason is None and not args.force:
-            job.state = "up to date"
-        else:
-            job.reason = "forced" if reason is None else reason
-            try:
-                signal.check_long_enough(job.samples.shape[0], job.sample_rate, job.preset)
-            except ReferenceMelError as err:
-                job.state, job.reason = "failed", err.message
-
-    todo = [j for j in jobs if j.state == "pending"]
-    progress = Progress(len(todo), "computing")
-    for preset in presets:
-        batch_jobs = [j for j in todo if j.preset == preset]
-        for start in range(0, len(batch_jobs), BATCH_CLIPS):
-            chunk = batch_jobs[start:start + BATCH_CLIPS]
-            mels = signal.reference_mel_batch([j.samples for j in chunk], [j.sample_rate for j in chunk],
-                                              preset=preset)
-            for job, mel in zip(chunk, mels, strict=True):
-                try:
-                    store.save_mel(job.voice, preset, mel[0], source_sha256=job.digest,
-                                   source_sample_rate=job.sample_rate, audio=job.stamp)
-                    job.state = "computed"
-                except OSError as err:
-                    job.state, job.reason = "failed", f"cannot write {store.mel_file(job.voice, preset)}: {err}"
-                progress.step(f"{job.voice.name} {preset.name}")
+        for first in range(0, len(voices), VOICES_PER_CHUNK):
+            loaded = list(pool.map(_load, [Job(v, presets[0]) for v in voices[first:first + VOICES_PER_CHUNK]]))
+            for preset in presets:
+                chunk = [dataclasses.replace(job, preset=preset) for job in loaded]
+                todo = [job for job in chunk if _needs_compute(store, job, args.force)]
+                mels = signal.reference_mel_batch([j.samples for j in todo], [j.sample_rate for j in todo],
+                                                  preset=preset) if todo else []
+                for job, mel in zip(todo, mels, strict=True):
+                    try:
+                        store.save_mel(job.voice, preset, mel[0], source_sha256=job.digest,
+                                       source_sample_rate=job.sample_rate, audio=job.stamp)
+                        job.state = "computed"
+                    except OSError as err:
+                        job.state, job.reason = "failed", f"cannot write {store.mel_file(job.voice, preset)}: {err}"
+                for job in chunk:
+                    job.samples = None
+                    progress.step(f"{job.voice.name} {preset.name}")
+                jobs += chunk
 
     _record_mel_paths(store, [j for j in jobs if j.state in ("computed", "up to date")])
     return _summary(jobs)
+
+
+def _needs_compute(store: ReferenceStore, job: Job, force: bool) -> bool:
+    """Decide a pending job: up to date, failed (too short), or to compute (with the reason why)."""
+    if job.state != "pending":
+        return False
+    try:
+        reason = staleness(store.load_mel(job.voice, job.preset), job.preset, job.digest)
+    except CorruptFile as err:
+        reason = f"corrupt ({err})"
+    if reason is None and not force:
+        job.state = "up to date"
+        return False
+    try:
+        signal.check_long_enough(job.samples.shape[0], job.sample_rate, job.preset)
+    except ReferenceMelError as err:
+        job.state, job.reason = "failed", err.message
+        return False
+    job.reason = "forced" if reason is None else reason
+    return True
 
 
 def _record_mel_paths(store: ReferenceStore, jobs: list[Job]) -> None:
@@ -147,11 +151,8 @@ def _record_mel_paths(store: ReferenceStore, jobs: list[Job]) -> None:
     base = store.library.base_path(data)
     updates: dict[str, dict[str, str]] = {}
     for job in jobs:
-        path = store.mel_file(job.voice, job.preset).resolve()
-        try:
-            value = os.path.relpath(path, base.resolve()) if path.is_relative_to(base.resolve()) else str(path)
-        except ValueError:
-            value = str(path)
+        path, root = store.mel_file(job.voice, job.preset).resolve(), base.resolve()
+        value = str(path.relative_to(root)) if path.is_relative_to(root) else str(path)  # relative, as primespeech
         if data["voices"][job.voice.name].get(mel_path_key(job.preset)) != value:
             updates.setdefault(job.voice.name, {})[mel_path_key(job.preset)] = value
     if updates:
@@ -202,7 +203,6 @@ def verify(args) -> int:
 def inspect(args) -> int:
     store = _store(args)
     preset = _presets(args)[0]
-    from . import signal
 
     target, mel = Path(args.target), None
     if target.is_file():
