@@ -87,12 +87,15 @@ class Voice:
         return dict(self.mel_paths).get(mel_path_key(preset))
 
 
+_UNLOADED = ("unloaded",)  # matches no real stamp, so the next access reads the file
+
+
 class VoiceLibrary:
     """voices.json in primespeech's schema; re-read when the file changes on disk."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self._stamp = None
+        self._stamp: tuple | None = _UNLOADED  # (mtime, size, inode) of what is loaded; None: no file
         self._data: dict | None = None
         self._error: ReferenceMelError | None = None
         self._lock = threading.Lock()
@@ -103,7 +106,7 @@ class VoiceLibrary:
             stamp = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
         except FileNotFoundError:
             stamp = None
-        if stamp == self._stamp and (self._data is not None or self._error is not None or stamp is None):
+        if stamp == self._stamp:
             return
         self._stamp, self._data, self._error = stamp, None, None
         if stamp is None:
@@ -165,7 +168,7 @@ class VoiceLibrary:
             for key, fields in updates.items():
                 raw["voices"][key].update(fields)
             atomic_write(self.path, (json.dumps(raw, indent=2, ensure_ascii=False) + "\n").encode())
-            self._stamp = None
+            self._stamp = _UNLOADED
 
 
 def parse_voices_json(blob: bytes, path: Path) -> dict:
