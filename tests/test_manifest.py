@@ -84,6 +84,16 @@ def test_python_dash_m_and_contract_import_without_mlx():
     assert outside.returncode != 0 and "Could not initiate node" in outside.stderr, outside.stderr[-2000:]
 
 
+def test_node_with_bad_configuration_says_what_to_fix():
+    from conftest import BIN
+
+    result = subprocess.run([str(BIN / "dora-reference-mel")], capture_output=True, text=True, timeout=120,
+                            env={"PATH": "/usr/bin:/bin", "MEL_PRESET": "v9"})
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1].startswith("dora-reference-mel: bad configuration [bad_preset]")
+    assert "Traceback" not in result.stderr
+
+
 @pytest.mark.parametrize("env, fragment", [
     ({"MEL_PRESET": "v9"}, "preset='v9'"), ({"MEL_PRESET": "v2,v2"}, "distinct"),
     ({"MEL_BINS": "abc"}, "MEL_BINS='abc'"), ({"MEL_CACHE_MB": "-1"}, "MEL_CACHE_MB='-1'"),

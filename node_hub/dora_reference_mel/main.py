@@ -9,6 +9,7 @@ import sys
 import time
 
 from .config import Config, select_device
+from .errors import ReferenceMelError
 from .service import ReferenceMelService
 
 log = logging.getLogger("dora_reference_mel")
@@ -30,7 +31,11 @@ def build_service(config: Config) -> ReferenceMelService:
 def main() -> None:
     from dora import Node
 
-    service = build_service(Config.from_env())
+    try:
+        config = Config.from_env()
+    except ReferenceMelError as err:  # before any event: say what to fix and stop, no traceback
+        sys.exit(f"dora-reference-mel: bad configuration [{err.code}]: {err.message}")
+    service = build_service(config)
     node = Node()
     sent = collections.Counter()
     for event in node:
