@@ -36,7 +36,8 @@ def library(tmp_path) -> dict:
     codes_dir = tmp_path / "codes"
     codes_dir.mkdir()
     return {"voices": models / "voices.json", "codes_dir": codes_dir, "models": models,
-            "env": {"VOICES_CONFIG": str(models / "voices.json"), "CODES_DIR": str(codes_dir)}}
+            "env": {"PRIMESPEECH_MODEL_DIR": str(models), "VOICES_CONFIG": str(models / "voices.json"),
+                    "CODES_DIR": str(codes_dir)}}
 
 
 def recorded(index: int) -> dict:
@@ -46,8 +47,10 @@ def recorded(index: int) -> dict:
             "column": "value", "metadata": dict(entry["metadata"])}
 
 
-def run_node(tmp_path: Path, events: list[dict], env: dict, name: str = "run") -> tuple[list[dict], str]:
-    """Run the real `dora-reference-mel` on `events` (integration-test mode); returns outputs and log."""
+def run_node(tmp_path: Path, events: list[dict], env: dict, name: str = "run",
+             keep_logs: bool = False) -> tuple[list[dict], str]:
+    """Run the real `dora-reference-mel` on `events` (integration-test mode); returns outputs and log.
+    Outputs on `log` (the MoFA log line beside each error and warning) are left out unless keep_logs."""
     for i, event in enumerate(events):
         event.setdefault("time_offset_secs", 0.05 * i)
     events = events + [{"type": "Stop", "time_offset_secs": 0.05 * len(events) + 0.5}]
@@ -60,7 +63,8 @@ def run_node(tmp_path: Path, events: list[dict], env: dict, name: str = "run") -
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = outputs.read_text().splitlines() if outputs.exists() else []
-    return [json.loads(line) for line in lines], proc.stderr
+    outputs = [json.loads(line) for line in lines]
+    return [o for o in outputs if keep_logs or o["id"] != "log"], proc.stderr
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from conftest import SPEECH, run_node
 from dora_reference_mel import reference_mel
 from dora_reference_mel.config import Config
-from dora_reference_mel.errors import ERROR_CODES
+from dora_reference_mel.contract import ERROR_CODES
 from dora_reference_mel.service import ReferenceMelService
 
 GOOD, RATE = soundfile.read(str(SPEECH / "mono_16000.wav"), dtype="float32")
@@ -143,7 +143,8 @@ def module_library(tmp_path_factory):
     shutil.copytree(ROOT / "models", tmp / "models", ignore=shutil.ignore_patterns("*.sh", "*.py"))
     (tmp / "codes").mkdir()
     return {"voices": tmp / "models/voices.json", "codes_dir": tmp / "codes",
-            "env": {"VOICES_CONFIG": str(tmp / "models/voices.json"), "CODES_DIR": str(tmp / "codes")}}
+            "env": {"PRIMESPEECH_MODEL_DIR": str(tmp / "models"), "VOICES_CONFIG": str(tmp / "models/voices.json"),
+                    "CODES_DIR": str(tmp / "codes")}}
 
 
 CASE_NAMES = [
@@ -187,7 +188,7 @@ def test_store_repaired_and_nothing_outside_touched(battery):
     assert (codes / "aria_mel.bin").stat().st_size == 704 * 500 * 4  # the corrupt file was replaced
     assert json.loads((codes / "aria_mel.json").read_text())["shape"] == [704, 500]
     assert battery["secret"].read_bytes() == battery["before_outside"]
-    assert "leads outside the codes directory" in battery["log"]
+    assert "leads outside the allowed folders" in battery["log"]
     names = sorted(p.name for p in codes.iterdir())
     assert all(n.split("_")[0] in {"aria", "truncated", "outofrange", "linked"} for n in names), names
     assert not [n for n in os.listdir(codes.parent) if n not in ("codes", "models")]
@@ -216,7 +217,7 @@ def test_broken_voices_json_still_serves_audio(library):
     library["voices"].write_text("{not json")
     service = ReferenceMelService(Config.from_env(library["env"]))
     out = service.handle("reference_audio", pa.array(GOOD), {"sample_rate": RATE, "voice": "aria"})
-    assert out[0].output_id == "mel" and any("not valid JSON" in w for w in out[0].metadata["warnings"])
+    assert out[0].output_id == "mel" and any("not usable JSON" in w for w in out[0].metadata["warnings"])
     err = service.handle("voice", pa.array(["aria"]), {})
     assert json.loads(err[0].value[0].as_py())["error"] == "bad_voices_config"
 
@@ -253,7 +254,12 @@ def test_random_input_is_a_correct_spectrogram_or_a_clean_error(
                 if v is not None}
     service = ReferenceMelService(Config.from_env({**library["env"], "MEL_WRITE_BACK": "0"}))
     outputs = service.handle("reference_audio", pa.array(raw), metadata)  # must not raise
+    logs = [o for o in outputs if o.output_id == "log"]
+    outputs = [o for o in outputs if o.output_id != "log"]
     assert len(outputs) == 1
+    lines = [json.loads(o.value[0].as_py()) for o in logs]
+    assert [line["level"] for line in lines if line["level"] == "ERROR"] == ["ERROR"] * (outputs[0].output_id == "error")
+    assert all(line["level"] in ("ERROR", "WARNING") and line["node"] and line["message"] for line in lines)
     out = outputs[0]
     if out.output_id == "error":
         body = json.loads(out.value[0].as_py())

@@ -69,9 +69,10 @@ def test_precompute_then_nothing_then_exactly_the_changed_voice(library20):
     samples, rate = soundfile.read(str(wav), dtype="int16")
     soundfile.write(str(wav), samples[: len(samples) // 2], rate)
     third = cli("precompute", *library20["args"])
-    assert "1 computed, 19 up to date" in third.stdout and "voice07 v2 (made from other audio" in third.stdout
-    stored = ReferenceStore(library20["codes"], VoiceLibrary(library20["voices"])).load_mel(
+    assert "1 computed, 19 up to date" in third.stdout and "voice07 v2 (stale: made from other audio" in third.stdout
+    stored = ReferenceStore(library20["codes"], VoiceLibrary(library20["voices"])).lookup(
         VoiceLibrary(library20["voices"]).resolve("voice07"), get_preset("v2"))
+    assert stored.fresh
     np.testing.assert_array_equal(stored.data, reference_mel(samples[: len(samples) // 2], rate)[0])
 
 
@@ -90,12 +91,18 @@ def test_failures_do_not_stop_the_others(library20):
     config = json.loads(library20["voices"].read_text())
     config["voices"]["voice03"]["ref_audio"] = "audio/absent.wav"
     config["voices"]["voice04"]["ref_audio"] = "voices.json"  # not audio
+    nan_clip = np.full((48000, 1), 0.1, np.float32)
+    nan_clip[100] = np.nan
+    soundfile.write(str(library20["base"] / "audio/voice05.wav"), nan_clip, 48000, subtype="FLOAT")
+    soundfile.write(str(library20["base"] / "audio/voice06.wav"), np.zeros((400_000 * 3, 1), np.int16), 400_000)
     library20["voices"].write_text(json.dumps(config))
     result = cli("precompute", *library20["args"], "--preset", "v2", "v3")
     assert result.returncode == 1
-    assert "36 computed, 0 up to date, 4 failed" in result.stdout
-    assert "voice03 v2: ref_audio" in result.stdout and "does not exist" in result.stdout
-    assert "voice04 v3: ref_audio" in result.stdout and "not readable audio" in result.stdout
+    assert "32 computed, 0 up to date, 8 failed" in result.stdout  # every good voice, whatever the bad ones
+    assert "voice03 v2: [bad_ref_audio] ref_audio" in result.stdout and "does not exist" in result.stdout
+    assert "voice04 v3: [bad_ref_audio] ref_audio" in result.stdout and "not readable audio" in result.stdout
+    assert "voice05 v2: [non_finite_audio]" in result.stdout and "voice06 v3: [bad_sample_rate]" in result.stdout
+    assert len(list(library20["codes"].glob("voice*_mel*.bin"))) == 32
 
 
 def test_node_after_precompute_serves_every_voice_precomputed(library20, tmp_path):
@@ -170,6 +177,6 @@ def test_concurrent_nodes_and_precompute_never_serve_or_leave_a_bad_file(library
             np.testing.assert_allclose(data, expected[which], rtol=0, atol=1e-5)  # never the other clip's
     assert "precomputed" in sources and "computed" in sources
     store = ReferenceStore(library20["codes"], VoiceLibrary(library20["voices"]))
-    final = store.load_mel(store.voice("shared"), get_preset("v2"))  # whole, CRC-consistent
-    assert final.data.shape[0] == 704
+    final = store.lookup(store.voice("shared"), get_preset("v2"))  # whole, digest-consistent
+    assert final.state in ("fresh", "stale") and final.data.shape[0] == 704
     assert not [p for p in library20["codes"].iterdir() if p.name.endswith(".tmp")]

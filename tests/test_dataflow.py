@@ -45,7 +45,7 @@ def test_dora_run_demo_twice():
     assert first.returncode == 0, out[-4000:]
     assert sorted(consumer_lines(out)) == sorted([
         ("aria", "v2", "computed"), ("basil", "v2", "computed"), ("cleo", "v2", "computed"),
-        ("aria", "v2", "cache"), ("basil", "v2", "precomputed")])
+        ("aria", "v2", "cache"), ("basil", "v2", "cache")])  # the voice event: basil's audio, already served
     assert "5 requests answered" in out and "0 with an unexpected answer" in out
     assert "CONTRACT VIOLATION" not in out
     assert {p.name for p in STORE.glob("codes/*_mel.bin")} == {"aria_mel.bin", "basil_mel.bin", "cleo_mel.bin"}
@@ -56,7 +56,7 @@ def test_dora_run_demo_twice():
     out = second.stdout + second.stderr
     assert second.returncode == 0, out[-4000:]
     sources = sorted(s for _, _, s in consumer_lines(out))
-    assert sources == ["cache", "precomputed", "precomputed", "precomputed", "precomputed"]
+    assert sources == ["cache", "cache", "precomputed", "precomputed", "precomputed"]
     assert git_status() == before, "the demo must not write into the git tree (only into git-ignored out/)"
 
 
@@ -96,7 +96,7 @@ def test_soak_2000_mixed_events():
     assert result.returncode == 0, out[-4000:]
     assert re.search(r"2000 requests answered in [\d.]+ s, \d+ re-sent, 0 with an unexpected answer", out), out[-3000:]
     assert "consumer: totals {'mel': 1500, 'error': 500}" in out or "'error': 500, 'mel': 1500" in out
-    stopping = re.search(r"stopping: sent (\d+) mel and (\d+) error events; cache \d+ entries, ([\d.]+) MB; "
+    stopping = re.search(r"stopping: sent (\d+) mel, (\d+) error and \d+ text events; cache \d+ entries, ([\d.]+) MB; "
                          r"peak RSS (\d+) MB", out)
     assert stopping, "the node must reach its own orderly stop"
     mel, errors, cache_mb, peak = (float(g) for g in stopping.groups())

@@ -34,7 +34,7 @@ def test_replay_computed_cache_error_then_served_then_precomputed(tmp_path, libr
     assert [o["id"] for o in outputs] == ["mel", "mel", "error", "mel", "mel", "mel"]
     assert served(log) == [("aria", "computed", "[1, 704, 500]"), ("aria", "cache", "[1, 704, 500]"),
                            ("basil", "computed", "[1, 704, 295]"), ("cleo", "computed", "[1, 704, 244]"),
-                           ("basil", "precomputed", "[1, 704, 295]")]
+                           ("basil", "cache", "[1, 704, 295]")]  # the same audio as the basil event before
     assert json.loads(outputs[2]["data"][0])["error"] == "empty_audio"
     for output, index in ((outputs[0], 0), (outputs[3], 1), (outputs[4], 2)):
         samples, rate = recorded_samples(index)

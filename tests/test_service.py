@@ -28,8 +28,17 @@ def aria(library):
     return samples, rate
 
 
+def answers(outputs):
+    return [o for o in outputs if o.output_id != "log"]
+
+
 def only(outputs, output_id="mel"):
+    """The one answer among the outputs; every error and warning also has its MoFA `log` line."""
+    logs = [json.loads(o.value[0].as_py()) for o in outputs if o.output_id == "log"]
+    outputs = [o for o in outputs if o.output_id != "log"]
     assert len(outputs) == 1, outputs
+    if output_id == "error":
+        assert [line["level"] for line in logs][:1] == ["ERROR"] and outputs[0].metadata["error"] in logs[0]["message"]
     assert outputs[0].output_id == output_id, outputs[0].value
     return outputs[0]
 
@@ -153,11 +162,11 @@ def test_error_then_next_event_is_served(library):
 def test_several_presets_answer_each_input(library):
     node = service(library, MEL_PRESET="v2,v4")
     samples, rate = speech("stereo", 44100)
-    first = node.handle("reference_audio", *audio_event(samples, rate, voice="cleo"))
+    first = answers(node.handle("reference_audio", *audio_event(samples, rate, voice="cleo")))
     assert [o.metadata["preset"] for o in first] == ["v2", "v4"]
     assert first[1].metadata["n_mels"] == 100 and first[1].metadata["shape"][1] == 100
     assert (library["codes_dir"] / "cleo_mel_v4.bin").exists() and (library["codes_dir"] / "cleo_mel.bin").exists()
-    again = node.handle("reference_audio", *audio_event(samples, rate, voice="cleo"))
+    again = answers(node.handle("reference_audio", *audio_event(samples, rate, voice="cleo")))
     assert [o.metadata["source"] for o in again] == ["cache", "cache"]
 
 
@@ -172,11 +181,12 @@ def test_missing_voices_json_and_codes_dir(library, tmp_path):
 
 
 def test_hand_edited_sidecar_stamp_is_not_an_internal_error(library):
-    """A sidecar whose source_audio someone edited: the audio is re-read and checked, not trusted."""
+    """A sidecar whose source_audio someone edited is not one this package wrote: refused, recomputed, repaired."""
     only(service(library).handle("voice", pa.array(["basil"]), {}))
     sidecar_path = library["codes_dir"] / "basil_mel.json"
     sidecar = json.loads(sidecar_path.read_text())
     sidecar["source_audio"] = {"bogus": 1}
     sidecar_path.write_text(json.dumps(sidecar))
     out = only(service(library).handle("voice", pa.array(["basil"]), {}))
-    assert out.metadata["source"] == "precomputed"  # the audio's SHA-256 still matches the sidecar's
+    assert out.metadata["source"] == "computed" and out.metadata["write_back"] == "written"
+    assert only(service(library).handle("voice", pa.array(["basil"]), {})).metadata["source"] == "precomputed"

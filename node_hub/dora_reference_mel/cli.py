@@ -19,17 +19,17 @@ import numpy as np
 from . import signal
 from .config import Config, select_device
 from .errors import ReferenceMelError
-from .recipe import PRESET_NAMES, Preset, get_preset
+from .recipe import PRESET_NAMES, RESAMPLERS, Preset
 from .store import (
-    AudioStamp,
-    CorruptFile,
+    ABSENT,
+    FileStamp,
     ReferenceStore,
+    Stored,
     Voice,
     VoiceLibrary,
     mel_path_key,
     read_audio,
     samples_digest,
-    staleness,
 )
 
 VOICES_PER_CHUNK = 32  # voices read, computed and written together: bounds memory, still few MLX calls
@@ -44,9 +44,10 @@ class Job:
     samples: np.ndarray | None = None
     sample_rate: int = 0
     digest: str = ""
-    stamp: AudioStamp | None = None
+    stamp: FileStamp | None = None
     state: str = "pending"  # pending | up to date | computed | failed
     reason: str = ""
+    path: Path | None = None  # the file that serves it, once up to date or computed
 
 
 class Progress:
@@ -66,56 +67,58 @@ class Progress:
         sys.stderr.flush()
 
 
-def _store(args) -> ReferenceStore:
-    return ReferenceStore(Path(args.codes_dir), VoiceLibrary(Path(args.voices)))
+def make_store(config: Config) -> ReferenceStore:
+    """The store the node would use with this configuration (same roots, same bounds)."""
+    return ReferenceStore(config.codes_dir, VoiceLibrary(config.voices_config, config.model_dir),
+                          max_ref_seconds=config.max_ref_seconds, extra_roots=config.ref_audio_roots)
 
 
-def _presets(args) -> list[Preset]:
-    return [get_preset(p, resampler=args.resampler, v2_bins=args.bins) for p in args.preset]
-
-
-def _load(job: Job) -> Job:
-    """Read and hash the voice's audio (runs in worker threads: I/O and hashing release the GIL)."""
+def _load(store: ReferenceStore, job: Job) -> Job:
+    """Read, check and hash the voice's audio (worker threads: I/O and hashing release the GIL)."""
     if job.voice.ref_audio is None:
         job.state, job.reason = "failed", "no ref_audio in voices.json"
         return job
     try:
-        job.stamp = AudioStamp.of(job.voice.ref_audio)
-        job.samples, job.sample_rate = read_audio(job.voice.ref_audio)
-        job.digest = samples_digest(job.samples, job.sample_rate)
+        samples, rate, job.stamp = store.read_audio(job.voice.ref_audio)
+        job.samples, job.sample_rate = signal.check_samples(samples, rate), rate
+        job.digest = samples_digest(job.samples, rate)
     except ReferenceMelError as err:
-        job.state, job.reason = "failed", err.message
+        job.state, job.reason = "failed", f"[{err.code}] {err.message}"
     return job
 
 
-def precompute(args) -> int:
-    store = _store(args)
-    voices = store.library.voices()
+def _library_jobs(store: ReferenceStore, preset: Preset) -> tuple[list[Job], list[Job]]:
+    """(jobs of usable voices, failed jobs of entries voices.json cannot give as voices)."""
+    good, bad = [], []
+    for entry in store.library.voices():
+        if isinstance(entry, ReferenceMelError):
+            bad.append(Job(Voice(name=ascii(entry.message[:40])), preset, state="failed", reason=entry.message))
+        else:
+            good.append(Job(entry, preset))
+    return good, bad
+
+
+def precompute(args, config: Config) -> int:
+    store = make_store(config)
     if store.library.data() is None:
         print(f"error: {store.library.path} does not exist; pass --voices or set VOICES_CONFIG", file=sys.stderr)
         return 2
-    presets = _presets(args)
+    store.clean_leftovers()
+    presets = list(config.presets)
+    voices, jobs = _library_jobs(store, presets[0])
 
     # Chunk by chunk of voices: read (in threads) and hash each voice's audio once for all its presets,
     # compute what is missing or stale in one batch, write, and let the chunk go: memory stays bounded
-    # by one chunk whatever the library's size.
-    jobs: list[Job] = []
+    # by one chunk whatever the library's size. A bad voice fails alone; the others go on.
     progress = Progress(len(voices) * len(presets), "computing")
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         for first in range(0, len(voices), VOICES_PER_CHUNK):
-            loaded = list(pool.map(_load, [Job(v, presets[0]) for v in voices[first:first + VOICES_PER_CHUNK]]))
+            loaded = list(pool.map(lambda job: _load(store, job), voices[first:first + VOICES_PER_CHUNK]))
             for preset in presets:
                 chunk = [dataclasses.replace(job, preset=preset) for job in loaded]
-                todo = [job for job in chunk if _needs_compute(store, job, args.force)]
-                mels = signal.reference_mel_batch([j.samples for j in todo], [j.sample_rate for j in todo],
-                                                  preset=preset) if todo else []
-                for job, mel in zip(todo, mels, strict=True):
-                    try:
-                        store.save_mel(job.voice, preset, mel[0], source_sha256=job.digest,
-                                       source_sample_rate=job.sample_rate, audio=job.stamp)
-                        job.state = "computed"
-                    except OSError as err:
-                        job.state, job.reason = "failed", f"cannot write {store.mel_file(job.voice, preset)}: {err}"
+                todo = [job for job in chunk if _plan(store, job, args.force)]
+                for job, mel in zip(todo, _compute(todo, preset), strict=True):
+                    _save(store, job, mel)
                 for job in chunk:
                     job.samples = None
                     progress.step(f"{job.voice.name} {preset.name}")
@@ -125,33 +128,64 @@ def precompute(args) -> int:
     return _summary(jobs)
 
 
-def _needs_compute(store: ReferenceStore, job: Job, force: bool) -> bool:
+def _plan(store: ReferenceStore, job: Job, force: bool) -> bool:
     """Decide a pending job: up to date, failed (too short), or to compute (with the reason why)."""
     if job.state != "pending":
         return False
-    try:
-        reason = staleness(store.load_mel(job.voice, job.preset), job.preset, job.digest)
-    except CorruptFile as err:
-        reason = f"corrupt ({err})"
-    if reason is None and not force:
-        job.state = "up to date"
+    found = store.lookup(job.voice, job.preset, digest=job.digest)
+    if found.fresh and not force:
+        job.state, job.path = "up to date", found.path
         return False
     try:
         signal.check_long_enough(job.samples.shape[0], job.sample_rate, job.preset)
     except ReferenceMelError as err:
         job.state, job.reason = "failed", err.message
         return False
-    job.reason = "forced" if reason is None else reason
+    job.reason = "forced" if found.fresh else f"{found.state}: {found.reason}"
     return True
+
+
+def _compute(todo: list[Job], preset: Preset) -> list[np.ndarray | None]:
+    """Spectrograms of the jobs in one batch; should the batch fail, one by one, so that one bad clip
+    fails alone (None for it, with its reason)."""
+    if not todo:
+        return []
+    try:
+        return signal.reference_mel_batch([j.samples for j in todo], [j.sample_rate for j in todo], preset=preset)
+    except ReferenceMelError:
+        if len(todo) == 1:
+            raise
+    mels = []
+    for job in todo:
+        try:
+            mels.append(signal.reference_mel(job.samples, job.sample_rate, preset=preset))
+        except ReferenceMelError as err:
+            job.state, job.reason = "failed", err.message
+            mels.append(None)
+    return mels
+
+
+def _save(store: ReferenceStore, job: Job, mel: np.ndarray | None) -> None:
+    if mel is None:
+        return
+    if not np.isfinite(mel).all():
+        job.state, job.reason = "failed", "the spectrogram overflows float32 (samples far outside [-1, 1])"
+        return
+    try:
+        job.path = store.save_mel(job.voice, job.preset, mel[0], source_digest=job.digest,
+                                  source_sample_rate=job.sample_rate, audio=job.stamp)
+        job.state = "computed"
+    except OSError as err:
+        job.state, job.reason = "failed", f"cannot write {store.mel_file(job.voice, job.preset)}: {err}"
 
 
 def _record_mel_paths(store: ReferenceStore, jobs: list[Job]) -> None:
     """Set each voice's mel path in voices.json, only where it differs (a no-op run writes nothing)."""
     data = store.library.data()
-    base = store.library.base_path(data)
+    root = store.library.base_path(data).resolve()
     updates: dict[str, dict[str, str]] = {}
     for job in jobs:
-        path, root = store.mel_file(job.voice, job.preset).resolve(), base.resolve()
+        path = job.path.resolve()
         value = str(path.relative_to(root)) if path.is_relative_to(root) else str(path)  # relative, as primespeech
         if data["voices"][job.voice.name].get(mel_path_key(job.preset)) != value:
             updates.setdefault(job.voice.name, {})[mel_path_key(job.preset)] = value
@@ -173,40 +207,47 @@ def _summary(jobs: list[Job]) -> int:
     return 1 if counts["failed"] else 0
 
 
-def verify(args) -> int:
-    store, presets = _store(args), _presets(args)
-    bad = 0
-    for voice in store.library.voices():
-        job = _load(Job(voice, presets[0]))
-        for preset in presets:
-            try:
-                stored = store.load_mel(voice, preset)
-            except CorruptFile as err:
-                print(f"corrupt  {voice.name} {preset.name}: {err}")
-                bad += 1
+def verify(args, config: Config) -> int:
+    store = make_store(config)
+    voices, failed = _library_jobs(store, config.presets[0])
+    bad = len(failed)
+    for job in failed:
+        print(f"corrupt  voices.json entry: {job.reason}")
+    for voice_job in voices:
+        job = _load(store, voice_job)
+        for preset in config.presets:
+            found = store.lookup(job.voice, preset, digest=job.digest or None)
+            if found.state == ABSENT:
+                print(f"missing  {job.voice.name} {preset.name} (not precomputed)")
                 continue
-            if stored is None:
-                print(f"missing  {voice.name} {preset.name} (not precomputed)")
-                continue
-            if job.state == "failed":
-                print(f"stale    {voice.name} {preset.name}: cannot check against its audio: {job.reason}")
-                bad += 1
-                continue
-            reason = staleness(stored, preset, job.digest)
-            print(f"{'ok      ' if reason is None else 'stale   '} {voice.name} {preset.name}"
-                  + ("" if reason is None else f": {reason}"))
-            bad += reason is not None
+            if job.state == "failed" and found.fresh:
+                found = dataclasses.replace(found, state="stale", reason=f"cannot check against its audio: {job.reason}")
+            print(f"{'ok' if found.fresh else found.state:8s} {job.voice.name} {preset.name}"
+                  + ("" if found.fresh else f": {found.reason}"))
+            bad += not found.fresh
     print(f"verify: {bad} stale or corrupt")
     return 1 if bad else 0
 
 
-def inspect(args) -> int:
-    store = _store(args)
-    preset = _presets(args)[0]
+def _origin(found: Stored) -> str:
+    if found.fresh:
+        return f"precomputed file {found.path}"
+    if found.state == ABSENT:
+        return "compute (no precomputed file)"
+    return f"compute ({found.state} file {found.path}: {found.reason})"
 
-    target, mel = Path(args.target), None
+
+def inspect(args, config: Config) -> int:
+    store = make_store(config)
+    preset = config.presets[0]
+    target, voice, found = Path(args.target), None, None
     if target.is_file():
-        voice, (samples, rate) = None, read_audio(target)
+        try:
+            samples, rate, _ = store.read_audio(target)
+        except ReferenceMelError as err:
+            if err.code != "bad_ref_audio" or "allowed folders" not in err.message:
+                raise
+            samples, rate, _ = read_audio(target, None, config.max_ref_seconds)  # a file named here is the user's
         origin = "compute (an audio file: the node computes it, then caches it)"
     else:
         voice = store.voice(args.target)
@@ -214,32 +255,20 @@ def inspect(args) -> int:
             print(f"error: {args.target!r} is neither an audio file nor a voice in {store.library.path}",
                   file=sys.stderr)
             return 2
-        job = _load(Job(voice, preset))
-        samples, rate, mel = job.samples, job.sample_rate, None
-        try:
-            stored = store.load_mel(voice, preset)
-            reason = staleness(stored, preset, job.digest) if job.state != "failed" else "audio unreadable"
-            if reason is None:
-                origin, mel = f"precomputed file {stored.path}", stored.data[None]
-            elif stored is not None:
-                origin = f"stale file {stored.path}: {reason}; the node recomputes it"
-            else:
-                origin = "compute (no precomputed file)"
-        except CorruptFile as err:
-            origin, stored = f"compute (stored file corrupt: {err})", None
-        if samples is None and mel is None:
-            if stored is None:
-                print(f"error: voice {voice.name!r}: {job.reason}", file=sys.stderr)
-                return 1
-            mel = stored.data[None]  # no audio to check it against: show what the node would serve
-    if mel is None:
-        mel = signal.reference_mel(samples, rate, preset=preset)
+        job = _load(store, Job(voice, preset))
+        samples, rate = job.samples, job.sample_rate
+        found = store.lookup(voice, preset, digest=job.digest or None)
+        if samples is None and not found.fresh:
+            print(f"error: voice {voice.name!r}: {job.reason}; and {_origin(found)}", file=sys.stderr)
+            return 1
+        origin = _origin(found)
+    mel = found.data[None] if found is not None and found.fresh else signal.reference_mel(samples, rate, preset=preset)
     spec = mel[0]
     print(f"target     {args.target}")
     print(f"preset     {preset.name} (fingerprint {preset.fingerprint})")
     print(f"source     {origin}")
-    print(f"shape      {list(mel.shape)}  ({spec.shape[1]} frames of {preset.hop_length / preset.sample_rate * 1e3:.0f} ms"
-          f" = {spec.shape[1] * preset.hop_length / preset.sample_rate:.2f} s)")
+    print(f"shape      {list(mel.shape)}  ({spec.shape[-1]} frames of {preset.hop_length / preset.sample_rate * 1e3:.0f} ms"
+          f" = {spec.shape[-1] * preset.hop_length / preset.sample_rate:.2f} s)")
     if samples is not None:
         print(f"audio      {samples.shape[0] / rate:.2f} s at {rate} Hz, {samples.shape[1]} channel(s)")
     print(f"values     min {spec.min():.4g}  max {spec.max():.4g}  mean {spec.mean():.4g}")
@@ -250,28 +279,31 @@ def inspect(args) -> int:
         except ReferenceMelError as err:
             print(f"codes      unusable: {err.message}")
     if args.png:
-        from .plot import save_spectrogram_png
-
+        try:
+            from .plot import save_spectrogram_png
+        except ImportError as err:
+            print(f"error: --png needs matplotlib ({err}); pip install 'dora-reference-mel[plot]'", file=sys.stderr)
+            return 2
         path = save_spectrogram_png(spec, Path(args.png), title=f"{args.target} {preset.name}", preset=preset.name,
                                     sample_rate=preset.sample_rate, hop_length=preset.hop_length, n_fft=preset.n_fft)
         print(f"png        {path}")
     return 0
 
 
+# Command-line option -> the environment variable it overrides (the rest of the configuration stays the node's).
+OPTION_VARIABLES = {"voices": "VOICES_CONFIG", "codes_dir": "CODES_DIR", "preset": "MEL_PRESET",
+                    "resampler": "MEL_RESAMPLER", "bins": "MEL_BINS", "device": "MEL_DEVICE"}
+
+
 def main(argv: list[str] | None = None) -> int:
-    try:
-        env = Config.from_env()
-    except ReferenceMelError as err:
-        print(f"error: {err.message}", file=sys.stderr)
-        return 2
     parser = argparse.ArgumentParser(prog="reference-mel", description=__doc__.splitlines()[0])
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--voices", default=str(env.voices_config), help="voices.json (default: %(default)s)")
-    common.add_argument("--codes-dir", default=str(env.codes_dir), help="codes directory (default: %(default)s)")
-    common.add_argument("--preset", nargs="+", choices=PRESET_NAMES, default=[p.name for p in env.presets])
-    common.add_argument("--resampler", choices=("torchaudio", "soxr_hq"), default=env.presets[0].resampler)
-    common.add_argument("--bins", type=int, default=None, help="v2 bins (default: MEL_BINS or 704)")
-    common.add_argument("--device", choices=("auto", "gpu", "cpu"), default=env.device)
+    common.add_argument("--voices", help="voices.json (default: VOICES_CONFIG)")
+    common.add_argument("--codes-dir", help="codes directory (default: CODES_DIR)")
+    common.add_argument("--preset", nargs="+", choices=PRESET_NAMES, help="presets (default: MEL_PRESET)")
+    common.add_argument("--resampler", choices=RESAMPLERS, help="default: MEL_RESAMPLER")
+    common.add_argument("--bins", type=int, help="v2 bins (default: MEL_BINS or 704)")
+    common.add_argument("--device", choices=("auto", "gpu", "cpu"), help="default: MEL_DEVICE")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("precompute", parents=[common], help="compute every missing or stale spectrogram")
     p.add_argument("--force", action="store_true", help="recompute even up-to-date files")
@@ -284,12 +316,16 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("verify", parents=[common], help="check every precomputed file against its audio")
     p.set_defaults(run=verify)
     args = parser.parse_args(argv)
-    if args.bins is None:
-        args.bins = next((p.n_bins for p in env.presets if p.name == "v2"), None)
+    env = dict(os.environ)
+    for option, variable in OPTION_VARIABLES.items():
+        value = getattr(args, option)
+        if value is not None:
+            env[variable] = ",".join(value) if isinstance(value, list) else str(value)
     try:
-        select_device(args.device)
+        config = Config.from_env(env)
+        select_device(config.device)
         started = time.perf_counter()
-        status = args.run(args)
+        status = args.run(args, config)
         print(f"({time.perf_counter() - started:.1f} s)", file=sys.stderr)
         return status
     except ReferenceMelError as err:

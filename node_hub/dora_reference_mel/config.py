@@ -1,6 +1,7 @@
 """The node's configuration: every environment variable it reads, parsed once, typed.
 
 README's table and dora-node.yml list the same variables; tests/test_manifest.py checks all three agree.
+The `reference-mel` tool reads the same variables, its command-line options overriding them.
 """
 
 from __future__ import annotations
@@ -21,7 +22,10 @@ ENV_VARS: dict[str, tuple[str, str, str]] = {
     "CODES_DIR": ("string", "$PRIMESPEECH_MODEL_DIR/gpt-sovits-mlx/codes",
                   "folder of <voice>_codes.bin and the precomputed <voice>_mel*.bin files"),
     "VOICES_CONFIG": ("string", "$PRIMESPEECH_MODEL_DIR/voices.json", "the primespeech voice library"),
-    "MEL_PRESET": ("string", "v2", "comma-separated presets to emit per input: v2, v3, v4"),
+    "REF_AUDIO_ROOTS": ("string", "$PRIMESPEECH_MODEL_DIR",
+                        "folders (separated by ':') that reference audio may be read from: voices.json ref_audio "
+                        "and VOICE:CUSTOM paths; the models root, the codes folder and models_base_path always are"),
+    "MEL_PRESET": ("string", "v2", "comma-separated presets to emit per input: v2, v3, v4, sv"),
     "MEL_BINS": ("int", str(V2_DEFAULT_BINS), "v2 only: linear bins kept (704 for v2+ models, 1025 for v1)"),
     "MEL_RESAMPLER": ("string", "torchaudio", "torchaudio (GPT-SoVITS main) or soxr_hq (early-2025 releases)"),
     "MEL_DEVICE": ("string", "auto", "auto (GPU when MLX has one), gpu or cpu"),
@@ -29,8 +33,13 @@ ENV_VARS: dict[str, tuple[str, str, str]] = {
     "MEL_WRITE_BACK": ("bool", "true",
                        "true/1: write computed spectrograms of named voices to CODES_DIR; false/0: never write"),
     "MAX_REF_SECONDS": ("float", "60", "longest reference accepted, in seconds (upstream wants 3 to 10)"),
+    "VOICE_CHARACTER": ("string", "", "a voice (voices.json name) whose mel is sent once at start, before any "
+                        "event (the MLX TTS node's variable)"),
+    "VOICE_NAME": ("string", "", "the same, by the Python TTS node's variable (display names such as \"Luo Xiang\" "
+                   "work); VOICE_CHARACTER wins when both are set"),
     "LOG_LEVEL": ("string", "INFO", "logging level: DEBUG, INFO, WARNING, ERROR"),
 }
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +47,9 @@ class Config:
     codes_dir: Path
     voices_config: Path
     presets: tuple[Preset, ...]
+    model_dir: Path = Path(os.path.expanduser(DEFAULT_MODEL_DIR))
+    ref_audio_roots: tuple[Path, ...] = ()
+    startup_voice: str | None = None
     device: str = "auto"
     cache_mb: float = 256.0
     write_back: bool = True
@@ -71,9 +83,16 @@ class Config:
         write_back = get("MEL_WRITE_BACK").lower()
         if write_back not in ("0", "1", "true", "false", "yes", "no"):
             raise ReferenceMelError("bad_config", f"MEL_WRITE_BACK={write_back!r} must be 1 or 0")
-        return cls(codes_dir=codes_dir, voices_config=voices, presets=presets, device=device,
+        log_level = get("LOG_LEVEL").upper()
+        if log_level not in LOG_LEVELS:
+            raise ReferenceMelError("bad_config", f"LOG_LEVEL={get('LOG_LEVEL')!r} must be one of {', '.join(LOG_LEVELS)}")
+        roots = env.get("REF_AUDIO_ROOTS", "").strip()
+        ref_audio_roots = tuple(Path(os.path.expanduser(p)) for p in roots.split(os.pathsep) if p) if roots else (model_dir,)
+        startup = (env.get("VOICE_CHARACTER") or "").strip() or (env.get("VOICE_NAME") or "").strip() or None
+        return cls(codes_dir=codes_dir, voices_config=voices, presets=presets, model_dir=model_dir,
+                   ref_audio_roots=ref_audio_roots, startup_voice=startup, device=device,
                    cache_mb=cache_mb, write_back=write_back in ("1", "true", "yes"),
-                   max_ref_seconds=max_seconds, log_level=get("LOG_LEVEL").upper())
+                   max_ref_seconds=max_seconds, log_level=log_level)
 
 
 def _parse_int(name: str, text: str) -> int:
@@ -88,8 +107,8 @@ def _parse_float(name: str, text: str, *, minimum: float) -> float:
         value = float(text)
     except ValueError:
         value = float("nan")
-    if not value >= minimum:
-        raise ReferenceMelError("bad_config", f"{name}={text!r} must be a number >= {minimum}")
+    if not minimum <= value < float("inf"):
+        raise ReferenceMelError("bad_config", f"{name}={text!r} must be a finite number >= {minimum}")
     return value
 
 

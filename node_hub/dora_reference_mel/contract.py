@@ -17,11 +17,20 @@ import json
 import numpy as np
 import pyarrow as pa
 
-MEL_OUTPUT = "mel"
-ERROR_OUTPUT = "error"
+# Every input and output id of the node, defined once (the node, the CLI, the demo nodes and the tests import these).
+INPUT_AUDIO, INPUT_VOICE, INPUT_TEXT = "reference_audio", "voice", "text"
+MEL_OUTPUT, ERROR_OUTPUT, TEXT_OUTPUT, LOG_OUTPUT = "mel", "error", "text", "log"
 INPUTS = {
-    "reference_audio": "PCM samples: Arrow float32, float64, int16 or int32, interleaved when multichannel",
-    "voice": "Arrow string array with one voice name (name or alias in voices.json)",
+    INPUT_AUDIO: "PCM samples: Arrow float32, float64, int16 or int32, interleaved when multichannel",
+    INPUT_VOICE: "Arrow string array with one voice name (key, display name or alias in voices.json)",
+    INPUT_TEXT: "primespeech text: VOICE:<name>|<text>, VOICE:CUSTOM|<wav>|<prompt text>|<lang>|<text>, "
+                'JSON {"prompt": ...}, or plain text; forwarded unchanged on `text`',
+}
+OUTPUTS = {
+    MEL_OUTPUT: "flat C-order data of [1, n_bins, n_frames] (sv: [1, n_frames, 80]), float32 or MEL_DTYPE",
+    ERROR_OUTPUT: 'one JSON string {"error": code, "message": what to do, "voice": name, "preset": name}',
+    TEXT_OUTPUT: "every `text` input, forwarded unchanged and in order, after the mel of its voice switch",
+    LOG_OUTPUT: 'MoFA log line: one JSON string {"level", "message", "timestamp", "node"} per error and warning',
 }
 INPUT_METADATA = {
     "sample_rate": ("int", "reference_audio: samples per second (required)"),
@@ -31,30 +40,65 @@ INPUT_METADATA = {
 }
 # key -> (type, required, meaning) of every `mel` event's metadata.
 MEL_METADATA = {
-    "shape": ("list[int]", True, "[1, n_bins, n_frames]"),
-    "dtype": ("str", True, '"float32"'),
-    "preset": ("str", True, '"v2" (linear spectrogram), "v3" or "v4" (prompt log-mel)'),
-    "sample_rate": ("int", True, "rate of the recipe (32000 or 24000), not of the input"),
+    "shape": ("list[int]", True, "[1, n_bins, n_frames]; sv: [1, n_frames, 80] (frames first, as upstream)"),
+    "dtype": ("str", True, '"float32" (or "float16" with MEL_DTYPE=float16)'),
+    "preset": ("str", True, '"v2" (linear spectrogram), "v3"/"v4" (prompt log-mel), "sv" (speaker fbank)'),
+    "layout": ("str", True, '"bins_frames" ([1, n_bins, n_frames]) or "frames_bins" (sv: [1, n_frames, 80])'),
+    "sample_rate": ("int", True, "rate of the recipe (32000, 24000 or 16000), not of the input"),
     "n_fft": ("int", True, "FFT size of the recipe"),
     "hop_length": ("int", True, "hop of the recipe: one frame per hop_length samples"),
     "fingerprint": ("str", True, "hash of every recipe parameter"),
     "source": ("str", True, '"cache", "precomputed" or "computed"'),
     "elapsed_ms": ("float", True, "time the node spent on this event"),
     "request_id": ("str", True, "the input's request_id, or one the node generated"),
-    "n_mels": ("int", False, "v3/v4: mel bands (100)"),
-    "voice": ("str", False, "the voice's name in voices.json, when the input named one"),
+    "n_mels": ("int", False, "v3/v4/sv: mel bands (100, or 80 for sv)"),
+    "voice": ("str", False, 'the voice\'s key in voices.json, when the input named one ("CUSTOM" for a custom reference)'),
+    "ref_text": ("str", False, "the voice's prompt text (voices.json ref_text, or the CUSTOM message's)"),
+    "speed_factor": ("float", False, "the voice's speed_factor in voices.json"),
+    "prompt_lang": ("str", False, "language of the prompt text (CUSTOM message, or voices.json prompt_lang)"),
+    "text_lang": ("str", False, "voices.json text_lang, when the voice has it"),
+    "language": ("str", False, "voices.json language, when the voice has it"),
+    "lang": ("str", False, "voices.json lang, when the voice has it"),
     "codes": ("list[int]", False, "the voice's semantic prompt codes, when it has them"),
     "codes_status": ("str", False, '"missing" when a named voice has no codes file'),
     "write_back": ("str", False, '"written", "failed" or "off": what happened to a computed spectrogram'),
     "warnings": ("list[str]", False, "legal but suspicious input (duration outside 3 to 10 s, peak > 2)"),
     "request_id_generated": ("bool", False, "true when the input had no request_id"),
+    "startup": ("bool", False, "true on the startup voice's mel (VOICE_CHARACTER / VOICE_NAME)"),
 }
 ERROR_METADATA = {
     "error": ("str", True, "the stable error code"),
     "request_id": ("str", True, "the input's request_id, or one the node generated"),
     "preset": ("str", False, "the preset that failed, when only one did"),
 }
+# Every code an `error` event (or a configuration error) can carry, with what it means.
+ERROR_CODES = {
+    "empty_audio": "reference_audio has no samples",
+    "too_short": "the clip gives no spectrogram frame at the preset's rate",
+    "too_long": "the clip (or a voice's ref_audio) is longer than MAX_REF_SECONDS",
+    "non_finite_audio": "NaN or Inf among the samples, or samples so large the spectrogram overflows float32",
+    "null_samples": "nulls inside the Arrow array",
+    "bad_dtype": "the Arrow array is not float32, float64, int16 or int32 PCM (strings, booleans, structs, ...)",
+    "bad_shape": "samples that are not [n] or [n, channels]",
+    "bad_sample_rate": "sample_rate missing, not an integer, zero, negative, above 384000, or of no small ratio to 32 kHz",
+    "bad_channels": "channels not an integer, below 1, or not dividing the sample count",
+    "bad_voice": "voice not a string, empty, over 200 UTF-8 bytes, or not a plain name (separators, leading dot, controls)",
+    "bad_text": "a text event that is not one string, or a VOICE: line without its '|' parts",
+    "unknown_voice": "a voice name neither in voices.json nor in the codes directory",
+    "ambiguous_voice": "a voice name that matches two voices of voices.json",
+    "no_ref_audio": "a voice with neither a ref_audio nor a usable precomputed spectrogram",
+    "bad_ref_audio": "the voice's (or a CUSTOM) ref_audio is missing, outside the allowed folders, or not readable audio",
+    "bad_codes": "the voice's codes file is truncated, of a non-integer dtype, or has values outside 0..1023",
+    "bad_voices_config": "voices.json (or one entry of it) is unreadable, not JSON, or of the wrong shape",
+    "corrupt_store": "a stored file is unusable and cannot be recomputed",
+    "unknown_input": "an event on an input the node does not have",
+    "bad_config": "an environment variable or command-line option has a value the node cannot use",
+    "bad_preset": "a preset name that is not v2, v3, v4 or sv",
+    "internal": "a bug in the node; it logged a traceback and keeps serving",
+}
 SOURCES = ("cache", "precomputed", "computed")
+# Voice names become file-name prefixes: <name>_mel_v4.json must fit the 255 bytes of a file name.
+MAX_VOICE_NAME_BYTES = 200
 # How many trailing frames upstream keeps of the v3/v4 prompt mel (recipe section 2).
 PROMPT_MEL_FRAMES = {"v3": 468, "v4": 500}
 _PY_TYPES = {"int": int, "float": (int, float), "str": str, "bool": bool}
@@ -144,3 +188,48 @@ def decode_error_event(event: dict) -> dict:
     body = json.loads(value[0].as_py())
     body["request_id"] = metadata["request_id"]
     return body
+
+
+# ---------------------------------------------------------------------------------------------
+# primespeech's text protocol (what the TTS nodes accept on `text`)
+# ---------------------------------------------------------------------------------------------
+
+VOICE_PREFIX, CUSTOM_VOICE = "VOICE:", "CUSTOM"
+
+
+@dataclasses.dataclass(frozen=True)
+class VoiceSwitch:
+    """The voice switch at the head of a primespeech text, if any.
+
+    `VOICE:<name>|<text>` switches to a named voice; `VOICE:CUSTOM|<wav>|<prompt text>|<lang>|<text>`
+    to a reference clip given by path. The value may also be JSON {"prompt": "<one of these>"}."""
+
+    name: str  # the voice name, or CUSTOM_VOICE
+    text: str  # what is left to speak
+    ref_audio: str | None = None  # CUSTOM only
+    ref_text: str | None = None
+    lang: str | None = None
+
+
+def parse_voice_switch(value: str) -> VoiceSwitch | None:
+    """The switch a text starts with, None for plain text, ContractError for a broken VOICE: line."""
+    text = value
+    if value.lstrip().startswith("{"):
+        try:
+            parsed = json.loads(value)
+        except (ValueError, RecursionError):
+            parsed = None
+        if isinstance(parsed, dict) and isinstance(parsed.get("prompt"), str):
+            text = parsed["prompt"]
+    if not text.startswith(VOICE_PREFIX):
+        return None
+    head = text[len(VOICE_PREFIX):]
+    if head.startswith(CUSTOM_VOICE + "|"):
+        parts = head[len(CUSTOM_VOICE) + 1:].split("|", 3)
+        if len(parts) != 4 or not parts[0].strip():
+            raise ContractError(f"text {text[:80]!r} is not VOICE:CUSTOM|<ref_audio_path>|<prompt_text>|<lang>|<text>")
+        return VoiceSwitch(CUSTOM_VOICE, parts[3], ref_audio=parts[0].strip(), ref_text=parts[1], lang=parts[2])
+    name, sep, rest = head.partition("|")
+    if not sep or not name.strip():
+        raise ContractError(f"text {text[:80]!r} starts with VOICE: but is not VOICE:<name>|<text>")
+    return VoiceSwitch(name.strip(), rest)

@@ -17,10 +17,12 @@ class Operator:
     def __init__(self):
         self.service = build_service(Config.from_env())
         self.sent = collections.Counter()
+        self.pending = self.service.startup()  # an operator can send only from on_event: before the first event's answer
 
     def on_event(self, dora_event, send_output) -> DoraStatus:
         if dora_event["type"] == "INPUT":
-            for out in self.service.answer(dora_event):
+            outputs, self.pending = self.pending + self.service.answer(dora_event), []
+            for out in outputs:
                 send_output(out.output_id, out.value, out.metadata)
                 self.sent[out.output_id] += 1
         elif dora_event["type"] == "STOP":

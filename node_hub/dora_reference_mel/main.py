@@ -9,6 +9,7 @@ import sys
 import time
 
 from .config import Config, select_device
+from .contract import ERROR_OUTPUT, MEL_OUTPUT, TEXT_OUTPUT
 from .errors import ReferenceMelError
 from .service import ReferenceMelService
 
@@ -38,12 +39,17 @@ def main() -> None:
     service = build_service(config)
     node = Node()
     sent = collections.Counter()
+
+    def send(outputs) -> None:
+        for out in outputs:
+            node.send_output(out.output_id, out.value, out.metadata)
+            sent[out.output_id] += 1
+
+    send(service.startup())  # the startup voice's mel, before any event
     for event in node:
         kind = event["type"]
         if kind == "INPUT":
-            for out in service.answer(event):
-                node.send_output(out.output_id, out.value, out.metadata)
-                sent[out.output_id] += 1
+            send(service.answer(event))
         elif kind == "STOP":
             break
         elif kind == "ERROR":
@@ -52,8 +58,9 @@ def main() -> None:
 
 
 def log_stop(service: ReferenceMelService, sent: collections.Counter) -> None:
-    log.info("stopping: sent %d mel and %d error events; cache %d entries, %.1f MB; peak RSS %.0f MB",
-             sent["mel"], sent["error"], len(service.cache), service.cache.nbytes / 2**20, peak_rss_mb())
+    log.info("stopping: sent %d mel, %d error and %d text events; cache %d entries, %.1f MB; peak RSS %.0f MB",
+             sent[MEL_OUTPUT], sent[ERROR_OUTPUT], sent[TEXT_OUTPUT], len(service.cache),
+             service.cache.nbytes / 2**20, peak_rss_mb())
 
 
 def peak_rss_mb() -> float:

@@ -1,8 +1,12 @@
 """The node's behaviour, independent of how dora delivers events (custom node or operator).
 
-`ReferenceMelService.handle(input_id, value, metadata)` turns one input event into its outputs:
-one `mel` (or `error`) per configured preset, or one `error` when the event itself is unusable.
-Resolution order per preset: memory cache -> precomputed file -> compute (then write back).
+`ReferenceMelService.answer(event)` turns one input event into its outputs, in the order to send them:
+- `reference_audio` / `voice`: one `mel` (or `error`) per configured preset, or one `error` when the
+  event itself is unusable;
+- `text` (primespeech's protocol): when it switches voice, that voice's `mel` events first, then the
+  text itself, forwarded unchanged;
+and a `log` line (MoFA's shape) beside every error and warning.
+Resolution per preset: memory cache -> the store's lookup (precomputed file) -> compute (then write back).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import json
 import logging
 import time
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -19,29 +24,27 @@ import pyarrow as pa
 from . import signal
 from .cache import ByteLRU
 from .config import Config
+from .contract import (
+    CUSTOM_VOICE,
+    ERROR_OUTPUT,
+    INPUT_AUDIO,
+    INPUT_TEXT,
+    INPUT_VOICE,
+    LOG_OUTPUT,
+    MEL_METADATA,
+    MEL_OUTPUT,
+    TEXT_OUTPUT,
+    ContractError,
+    parse_voice_switch,
+)
 from .errors import ReferenceMelError
 from .recipe import Preset
-from .store import (
-    AudioStamp,
-    CorruptFile,
-    ReferenceStore,
-    Voice,
-    VoiceLibrary,
-    check_voice_name,
-    read_audio,
-    samples_digest,
-    staleness,
-)
+from .store import CORRUPT, FileStamp, ReferenceStore, Stored, Voice, VoiceLibrary, check_voice_name, samples_digest
 
 log = logging.getLogger(__name__)
 
-INPUT_AUDIO, INPUT_VOICE = "reference_audio", "voice"
-OUTPUT_MEL, OUTPUT_ERROR = "mel", "error"
-# Metadata keys this node sets on its outputs; every other input key passes through unchanged.
-OWN_KEYS = frozenset({
-    "shape", "dtype", "preset", "n_mels", "sample_rate", "n_fft", "hop_length", "voice", "source", "fingerprint",
-    "codes", "codes_status", "elapsed_ms", "write_back", "warnings", "channels",
-})
+# Metadata keys this node sets on `mel`; every other input key (question_id, session_status, ...) passes through.
+OWN_KEYS = frozenset(MEL_METADATA) - {"request_id"} | {"channels", "error"}
 UPSTREAM_SECONDS = (3.0, 10.0)  # GPT-SoVITS refuses references outside this range for code extraction
 ARROW_DTYPES = {pa.float32(): np.float32, pa.float64(): np.float64, pa.int16(): np.int16, pa.int32(): np.int32}
 
@@ -57,33 +60,46 @@ class Output:
 class Served:
     """A spectrogram ready to send, shared by the cache: never written to."""
 
-    array: pa.Array  # flat float32, C-order data of [1, n_bins, n_frames]
+    array: pa.Array  # flat, C-order data of `shape`
     shape: tuple[int, int, int]
 
 
 @dataclasses.dataclass(frozen=True)
 class Request:
-    samples: np.ndarray | None  # float32 [n, channels]; None for a voice event until the audio is read
-    sample_rate: int | None
-    voice: Voice | None
-    warnings: tuple[str, ...] = ()
-    digest: str | None = None  # samples_digest(samples, sample_rate), computed once for every preset
-    stamp: AudioStamp | None = None  # when the samples were read from the voice's ref_audio file
+    """One reference to serve: samples in hand, or a file (a voice's ref_audio, a CUSTOM path) to read."""
 
-    @classmethod
-    def with_samples(cls, samples: np.ndarray, sample_rate: int, voice: Voice | None, warnings,
-                     stamp: AudioStamp | None = None) -> Request:
-        return cls(samples, sample_rate, voice, tuple(warnings), samples_digest(samples, sample_rate), stamp)
+    voice: Voice | None  # the store's voice; None for unnamed audio and CUSTOM references (cache only)
+    audio_path: Path | None = None  # read when `samples` is None
+    samples: np.ndarray | None = None  # float32 [n, channels]
+    sample_rate: int | None = None
+    digest: str | None = None  # samples_digest, computed once for every preset
+    stamp: FileStamp | None = None  # of audio_path, when the samples were read from it
+    warnings: tuple[str, ...] = ()
+    about: tuple[tuple[str, object], ...] = ()  # voice metadata: voice, ref_text, speed_factor, languages
+
+    def with_samples(self, samples: np.ndarray, sample_rate: int, warnings, stamp: FileStamp | None = None) -> Request:
+        return dataclasses.replace(self, samples=samples, sample_rate=sample_rate, stamp=stamp,
+                                   digest=samples_digest(samples, sample_rate), warnings=self.warnings + tuple(warnings))
+
+
+@dataclasses.dataclass(frozen=True)
+class Resolved:
+    served: Served
+    source: str  # cache | precomputed | computed
+    request: Request  # with the samples, once they had to be read
+    write_back: str | None = None
 
 
 class ReferenceMelService:
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, node_name: str = "reference-mel"):
         self.config = config
-        self.store = ReferenceStore(config.codes_dir, VoiceLibrary(config.voices_config))
+        self.node_name = node_name
+        self.store = ReferenceStore(config.codes_dir, VoiceLibrary(config.voices_config, config.model_dir),
+                                    max_ref_seconds=config.max_ref_seconds, extra_roots=config.ref_audio_roots)
+        self.store.clean_leftovers()
         self.cache = ByteLRU(int(config.cache_mb * 1024 * 1024))
-        # (voice name, fingerprint) -> (audio stamp, digest): lets a repeated voice event hit the cache
-        # after one stat of its audio file, without reading or hashing the audio again.
-        self._voice_index: dict[tuple[str, str], tuple[AudioStamp | None, str]] = {}
+        # audio file -> (stamp, digest): a repeated voice switch reaches the cache after one stat.
+        self._file_digests: dict[Path, tuple[FileStamp, str]] = {}
         self._write_failures_logged: set[str] = set()
 
     # -- entry points ---------------------------------------------------------------------------
@@ -94,39 +110,88 @@ class ReferenceMelService:
             return self.handle(event["id"], event.get("value"), event.get("metadata") or {})
         except Exception:  # a bug must not take the dataflow down: answer, log, keep serving
             log.exception("internal error on %s", event.get("id"))
-            return self.internal_error(event.get("metadata") or {})
+            err = ReferenceMelError("internal", "the node failed on this event (see its log); it keeps serving")
+            outputs = self._error(err, _passthrough(event.get("metadata") or {}), None)
+            if event.get("id") == INPUT_TEXT:  # the text still goes on
+                outputs.append(Output(TEXT_OUTPUT, event.get("value"), dict(event.get("metadata") or {})))
+            return outputs
+
+    def startup(self) -> list[Output]:
+        """The startup voice's mel (VOICE_CHARACTER / VOICE_NAME), sent before any event; [] when unset."""
+        if not self.config.startup_voice:
+            return []
+        passthrough = {"request_id": uuid.uuid4().hex, "request_id_generated": True, "startup": True}
+        return self._respond(lambda: self._voice_request(self.config.startup_voice), passthrough)
 
     def handle(self, input_id: str, value, metadata: dict) -> list[Output]:
+        if input_id == INPUT_TEXT:
+            return self._text(value, metadata)
+        passthrough = _passthrough(metadata)
+        if input_id == INPUT_AUDIO:
+            return self._respond(lambda: self._audio_request(value, metadata), passthrough)
+        if input_id == INPUT_VOICE:
+            return self._respond(lambda: self._voice_request(_one_string(value, "voice")), passthrough)
+        err = ReferenceMelError("unknown_input", f"input {input_id!r} is not known; wire reference_audio, voice or text")
+        return self._error(err, passthrough, None)
+
+    # -- requests -------------------------------------------------------------------------------
+
+    def _respond(self, make_request, passthrough: dict) -> list[Output]:
+        """Build the request, then answer it once per preset; errors become `error` + `log` outputs."""
         start = time.perf_counter()
-        passthrough = {k: v for k, v in (metadata or {}).items() if k not in OWN_KEYS}
-        if not isinstance(passthrough.get("request_id"), str) or not passthrough["request_id"]:
-            passthrough["request_id"] = uuid.uuid4().hex
-            passthrough["request_id_generated"] = True
-        voice_name = None
         try:
-            if input_id == INPUT_AUDIO:
-                request = self._audio_request(value, metadata or {})
-            elif input_id == INPUT_VOICE:
-                voice_name = _voice_event_name(value)
-                request = Request(None, None, self.store.voice(voice_name))
-            else:
-                raise ReferenceMelError(
-                    "unknown_input", f"input {input_id!r} is not known; wire reference_audio or voice")
-            voice_name = request.voice.name if request.voice else voice_name
+            request = make_request()
         except ReferenceMelError as err:
-            return [self._error(err, passthrough, voice_name)]
+            return self._error(err, passthrough, err.voice)
         outputs = []
         for preset in self.config.presets:
-            try:  # a voice event's audio, once read for one preset, serves the next ones too
-                output, request = self._serve(request, preset, passthrough, start)
-                outputs.append(output)
+            try:  # audio read for one preset serves the next ones too
+                resolved = self._resolve(request, preset)
+                request = resolved.request
+                outputs.append(self._mel_output(resolved, preset, passthrough, start))
             except ReferenceMelError as err:
-                outputs.append(self._error(err, passthrough, voice_name, preset))
-            except CorruptFile as err:  # store problem found where no recompute is possible
-                outputs.append(self._error(ReferenceMelError("corrupt_store", str(err)), passthrough, voice_name, preset))
+                outputs += self._error(err, passthrough, dict(request.about).get("voice"), preset)
+        outputs += [self._log("WARNING", warning) for warning in request.warnings]
         return outputs
 
-    # -- decoding -------------------------------------------------------------------------------
+    def _text(self, value, metadata: dict) -> list[Output]:
+        """primespeech text: a voice switch first becomes that voice's mel; the text always goes on."""
+        forwarded = dict(metadata)
+        outputs = []
+        try:
+            switch = parse_voice_switch(_one_string(value, "text"))
+        except (ReferenceMelError, ContractError) as err:
+            if isinstance(err, ContractError):
+                err = ReferenceMelError("bad_text", f"{err}; it is forwarded as is")
+            switch, outputs = None, self._error(err, _passthrough(metadata), None)
+        if switch is not None:
+            if not isinstance(forwarded.get("request_id"), str) or not forwarded["request_id"]:
+                forwarded["request_id"] = uuid.uuid4().hex  # the one key added: it links the text to its mel
+            passthrough = _passthrough(forwarded)
+            if switch.name == CUSTOM_VOICE:
+                outputs += self._respond(lambda: self._custom_request(switch), passthrough)
+            else:
+                outputs += self._respond(lambda: self._voice_request(switch.name), passthrough)
+        outputs.append(Output(TEXT_OUTPUT, value, forwarded))
+        return outputs
+
+    def _voice_request(self, name: str) -> Request:
+        voice = self.store.voice(name)
+        if voice.ref_audio is None and not voice.in_library and not self._has_stored(voice):
+            raise ReferenceMelError(
+                "unknown_voice", f"voice {name!r} is not in {self.store.library.path} and has no precomputed "
+                f"spectrogram in {self.store.codes_dir}; add it to voices.json or send reference_audio", voice=name)
+        about = [("voice", voice.name)] + [(k, float(v) if k == "speed_factor" else v) for k, v in voice.info]
+        return Request(voice, audio_path=voice.ref_audio, about=tuple(about))
+
+    def _has_stored(self, voice: Voice) -> bool:
+        return any(self.store.mel_file(voice, p).exists() for p in self.config.presets)
+
+    def _custom_request(self, switch) -> Request:
+        path = Path(switch.ref_audio).expanduser()
+        about = [("voice", CUSTOM_VOICE), ("ref_text", switch.ref_text)]
+        about += [("prompt_lang", switch.lang)] if switch.lang else []
+        return Request(None, audio_path=path.absolute(), about=tuple(about))
 
     def _audio_request(self, value, metadata: dict) -> Request:
         sample_rate = _int_metadata(metadata, "sample_rate", required=True)
@@ -136,10 +201,10 @@ class ReferenceMelService:
             try:
                 voice = self.store.voice(metadata["voice"])
             except ReferenceMelError as err:
-                if err.code != "bad_voices_config":
+                if err.code not in ("bad_voices_config", "ambiguous_voice"):
                     raise
                 # The samples are here: serve them, by name alone, and say what is wrong with the library.
-                voice = Voice(name=metadata["voice"])
+                voice = Voice(name=check_voice_name(metadata["voice"]))
                 warnings.append(err.message)
         flat = _pcm_from_arrow(value)
         if channels < 1:
@@ -151,7 +216,9 @@ class ReferenceMelService:
         samples = signal.check_samples(flat.reshape(-1, channels), sample_rate)
         if samples.dtype != np.float32:  # canonical float32 PCM: the same audio hashes the same however sent
             samples = samples.astype(np.float32) / np.float32(32768.0 if samples.dtype == np.int16 else 2147483648.0)
-        return Request.with_samples(samples, sample_rate, voice, warnings + self._audio_warnings(samples, sample_rate))
+        about = (("voice", voice.name),) + tuple(voice.info) if voice else ()
+        request = Request(voice, about=about, warnings=tuple(warnings))
+        return request.with_samples(samples, sample_rate, self._audio_warnings(samples, sample_rate))
 
     def _audio_warnings(self, samples: np.ndarray, sample_rate: int) -> list[str]:
         seconds = samples.shape[0] / sample_rate
@@ -169,117 +236,75 @@ class ReferenceMelService:
 
     # -- resolution -----------------------------------------------------------------------------
 
-    def _serve(self, request: Request, preset: Preset, passthrough: dict, start: float) -> tuple[Output, Request]:
-        extra: dict = {}
+    def _resolve(self, request: Request, preset: Preset) -> Resolved:
+        found: Stored | None = None
         if request.samples is None:
-            served, source, request = self._resolve_voice(request, preset, extra)
-        else:
-            served, source = self._resolve_samples(request, preset, extra)
-        metadata = dict(passthrough)
-        metadata.update(
-            shape=list(served.shape), dtype="float32", preset=preset.name, sample_rate=preset.sample_rate,
-            n_fft=preset.n_fft, hop_length=preset.hop_length, source=source, fingerprint=preset.fingerprint,
-        )
-        if preset.n_mels:
-            metadata["n_mels"] = preset.n_mels
-        metadata.update(extra)
-        if request.voice is not None:
-            metadata["voice"] = request.voice.name
-            codes = self.store.load_codes(request.voice)
-            if codes is None:
-                metadata["codes_status"] = "missing"
-            else:
-                metadata["codes"] = codes.tolist()
-        if request.warnings:
-            metadata["warnings"] = list(request.warnings)
-        metadata["elapsed_ms"] = (time.perf_counter() - start) * 1000.0
-        log.info("mel voice=%s preset=%s source=%s shape=%s request_id=%s elapsed_ms=%.2f",
-                 metadata.get("voice"), preset.name, source, metadata["shape"], metadata["request_id"],
-                 metadata["elapsed_ms"])
-        return Output(OUTPUT_MEL, served.array, metadata), request
-
-    def _resolve_samples(self, request: Request, preset: Preset, extra: dict) -> tuple[Served, str]:
+            hit = self._cached_file(request, preset)
+            if hit is not None:
+                return Resolved(hit, "cache", request)
+            if request.voice is not None:
+                found = self._lookup(request.voice, preset, audio=FileStamp.of(request.audio_path))
+                if found.fresh:
+                    return Resolved(self._remember_stored(found, request, preset), "precomputed", request)
+            request = self._read_audio(request, preset, found)
         signal.check_long_enough(request.samples.shape[0], request.sample_rate, preset)
-        digest = request.digest
-        if request.stamp is not None:  # read from the voice's file: a later voice event may hit the cache
-            self._voice_index[(request.voice.name, preset.fingerprint)] = (request.stamp, digest)
-        cached = self.cache.get((digest, preset.fingerprint))
+        cached = self.cache.get((request.digest, preset.fingerprint))
         if cached is not None:
-            return cached, "cache"
+            return Resolved(cached, "cache", request)
         if request.voice is not None:
-            stored = self._load_stored(request.voice, preset)
-            if stored is not None and self._stored_matches(stored, preset, digest, request):
-                return self._remember(stored.data, digest, preset), "precomputed"
-        return self._compute(request, digest, preset, extra), "computed"
-
-    def _resolve_voice(self, request: Request, preset: Preset, extra: dict) -> tuple[Served, str, Request]:
-        voice = request.voice
-        stamp = AudioStamp.of(voice.ref_audio)
-        known = self._voice_index.get((voice.name, preset.fingerprint))
-        if known is not None and known[0] == stamp:
-            cached = self.cache.get((known[1], preset.fingerprint))
-            if cached is not None:
-                return cached, "cache", request
-        stored = self._load_stored(voice, preset)
-        if stored is not None and (stored.sidecar is None or stored.sidecar.get("fingerprint") == preset.fingerprint):
-            recorded = (stored.sidecar or {}).get("source_audio")
-            fresh = (stored.sidecar is None or voice.ref_audio is None or stamp is None
-                     or recorded == dataclasses.asdict(stamp))
-            if fresh:
-                digest = (stored.sidecar or {}).get("source_sha256")
-                served = self._remember(stored.data, digest, preset)
-                if digest:
-                    self._voice_index[(voice.name, preset.fingerprint)] = (stamp, digest)
-                return served, "precomputed", request
-        # The audio file changed since the sidecar was written (or there is no stored file): read it.
-        if voice.ref_audio is None:
-            if not voice.in_library:
-                raise ReferenceMelError(
-                    "unknown_voice", f"voice {voice.name!r} is not in {self.store.library.path} and has no "
-                    f"precomputed spectrogram in {self.store.codes_dir}; add it to voices.json or send "
-                    "reference_audio", voice=voice.name)
+            found = found.against(request.digest) if found else self._lookup(request.voice, preset,
+                                                                             digest=request.digest)
+            if found.fresh:
+                return Resolved(self._remember(found.data, request.digest, preset), "precomputed", request)
+        mel = signal.reference_mel(request.samples, request.sample_rate, preset=preset)[0]
+        if not np.isfinite(mel).all():
             raise ReferenceMelError(
-                "no_ref_audio", f"voice {voice.name!r} has no ref_audio in voices.json and no usable precomputed "
-                f"{preset.name} spectrogram; add ref_audio or run `reference-mel precompute`", voice=voice.name)
-        samples, sample_rate = read_audio(voice.ref_audio)
-        request = Request.with_samples(samples, sample_rate, voice, self._audio_warnings(samples, sample_rate), stamp)
-        if stored is not None:
-            signal.check_long_enough(samples.shape[0], sample_rate, preset)
-            if self._stored_matches(stored, preset, request.digest, request):
-                self._voice_index[(voice.name, preset.fingerprint)] = (stamp, request.digest)
-                return self._remember(stored.data, request.digest, preset), "precomputed", request
-        served, source = self._resolve_samples(request, preset, extra)
-        return served, source, request
+                "non_finite_audio", f"the {preset.name} spectrogram overflows float32: the samples reach "
+                f"{np.abs(request.samples).max():.3g}; send PCM scaled to [-1, 1]")
+        write_back = self._write_back(request, mel, preset) if request.voice is not None else None
+        return Resolved(self._remember(mel, request.digest, preset), "computed", request, write_back)
 
-    def _load_stored(self, voice: Voice, preset: Preset):
-        try:
-            return self.store.load_mel(voice, preset)
-        except CorruptFile as err:
-            log.warning("not serving stored %s spectrogram of %r: %s; recomputing", preset.name, voice.name, err)
+    def _lookup(self, voice: Voice, preset: Preset, **identity) -> Stored:
+        found = self.store.lookup(voice, preset, **identity)
+        if found.state == CORRUPT:
+            log.warning("not serving stored %s of %r: %s; recomputing", preset.name, voice.name, found.reason)
+        return found
+
+    def _cached_file(self, request: Request, preset: Preset) -> Served | None:
+        """A voice switch whose audio file is unchanged since it was last hashed: the cache, after one stat."""
+        known = self._file_digests.get(request.audio_path)
+        if known is None or known[0] != FileStamp.of(request.audio_path):
             return None
+        return self.cache.get((known[1], preset.fingerprint))
 
-    @staticmethod
-    def _stored_matches(stored, preset: Preset, digest: str, request: Request) -> bool:
-        if stored.sidecar is None:  # legacy .bin: only its frame count can be checked against the audio
-            n = signal.resampled_length(request.samples.shape[0], request.sample_rate, preset.sample_rate)
-            return stored.data.shape[1] == preset.n_frames(n)
-        return staleness(stored, preset, digest) is None
+    def _remember_stored(self, found: Stored, request: Request, preset: Preset) -> Served:
+        digest = found.sidecar.source_digest if found.sidecar else None
+        if digest and found.sidecar.source_audio is not None and request.audio_path is not None:
+            self._file_digests[request.audio_path] = (found.sidecar.source_audio, digest)  # proven by the stamp
+        return self._remember(found.data, digest, preset)
 
-    def _compute(self, request: Request, digest: str, preset: Preset, extra: dict) -> Served:
-        mel = signal.reference_mel(request.samples, request.sample_rate, preset=preset)[0]  # [n_bins, n_frames]
-        if request.voice is not None:
-            extra["write_back"] = self._write_back(request, mel, digest, preset)
-        return self._remember(mel, digest, preset)
+    def _read_audio(self, request: Request, preset: Preset, found: Stored | None) -> Request:
+        if request.audio_path is None:
+            why = f"({found.reason})" if found is not None and found.reason else ""
+            raise ReferenceMelError(
+                "no_ref_audio", f"voice {request.voice.name!r} has no ref_audio in voices.json and no usable precomputed "
+                f"{preset.name} spectrogram {why}; add ref_audio or run `reference-mel precompute`",
+                voice=request.voice.name)
+        samples, sample_rate, stamp = self.store.read_audio(request.audio_path)
+        samples = signal.check_samples(samples, sample_rate)
+        request = request.with_samples(samples, sample_rate, self._audio_warnings(samples, sample_rate), stamp)
+        self._file_digests[request.audio_path] = (stamp, request.digest)
+        return request
 
-    def _write_back(self, request: Request, mel: np.ndarray, digest: str, preset: Preset) -> str:
+    def _write_back(self, request: Request, mel: np.ndarray, preset: Preset) -> str:
         if not self.config.write_back:
             return "off"
         try:
-            self.store.save_mel(request.voice, preset, mel, source_sha256=digest,
+            self.store.save_mel(request.voice, preset, mel, source_digest=request.digest,
                                 source_sample_rate=request.sample_rate, audio=request.stamp)
             return "written"
         except OSError as err:
-            folder = str(self.store.mel_file(request.voice, preset).parent)
+            folder = str(self.store.codes_dir)
             if folder not in self._write_failures_logged:  # once per folder: a read-only store is a state
                 self._write_failures_logged.add(folder)
                 log.error("cannot write precomputed spectrograms to %s (%s); serving from memory only", folder, err)
@@ -292,22 +317,51 @@ class ReferenceMelService:
             self.cache.put((digest, preset.fingerprint), served, flat.nbytes)
         return served
 
-    # -- errors ---------------------------------------------------------------------------------
+    # -- outputs --------------------------------------------------------------------------------
 
-    def _error(self, err: ReferenceMelError, passthrough: dict, voice, preset: Preset | None = None) -> Output:
+    def _mel_output(self, resolved: Resolved, preset: Preset, passthrough: dict, start: float) -> Output:
+        request = resolved.request
+        metadata = dict(passthrough)
+        metadata.update(
+            shape=list(resolved.served.shape), dtype="float32", preset=preset.name, layout="bins_frames",
+            sample_rate=preset.sample_rate, n_fft=preset.n_fft, hop_length=preset.hop_length,
+            source=resolved.source, fingerprint=preset.fingerprint,
+        )
+        if preset.n_mels:
+            metadata["n_mels"] = preset.n_mels
+        metadata.update(request.about)
+        if resolved.write_back:
+            metadata["write_back"] = resolved.write_back
+        if request.voice is not None:
+            codes = self.store.load_codes(request.voice)
+            if codes is None:
+                metadata["codes_status"] = "missing"
+            else:
+                metadata["codes"] = codes.tolist()
+        elif request.about:  # CUSTOM: no codes; the consumer extracts them
+            metadata["codes_status"] = "missing"
+        if request.warnings:
+            metadata["warnings"] = list(request.warnings)
+        metadata["elapsed_ms"] = (time.perf_counter() - start) * 1000.0
+        log.info("mel voice=%s preset=%s source=%s shape=%s request_id=%s elapsed_ms=%.2f",
+                 metadata.get("voice"), preset.name, resolved.source, metadata["shape"], metadata["request_id"],
+                 metadata["elapsed_ms"])
+        return Output(MEL_OUTPUT, resolved.served.array, metadata)
+
+    def _error(self, err: ReferenceMelError, passthrough: dict, voice, preset: Preset | None = None) -> list[Output]:
         body = err.to_dict()
         body["voice"] = body["voice"] or (voice if isinstance(voice, str) else None)
         metadata = dict(passthrough, error=err.code)
         if preset is not None:
-            metadata["preset"] = preset.name
-            body["preset"] = preset.name
+            metadata["preset"] = body["preset"] = preset.name
         log.warning("error code=%s request_id=%s: %s", err.code, passthrough.get("request_id"), err.message)
-        return Output(OUTPUT_ERROR, pa.array([json.dumps(body)]), metadata)
+        return [Output(ERROR_OUTPUT, pa.array([json.dumps(body)]), metadata),
+                self._log("ERROR", f"[{err.code}] {err.message}")]
 
-    def internal_error(self, metadata: dict) -> list[Output]:
-        passthrough = {k: v for k, v in metadata.items() if k not in OWN_KEYS}
-        err = ReferenceMelError("internal", "the node failed on this event (see its log); it keeps serving")
-        return [self._error(err, passthrough, None)]
+    def _log(self, level: str, message: str) -> Output:
+        """A line for MoFA's system log: {"level", "message", "timestamp", "node"} as one JSON string."""
+        line = {"level": level, "message": message, "timestamp": time.time(), "node": self.node_name}
+        return Output(LOG_OUTPUT, pa.array([json.dumps(line)]), {})
 
     def warm_up(self) -> None:
         """Run every preset once on 10 s of audio (upstream's longest reference) at the preset's rate
@@ -319,17 +373,26 @@ class ReferenceMelService:
                 signal.reference_mel(samples, rate, preset=preset)
 
 
+def _passthrough(metadata: dict) -> dict:
+    """The input's metadata minus this node's own keys, with a request_id (generated when absent)."""
+    passthrough = {k: v for k, v in metadata.items() if k not in OWN_KEYS}
+    if not isinstance(passthrough.get("request_id"), str) or not passthrough["request_id"]:
+        passthrough["request_id"] = uuid.uuid4().hex
+        passthrough["request_id_generated"] = True
+    return passthrough
+
+
 def _int_metadata(metadata: dict, key: str, *, required: bool = False, default: int | None = None) -> int:
+    code = {"sample_rate": "bad_sample_rate", "channels": "bad_channels"}[key]
     value = metadata.get(key)
     if value is None:
         if required:
-            raise ReferenceMelError(
-                f"bad_{key}", f"metadata {key} is missing; send it as an int with every reference_audio event")
+            raise ReferenceMelError(code, f"metadata {key} is missing; send it as an int with every reference_audio event")
         return default
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ReferenceMelError(f"bad_{key}", f"metadata {key}={value!r} must be an integer")
+        raise ReferenceMelError(code, f"metadata {key}={value!r} must be an integer")
     return value
 
 
@@ -350,13 +413,15 @@ def _pcm_from_arrow(value) -> np.ndarray:
     return value.to_numpy(zero_copy_only=True)
 
 
-def _voice_event_name(value) -> str:
+def _one_string(value, what: str) -> str:
+    """The one string of a `voice` (checked as a name) or `text` event."""
+    code = "bad_voice" if what == "voice" else "bad_text"
     if isinstance(value, pa.ChunkedArray):
         value = value.combine_chunks()
     if not isinstance(value, pa.Array) or not (pa.types.is_string(value.type) or pa.types.is_large_string(value.type)):
         raise ReferenceMelError(
-            "bad_voice", f"a voice event must be an Arrow string array with one name, got {getattr(value, 'type', value)}")
+            code, f"a {what} event must be an Arrow string array with one string, got {getattr(value, 'type', value)}")
     if len(value) != 1 or value.null_count:
-        raise ReferenceMelError(
-            "bad_voice", f"a voice event must hold exactly one non-null name, got {len(value)} values")
-    return check_voice_name(value[0].as_py())
+        raise ReferenceMelError(code, f"a {what} event must hold exactly one non-null string, got {len(value)} values")
+    text = value[0].as_py()
+    return check_voice_name(text) if what == "voice" else text

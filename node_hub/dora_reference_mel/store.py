@@ -1,76 +1,226 @@
 """Storage: voices.json, semantic codes, precomputed spectrograms and their sidecars.
 
-Layout (gpt-sovits-recipe.md, section 7), in the codes directory:
-  <voice>_codes.bin | <voice>_codes.npy   semantic codes, int32 LE (npy: dtype honoured)
-  <voice>_mel.bin, <voice>_mel.json       v2 spectrogram, float32 LE C-order [n_bins, n_frames] + sidecar
-  <voice>_mel_v3.bin / _mel_v4.bin (.json) the v3 / v4 prompt mels
-Every write is atomic (temporary file in the same folder, fsync, rename): a reader sees the old
-file or the new one, never half of one. A sidecar records how the array was made and a CRC of its
-bytes, so a .bin and a sidecar from two different writers never pass as one.
+Layout of the codes directory (docs/recipe.md, "Where files live"):
+  <voice>_codes.bin | <voice>_codes.npy     semantic codes, int32 LE (npy: dtype honoured)
+  <voice>_mel.bin,  <voice>_mel.json         v2 spectrogram, float32 LE C-order [n_bins, n_frames] + sidecar
+  <voice>_mel_<preset>.bin / .json           the other presets (v3, v4, sv)
+
+Every decision "may this stored file serve this request?" is `ReferenceStore.lookup`: the node, the
+operator and every `reference-mel` command call it and nothing else. It returns a `Stored` value
+(fresh, stale, corrupt or absent, with the reason). The rules it enforces:
+- it opens only regular files (never a FIFO, a device or a directory), without blocking, after
+  resolving links, and only inside the configured roots (the codes directory, the models root, the
+  library's `models_base_path` and REF_AUDIO_ROOTS); each file is bounded in size by what its preset
+  and MAX_REF_SECONDS allow, and read once per lookup;
+- it writes only `<voice>_mel*.bin|json` in the codes directory, by temporary file + rename (never
+  through an existing path, link or not), sidecar first: a crash between the two leaves a sidecar
+  whose content hash does not match the old `.bin` (refused, recomputed), never a lone `.bin`;
+- a sidecar records the audio it was made from twice: the xxh3-128 digest of its samples and the
+  file's stat stamp (size, mtime, ctime, inode, device). ctime cannot be set back by `touch` or by
+  unpacking an archive, so a replaced clip with the same size and mtime still differs; when the stamp
+  differs, the audio is read and its digest decides.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import hashlib
+import fcntl
 import json
 import logging
 import os
-import tempfile
+import stat
 import threading
+import time
 import unicodedata
-import zlib
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
+import xxhash
 
+from .contract import MAX_VOICE_NAME_BYTES
 from .errors import ReferenceMelError
 from .recipe import V2_DEFAULT_BINS, Preset
 
 log = logging.getLogger(__name__)
 
-SIDECAR_FORMAT = 1
-MAX_VOICE_NAME = 200
-CODE_RANGE = (0, 1023)  # SoVITS quantizer codebook (recipe section 3)
+SIDECAR_FORMAT = 2  # 2: xxh3-128 digests and full stat stamps (format 1 files are stale, then rewritten)
+CODE_RANGE = (0, 1023)  # SoVITS quantizer codebook
+MAX_SIDECAR_BYTES = 64 * 1024
+MAX_VOICES_JSON_BYTES = 16 * 1024 * 1024
+MAX_CHANNELS = 64
+TEMP_PREFIX = ".rmel-"  # every temporary file this package writes; older ones are crash leftovers
+LEFTOVER_AGE_S = 600  # a writer finishes in well under this; older temporaries belong to no one
+
+FRESH, STALE, CORRUPT, ABSENT = "fresh", "stale", "corrupt", "absent"
 
 
-class CorruptFile(Exception):
-    """A stored file that must not be served; the message says why. Callers recompute and replace."""
+class StoreFileError(Exception):
+    """A file the store may not or cannot read; `missing` when it simply is not there."""
+
+    def __init__(self, path, reason: str, *, missing: bool = False):
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason, self.missing = path, reason, missing
 
 
-def mel_file_stem(voice: str, preset: Preset) -> str:
-    return f"{voice}_mel" if preset.name == "v2" else f"{voice}_mel_{preset.name}"
+# ---------------------------------------------------------------------------------------------
+# Names and digests
+# ---------------------------------------------------------------------------------------------
 
 
-def mel_path_key(preset: Preset) -> str:
-    """The voices.json key naming a voice's file for this preset (`mel_path` for v2)."""
-    return "mel_path" if preset.name == "v2" else f"mel_{preset.name}_path"
+def check_voice_name(name, *, entry: str | None = None) -> str:
+    """A name safe as a file-name prefix in the codes directory, or `bad_voice` (or, for a voices.json
+    key or alias, `bad_voices_config` naming the entry). Lengths count UTF-8 bytes, as file systems do."""
+    code, what = ("bad_voices_config", f"voices.json entry {entry!r}: name") if entry else ("bad_voice", "voice")
+    if not isinstance(name, str):
+        raise ReferenceMelError(code, f"{what}={name!r} must be a string (a voice name in voices.json)")
+    shown = ascii(name[:60] + ("..." if len(name) > 60 else ""))
+    if not name.strip():
+        raise ReferenceMelError(code, f"{what}={shown} is empty; use a voice name from voices.json")
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ReferenceMelError(code, f"{what}={shown} is not valid Unicode (a lone surrogate, as an "
+                                "undecodable file name gives); rename it") from None
+    if size > MAX_VOICE_NAME_BYTES:
+        raise ReferenceMelError(
+            code, f"{what}={shown} is {size} bytes in UTF-8; names are at most {MAX_VOICE_NAME_BYTES} bytes "
+            "(file names hold 255); use a shorter name or an alias")
+    if any(unicodedata.category(c)[0] == "C" for c in name):
+        raise ReferenceMelError(code, f"{what}={shown} contains control characters; use a plain name")
+    if "/" in name or "\\" in name or name.startswith(".") or name != name.strip():
+        raise ReferenceMelError(
+            code, f"{what}={shown} is not a plain name (path separators, a leading dot or surrounding "
+            "spaces); use the voice's name as voices.json has it")
+    return name
 
 
 def samples_digest(samples: np.ndarray, sample_rate: int) -> str:
-    """SHA-256 of float32 [n, channels] PCM with its rate and channel count: the source identity."""
-    digest = hashlib.sha256(f"{int(sample_rate)}:{samples.shape[1]}:".encode())
+    """xxh3-128 of float32 [n, channels] PCM with its rate and channel count: the source identity.
+
+    A non-cryptographic hash is enough here: an accidental collision among 2^128 values does not
+    happen, and a crafted one needs someone who can already send this node any audio it likes."""
+    digest = xxhash.xxh3_128(f"{int(sample_rate)}:{samples.shape[1]}:".encode())
     digest.update(np.ascontiguousarray(samples, dtype=np.float32).data)
     return digest.hexdigest()
 
 
-def check_voice_name(name) -> str:
-    """A voice name safe to use as a file-name prefix in the codes directory, or `bad_voice`."""
-    if not isinstance(name, str):
-        raise ReferenceMelError("bad_voice", f"voice={name!r} must be a string (the voice's name in voices.json)")
-    shown = repr(name[:60] + ("..." if len(name) > 60 else ""))
-    if not name.strip():
-        raise ReferenceMelError("bad_voice", "voice='' is empty; send a voice name from voices.json")
-    if len(name) > MAX_VOICE_NAME:
-        raise ReferenceMelError(
-            "bad_voice", f"voice={shown} is {len(name)} characters; names are at most {MAX_VOICE_NAME}")
-    if any(unicodedata.category(c)[0] == "C" for c in name):
-        raise ReferenceMelError("bad_voice", f"voice={shown} contains control characters; send a plain name")
-    if "/" in name or "\\" in name or name.startswith(".") or name != name.strip():
-        raise ReferenceMelError(
-            "bad_voice", f"voice={shown} is not a plain name (path separators, a leading dot or "
-            "surrounding spaces); send the voice's name as voices.json has it")
-    return name
+def data_digest(blob) -> str:
+    return xxhash.xxh3_128_hexdigest(blob)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading files: regular, confined, bounded, non-blocking
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class FileStamp:
+    """What fstat says of a file; equal stamps mean the same, unchanged file."""
+
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    inode: int
+    device: int
+
+    @classmethod
+    def of_stat(cls, st: os.stat_result) -> FileStamp:
+        return cls(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
+
+    @classmethod
+    def of(cls, path: Path | None) -> FileStamp | None:
+        try:
+            return cls.of_stat(os.stat(path)) if path is not None else None
+        except (OSError, ValueError):
+            return None
+
+    @classmethod
+    def from_json(cls, value) -> FileStamp | None:
+        if value is None:
+            return None
+        fields = [f.name for f in dataclasses.fields(cls)]
+        if not isinstance(value, dict) or sorted(value) != sorted(fields) or not all(_is_int(v) for v in value.values()):
+            raise ValueError(f"source_audio={str(value)[:80]} is not a stamp of {fields}")
+        return cls(**value)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def inside(path: Path, roots: Iterable[Path]) -> bool:
+    real = os.path.realpath(path)
+    return any(os.path.commonpath([real, root]) == root for root in map(os.path.realpath, roots))
+
+
+@contextlib.contextmanager
+def open_regular(path: Path, roots: Sequence[Path] | None, max_bytes: int):
+    """An open binary file object for `path` and its FileStamp, or StoreFileError.
+
+    Links are resolved first and the target must lie inside one of `roots` (None: anywhere). Opened
+    with O_NONBLOCK, so a FIFO cannot block; then fstat must say regular file and at most max_bytes."""
+    path = Path(path)
+    if roots is not None and not inside(path, roots):
+        raise StoreFileError(path, f"leads outside the allowed folders (to {os.path.realpath(path)}); not read")
+    try:
+        fd = os.open(os.path.realpath(path), os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise StoreFileError(path, "does not exist", missing=True) from None
+    except (OSError, ValueError) as err:
+        raise StoreFileError(path, f"cannot be opened ({err})") from None
+    f = os.fdopen(fd, "rb")
+    with f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise StoreFileError(path, "is not a regular file (a FIFO, device or folder); not read")
+        if st.st_size > max_bytes:
+            raise StoreFileError(path, f"holds {st.st_size} bytes, more than the {max_bytes} this file may hold")
+        yield f, FileStamp.of_stat(st)
+
+
+def read_regular(path: Path, roots: Sequence[Path] | None, max_bytes: int) -> tuple[bytes, FileStamp]:
+    with open_regular(path, roots, max_bytes) as (f, stamp):
+        try:
+            blob = f.read(max_bytes + 1)
+        except OSError as err:
+            raise StoreFileError(path, f"cannot be read ({err})") from None
+    if len(blob) != stamp.size:
+        raise StoreFileError(path, f"changed while being read ({len(blob)} of {stamp.size} bytes)")
+    return blob, stamp
+
+
+def read_audio(path: Path, roots: Sequence[Path] | None, max_seconds: float) -> tuple[np.ndarray, int, FileStamp]:
+    """A reference audio file as float32 [n, channels], its rate and stamp; `bad_ref_audio` (or
+    `too_long`) when it cannot serve. The header is checked before any sample is decoded."""
+    import soundfile
+
+    try:
+        with open_regular(path, roots, max_bytes=1 << 40) as (f, stamp):
+            try:
+                info = soundfile.info(f)
+                f.seek(0)
+                if info.frames <= 0 or info.samplerate <= 0 or not 0 < info.channels <= MAX_CHANNELS:
+                    raise ReferenceMelError(
+                        "bad_ref_audio", f"ref_audio {path} declares {info.frames} frames of {info.channels} channels "
+                        f"at {info.samplerate} Hz; use 3 to 10 s of mono or stereo speech")
+                if info.frames > max_seconds * info.samplerate:
+                    raise ReferenceMelError(
+                        "too_long", f"ref_audio {path} is {info.frames / info.samplerate:.1f} s, over MAX_REF_SECONDS="
+                        f"{max_seconds:g}; use 3 to 10 s of speech")
+                samples, sample_rate = soundfile.read(f, dtype="float32", always_2d=True)
+            except (RuntimeError, OSError, ValueError, TypeError) as err:  # LibsndfileError is a RuntimeError
+                raise ReferenceMelError(
+                    "bad_ref_audio", f"ref_audio {path} is not readable audio ({err}); use WAV, FLAC or OGG") from None
+    except StoreFileError as err:
+        raise ReferenceMelError("bad_ref_audio", f"ref_audio {path} {err.reason}; fix the path") from None
+    return samples, int(sample_rate), stamp
+
+
+# ---------------------------------------------------------------------------------------------
+# voices.json
+# ---------------------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,164 +232,303 @@ class Voice:
     codes_path: Path | None = None
     mel_paths: tuple[tuple[str, Path], ...] = ()  # (voices.json key, path)
     in_library: bool = False
+    info: tuple[tuple[str, object], ...] = ()  # ref_text, speed_factor, language keys: for the metadata
 
     def mel_path(self, preset: Preset) -> Path | None:
         return dict(self.mel_paths).get(mel_path_key(preset))
 
 
-_UNLOADED = ("unloaded",)  # matches no real stamp, so the next access reads the file
+# Entry keys passed on in `mel` metadata when present, with the type they must have.
+VOICE_INFO_KEYS = {"ref_text": str, "speed_factor": (int, float), "text_lang": str, "prompt_lang": str,
+                   "language": str, "lang": str}
+PATH_KEYS = ("ref_audio", "codes_path")
+
+
+def mel_file_stem(voice: str, preset: Preset) -> str:
+    return f"{voice}_mel" if preset.name == "v2" else f"{voice}_mel_{preset.name}"
+
+
+def mel_path_key(preset: Preset) -> str:
+    """The voices.json key naming a voice's file for this preset (`mel_path` for v2)."""
+    return "mel_path" if preset.name == "v2" else f"mel_{preset.name}_path"
+
+
+def _check_entry(key, entry) -> None:
+    """Raise `bad_voices_config` naming the entry when it cannot be used as a voice."""
+    check_voice_name(key, entry=str(key))
+    if not isinstance(entry, dict):
+        raise ReferenceMelError("bad_voices_config", f"voices.json entry {key!r} must be an object")
+    for field, value in entry.items():
+        if (field in PATH_KEYS or field.startswith("mel_") and field.endswith("path")) and not isinstance(value, str):
+            raise ReferenceMelError("bad_voices_config",
+                                    f"voices.json entry {key!r}: {field}={str(value)[:60]!r} must be a path string")
+        wanted = VOICE_INFO_KEYS.get(field)
+        if wanted and (not isinstance(value, wanted) or isinstance(value, bool)):
+            raise ReferenceMelError("bad_voices_config", f"voices.json entry {key!r}: {field}={str(value)[:60]!r} "
+                                    f"has the wrong type")
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ReferenceMelError("bad_voices_config", f"voices.json entry {key!r}: {field} is not valid "
+                                        "Unicode (a lone surrogate); fix the text") from None
+    aliases = entry.get("aliases", [])
+    if not isinstance(aliases, list):
+        raise ReferenceMelError("bad_voices_config", f"voices.json entry {key!r}: aliases must be a list of names")
+    for alias in aliases:
+        check_voice_name(alias, entry=f"{key}' alias '{alias}" if isinstance(alias, str) else str(key))
+
+
+def parse_voices_json(blob: bytes, path: Path) -> dict:
+    """The parsed file: {"data": raw dict, "problems": {key: error}}; `bad_voices_config` when unusable."""
+    try:
+        data = json.loads(blob)
+    except (ValueError, RecursionError) as err:  # JSONDecodeError, bad UTF-8, 5000-digit ints, deep nesting
+        raise ReferenceMelError("bad_voices_config", f"{path} is not usable JSON ({str(err)[:120]}); fix or "
+                                "remove it") from None
+    if not isinstance(data, dict) or not isinstance(data.get("voices"), dict):
+        raise ReferenceMelError(
+            "bad_voices_config", f'{path} must be an object with a "voices" object (primespeech schema)')
+    base = data.get("models_base_path")
+    if base is not None and not isinstance(base, str):
+        raise ReferenceMelError("bad_voices_config", f"{path}: models_base_path={base!r} must be a string")
+    problems = {}
+    for key, entry in data["voices"].items():
+        try:
+            _check_entry(key, entry)
+        except ReferenceMelError as err:
+            problems[key] = err
+            log.warning("%s", err.message)
+    return {"data": data, "problems": problems}
 
 
 class VoiceLibrary:
-    """voices.json in primespeech's schema; re-read when the file changes on disk."""
+    """voices.json as the MLX primespeech line reads it; re-read when the file changes on disk.
 
-    def __init__(self, path: Path):
+    Lookup: the name lowercased as a key, then lowercased with spaces removed (the Python node's
+    display names: "Luo Xiang" is "luoxiang"), then among aliases, compared lowercased. Relative
+    paths join `models_base_path`, which defaults to the models root (PRIMESPEECH_MODEL_DIR)."""
+
+    def __init__(self, path: Path, model_dir: Path | None = None):
         self.path = Path(path)
-        self._stamp: tuple | None = _UNLOADED  # (mtime, size, inode) of what is loaded; None: no file
-        self._data: dict | None = None
+        self.model_dir = Path(model_dir) if model_dir is not None else self.path.parent
+        self._stamp: object = "unloaded"  # FileStamp of what is loaded; None: no file
+        self._parsed: dict | None = None
         self._error: ReferenceMelError | None = None
         self._lock = threading.Lock()
 
     def _load(self) -> None:
-        try:
-            stat = self.path.stat()
-            stamp = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
-        except FileNotFoundError:
-            stamp = None
-        if stamp == self._stamp:
+        stamp = FileStamp.of(self.path)
+        if stamp == self._stamp and stamp is not None:
             return
-        self._stamp, self._data, self._error = stamp, None, None
         if stamp is None:
+            self._stamp, self._parsed, self._error = None, None, None
             return
         try:
-            self._data = parse_voices_json(self.path.read_bytes(), self.path)
+            blob, stamp = read_regular(self.path, None, MAX_VOICES_JSON_BYTES)
+            self._parsed, self._error = parse_voices_json(blob, self.path), None
+        except StoreFileError as err:
+            self._parsed, self._error = None, ReferenceMelError(
+                "bad_voices_config", f"voices.json {err.path} {err.reason}; fix it or point VOICES_CONFIG elsewhere")
         except ReferenceMelError as err:
-            self._error = err
-            log.warning("%s", err.message)
+            self._parsed, self._error = None, err
+        if self._error is not None:
+            log.warning("%s", self._error.message)
+        self._stamp = stamp  # the error stays until the file changes: every event is told, not just one
 
-    def data(self) -> dict | None:
-        """The parsed file; None when it does not exist; raises `bad_voices_config` when unreadable."""
+    def parsed(self) -> dict | None:
+        """{"data", "problems"}; None when the file does not exist; raises `bad_voices_config` when unusable."""
         with self._lock:
             self._load()
             if self._error is not None:
                 raise self._error
-            return self._data
+            return self._parsed
 
-    def base_path(self, data: dict) -> Path:
-        base = os.path.expanduser(str(data.get("models_base_path") or self.path.parent))
-        return Path(base) if os.path.isabs(base) else self.path.parent / base
+    def data(self) -> dict | None:
+        parsed = self.parsed()
+        return None if parsed is None else parsed["data"]
+
+    def base_path(self, data: dict | None = None) -> Path:
+        """`models_base_path` (`~` expanded; a relative value is taken from the working directory, as
+        the MLX node does), or the models root when absent."""
+        data = self.data() if data is None else data
+        base = (data or {}).get("models_base_path")
+        return Path(os.path.abspath(os.path.expanduser(base))) if base else self.model_dir
 
     def resolve(self, name: str) -> Voice | None:
-        """The voice whose key or alias is `name` (case-insensitive), or None."""
-        data = self.data()
-        if data is None:
+        """The voice called `name` (key, display name or alias), or None; `ambiguous_voice` when two match."""
+        parsed = self.parsed()
+        if parsed is None:
             return None
-        wanted = name.casefold()
-        for key, entry in data["voices"].items():
-            aliases = entry.get("aliases") if isinstance(entry.get("aliases"), list) else []
-            if key.casefold() == wanted or any(isinstance(a, str) and a.casefold() == wanted for a in aliases):
-                return self._voice(key, entry, self.base_path(data))
-        return None
+        voices, lower = parsed["data"]["voices"], name.lower()
+        for wanted in dict.fromkeys((lower, lower.replace(" ", ""))):
+            keys = [k for k in voices if isinstance(k, str) and k.lower() == wanted]
+            if keys:
+                return self._pick(keys, name, parsed, "keys")
+        keys = [k for k, e in voices.items() if isinstance(e, dict) and isinstance(e.get("aliases"), list)
+                and any(isinstance(a, str) and a.lower() == lower for a in e["aliases"])]
+        return self._pick(keys, name, parsed, "aliases") if keys else None
 
-    def voices(self) -> list[Voice]:
-        data = self.data() or {"voices": {}}
-        return [self._voice(k, e, self.base_path(data)) for k, e in data["voices"].items()]
+    def _pick(self, keys: list[str], name: str, parsed: dict, how: str) -> Voice:
+        if len(keys) > 1:
+            raise ReferenceMelError(
+                "ambiguous_voice", f"voice {ascii(name)} matches {len(keys)} voices of {self.path} by {how} "
+                f"({', '.join(map(ascii, keys[:5]))}); make names and aliases unique")
+        key = keys[0]
+        if key in parsed["problems"]:
+            raise parsed["problems"][key]
+        return self._voice(key, parsed["data"]["voices"][key], self.base_path(parsed["data"]))
+
+    def voices(self) -> list[Voice | ReferenceMelError]:
+        """Every entry: a Voice, or the error that keeps it from being one."""
+        parsed = self.parsed() or {"data": {"voices": {}}, "problems": {}}
+        base = self.base_path(parsed["data"])
+        return [parsed["problems"].get(k) or self._voice(k, e, base) for k, e in parsed["data"]["voices"].items()]
 
     @staticmethod
     def _voice(key: str, entry: dict, base: Path) -> Voice:
         def path(field: str) -> Path | None:
             value = entry.get(field)
-            if not isinstance(value, str) or not value:
+            if not value:
                 return None
             value = os.path.expanduser(value)
             return Path(value) if os.path.isabs(value) else base / value
 
         mel_keys = [k for k in entry if k.startswith("mel_") and k.endswith("path")]
+        info = tuple((k, entry[k]) for k in VOICE_INFO_KEYS if k in entry)
         return Voice(name=key, ref_audio=path("ref_audio"), codes_path=path("codes_path"),
-                     mel_paths=tuple((k, p) for k in mel_keys if (p := path(k)) is not None), in_library=True)
+                     mel_paths=tuple((k, p) for k in mel_keys if (p := path(k)) is not None), in_library=True,
+                     info=info)
 
     def set_voice_fields(self, updates: dict[str, dict[str, str]]) -> None:
-        """Set fields of voices ({voice key: {field: value}}) and rewrite voices.json atomically.
-
-        Every other key, and the order of keys, is kept as it was.
-        """
-        with self._lock:
-            raw = json.loads(self.path.read_bytes())
+        """Set fields of voices ({voice key: {field: value}}) and rewrite voices.json atomically, under an
+        exclusive lock on the file, so concurrent writers never lose each other's updates. Every
+        other key, and the order of keys, is kept; entries removed meanwhile are left out."""
+        with self._lock, _locked(self.path) as blob:
+            raw = json.loads(blob)
             for key, fields in updates.items():
-                raw["voices"][key].update(fields)
+                if isinstance(raw.get("voices", {}).get(key), dict):
+                    raw["voices"][key].update(fields)
             atomic_write(self.path, (json.dumps(raw, indent=2, ensure_ascii=False) + "\n").encode())
-            self._stamp = _UNLOADED
+            self._stamp = "unloaded"
 
 
-def parse_voices_json(blob: bytes, path: Path) -> dict:
-    try:
-        data = json.loads(blob)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ReferenceMelError("bad_voices_config", f"{path} is not valid JSON ({err}); fix or remove it") from None
-    if not isinstance(data, dict) or not isinstance(data.get("voices"), dict):
-        raise ReferenceMelError(
-            "bad_voices_config", f'{path} must be an object with a "voices" object (primespeech schema)')
-    bad = [k for k, v in data["voices"].items() if not isinstance(v, dict)]
-    if bad:
-        raise ReferenceMelError("bad_voices_config", f"{path}: voices {bad[:5]} must be objects")
-    base = data.get("models_base_path")
-    if base is not None and not isinstance(base, str):
-        raise ReferenceMelError("bad_voices_config", f"{path}: models_base_path={base!r} must be a string")
-    return data
+@contextlib.contextmanager
+def _locked(path: Path):
+    """The bytes of `path`, read while holding flock on it. A writer replaces the file by rename, so
+    after the lock is granted the path must still name the locked file; otherwise lock the new one."""
+    while True:
+        with open_regular(path, None, MAX_VOICES_JSON_BYTES) as (f, stamp):
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            if FileStamp.of(path) != FileStamp.of_stat(os.fstat(f.fileno())):
+                continue  # replaced while we waited: lock the file that is there now
+            yield f.read()
+            return
 
 
 # ---------------------------------------------------------------------------------------------
-# Files
+# Writing
 # ---------------------------------------------------------------------------------------------
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that readers see either the old file or the whole new one."""
+    """Write `data` to `path` so that readers see either the old file or the whole new one. The
+    rename replaces whatever `path` named (a link, a FIFO): it never writes through it."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.parent / f"{TEMP_PREFIX}{os.urandom(6).hex()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)  # replaces a symlink itself, never writes through it
+        os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise
 
 
-@dataclasses.dataclass(frozen=True)
-class StoredMel:
-    data: np.ndarray  # float32 [n_bins, n_frames], read-only
-    sidecar: dict | None  # None for a legacy .bin
-    path: Path
+# ---------------------------------------------------------------------------------------------
+# The lookup
+# ---------------------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
-class AudioStamp:
-    """What `stat` says of a reference audio file; equal stamps mean an unchanged file."""
+class Sidecar:
+    """How a stored spectrogram was made, validated field by field."""
 
-    size: int
-    mtime_ns: int
+    shape: tuple[int, int]
+    fingerprint: str
+    source_digest: str
+    source_sample_rate: int
+    source_audio: FileStamp | None
+    data_digest: str
+    raw: dict
 
     @classmethod
-    def of(cls, path: Path | None) -> AudioStamp | None:
+    def parse(cls, blob: bytes, preset: Preset, max_frames: int) -> Sidecar:
+        """Raise ValueError with the reason when the sidecar is not one this package wrote."""
         try:
-            stat = os.stat(path) if path is not None else None
-        except OSError:
-            return None
-        return cls(stat.st_size, stat.st_mtime_ns) if stat else None
+            raw = json.loads(blob)
+        except (ValueError, RecursionError) as err:
+            raise ValueError(f"not usable JSON ({str(err)[:80]})") from None
+        if not isinstance(raw, dict) or raw.get("format") != SIDECAR_FORMAT:
+            raise ValueError(f"not a sidecar of format {SIDECAR_FORMAT}")
+        shape = raw.get("shape")
+        if not (isinstance(shape, list) and len(shape) == 2 and all(_is_int(n) for n in shape)
+                and shape[0] == preset.n_bins and 0 < shape[1] <= max_frames):
+            raise ValueError(f"shape={str(shape)[:60]} is not [{preset.n_bins}, 1..{max_frames}]")
+        texts = {k: raw.get(k) for k in ("fingerprint", "source_digest", "data_digest")}
+        if not all(isinstance(v, str) and 0 < len(v) <= 64 for v in texts.values()):
+            raise ValueError("fingerprint, source_digest and data_digest must be short strings")
+        if not _is_int(raw.get("source_sample_rate")):
+            raise ValueError("source_sample_rate must be an integer")
+        return cls((shape[0], shape[1]), texts["fingerprint"], texts["source_digest"], raw["source_sample_rate"],
+                   FileStamp.from_json(raw.get("source_audio")), texts["data_digest"], raw)
+
+
+@dataclasses.dataclass(frozen=True)
+class Stored:
+    """What the store holds for (voice, preset), judged against the audio in hand."""
+
+    state: str  # FRESH, STALE, CORRUPT or ABSENT
+    reason: str  # why it is not fresh ("" when it is)
+    path: Path | None
+    data: np.ndarray | None = None  # float32 [n_bins, n_frames], read-only: a whole file (fresh or stale)
+    sidecar: Sidecar | None = None
+
+    @property
+    def fresh(self) -> bool:
+        return self.state == FRESH
+
+    def against(self, digest: str) -> Stored:
+        """The same file judged against audio whose samples_digest is `digest` (no re-read)."""
+        if self.data is None or self.sidecar is None:
+            return self
+        if self.sidecar.source_digest == digest:
+            return dataclasses.replace(self, state=FRESH, reason="")
+        return dataclasses.replace(self, state=STALE, reason="made from other audio (the reference audio changed)")
 
 
 class ReferenceStore:
-    """The codes directory and the voice library, with the path rules that keep I/O inside it."""
+    """The codes directory and the voice library, with every rule about which files may be used."""
 
-    def __init__(self, codes_dir: Path, library: VoiceLibrary):
+    def __init__(self, codes_dir: Path, library: VoiceLibrary, *, max_ref_seconds: float = 60.0,
+                 extra_roots: Sequence[Path] = ()):
         self.codes_dir = Path(codes_dir)
         self.library = library
+        self.max_ref_seconds = max_ref_seconds
+        self.extra_roots = tuple(Path(p) for p in extra_roots)
+        self._codes_memo: dict[Path, tuple[FileStamp, np.ndarray]] = {}
+
+    def roots(self) -> tuple[Path, ...]:
+        """Folders any file may be read from (after links are resolved)."""
+        try:
+            base = (self.library.base_path(),)
+        except ReferenceMelError:
+            base = ()
+        return (self.codes_dir, self.library.model_dir, *base, *self.extra_roots)
 
     # -- voices ---------------------------------------------------------------------------------
 
@@ -249,139 +538,169 @@ class ReferenceStore:
         voice = self.library.resolve(name)
         return voice if voice is not None else Voice(name=name)
 
-    def _inside(self, path: Path) -> Path:
-        """`path` (a name-derived file in the codes directory) unless a symlink leads outside it."""
-        real = os.path.realpath(path)
-        if os.path.commonpath([real, os.path.realpath(self.codes_dir)]) != os.path.realpath(self.codes_dir):
-            raise CorruptFile(f"{path} leads outside the codes directory (symlink to {real}); not read")
-        return path
-
-    def mel_file(self, voice: Voice, preset: Preset) -> Path:
-        return voice.mel_path(preset) or self.codes_dir / f"{mel_file_stem(voice.name, preset)}.bin"
+    def read_audio(self, path: Path) -> tuple[np.ndarray, int, FileStamp]:
+        return read_audio(path, self.roots(), self.max_ref_seconds)
 
     # -- codes ----------------------------------------------------------------------------------
 
     def load_codes(self, voice: Voice) -> np.ndarray | None:
-        """The voice's semantic codes as int64 [N], None when it has none; `bad_codes` when corrupt."""
+        """The voice's semantic codes as read-only int64 [N], None when it has none; `bad_codes` when
+        unusable. Parsed once per unchanged file."""
         candidates = [voice.codes_path] if voice.codes_path else [
             self.codes_dir / f"{voice.name}_codes.bin", self.codes_dir / f"{voice.name}_codes.npy"]
+        max_bytes = int(self.max_ref_seconds * 50 + 1) * 8 + 4096  # 50 codes a second, int64, npy header
         for path in candidates:
-            if not path.is_file():
-                continue
             try:
-                if voice.codes_path is None:
-                    self._inside(path)
-                codes = read_codes(path)
-            except (CorruptFile, OSError, ValueError) as err:
-                raise ReferenceMelError(
-                    "bad_codes", f"codes file {path} of voice {voice.name!r} is unusable ({err}); "
-                    "re-extract the codes for this voice", voice=voice.name) from None
-            return codes
+                stamp = FileStamp.of(path)
+                memo = self._codes_memo.get(path)
+                if memo is not None and memo[0] == stamp:
+                    return memo[1]
+                blob, stamp = read_regular(path, self.roots(), max_bytes)
+                codes = parse_codes(blob, path.suffix)
+            except StoreFileError as err:
+                if err.missing:
+                    continue
+                reason = err.reason
+            except ValueError as err:
+                reason = str(err)
+            else:
+                self._codes_memo[path] = (stamp, codes)
+                return codes
+            raise ReferenceMelError(
+                "bad_codes", f"codes file {path} of voice {voice.name!r} is unusable ({reason}); "
+                "re-extract the codes for this voice", voice=voice.name)
         return None
 
     # -- spectrograms ---------------------------------------------------------------------------
 
-    def load_mel(self, voice: Voice, preset: Preset) -> StoredMel | None:
-        """The stored spectrogram for (voice, preset), None if there is none; CorruptFile if bad."""
-        path = self.mel_file(voice, preset)
-        if voice.mel_path(preset) is None:
-            if not path.exists() and not path.is_symlink():
-                return None
-            self._inside(path)
-        blob = _read_or_none(path)
-        if blob is None:
-            return None
-        sidecar = read_sidecar(path.with_suffix(".json"))
-        if sidecar is None:
-            return StoredMel(_legacy_array(blob, path, preset), None, path)
-        shape = sidecar.get("shape")
-        if not (isinstance(shape, list) and len(shape) == 2 and all(isinstance(n, int) and n > 0 for n in shape)):
-            raise CorruptFile(f"{path.with_suffix('.json')} has no valid shape")
-        if len(blob) != shape[0] * shape[1] * 4:
-            raise CorruptFile(f"{path} holds {len(blob)} bytes, its sidecar says shape {shape} ({shape[0] * shape[1] * 4})")
-        if zlib.crc32(blob) != sidecar.get("data_crc32"):
-            raise CorruptFile(f"{path} does not match the CRC in its sidecar (half-replaced or damaged)")
-        data = np.frombuffer(blob, dtype="<f4").reshape(shape)
-        if not np.isfinite(data).all():
-            raise CorruptFile(f"{path} contains NaN or Inf")
-        return StoredMel(data, sidecar, path)
+    def mel_file(self, voice: Voice, preset: Preset) -> Path:
+        """Where this package writes (voice, preset): always the codes directory, named after the voice."""
+        return self.codes_dir / f"{mel_file_stem(voice.name, preset)}.bin"
 
-    def save_mel(self, voice: Voice, preset: Preset, data: np.ndarray, *, source_sha256: str,
-                 source_sample_rate: int, audio: AudioStamp | None = None) -> Path:
-        """Write [n_bins, n_frames] float32 and its sidecar atomically; returns the .bin path."""
+    def max_frames(self, preset: Preset) -> int:
+        return preset.n_frames(int(self.max_ref_seconds * preset.sample_rate) + preset.sample_rate) + 1
+
+    def lookup(self, voice: Voice, preset: Preset, *, digest: str | None = None,
+               audio: FileStamp | None = None) -> Stored:
+        """May a stored file serve (voice, preset)? The one place that decides it.
+
+        digest: samples_digest of the audio in hand (a reference_audio event, or the voice's file once
+        read); audio: the stamp of the voice's ref_audio file when it has not been read. With neither
+        (no audio to compare with), a whole file of the right recipe is fresh.
+        The voice's `mel_<preset>_path` is tried first, then the file named after the voice."""
+        first = None
+        for path in dict.fromkeys(p for p in (voice.mel_path(preset), self.mel_file(voice, preset)) if p):
+            found = self._judge(path, preset, digest, audio)
+            if found.fresh:
+                return found
+            if first is None or first.state == ABSENT:
+                first = found
+        return first
+
+    def _judge(self, path: Path, preset: Preset, digest: str | None, audio: FileStamp | None) -> Stored:
+        max_frames = self.max_frames(preset)
+        try:
+            blob, _ = read_regular(path, self.roots(), preset.n_bins * max_frames * 4)
+            try:
+                side_blob, _ = read_regular(path.with_suffix(".json"), self.roots(), MAX_SIDECAR_BYTES)
+            except StoreFileError as err:
+                if not err.missing:
+                    raise
+                return self._legacy(path, blob, preset, has_audio=digest is not None or audio is not None)
+        except StoreFileError as err:
+            return Stored(ABSENT if err.missing else CORRUPT, err.reason if err.missing else str(err), path)
+        try:
+            sidecar = Sidecar.parse(side_blob, preset, max_frames)
+        except ValueError as err:
+            if b'"format": 1' in side_blob[:64] or b'"format":1' in side_blob[:64]:
+                return Stored(STALE, "written by an older version (sidecar format 1)", path)
+            return Stored(CORRUPT, f"{path.with_suffix('.json')}: {err}", path)
+        if len(blob) != sidecar.shape[0] * sidecar.shape[1] * 4:
+            return Stored(CORRUPT, f"{path} holds {len(blob)} bytes, its sidecar says shape {list(sidecar.shape)}", path)
+        if data_digest(blob) != sidecar.data_digest:
+            return Stored(CORRUPT, f"{path} does not match the digest in its sidecar (half-replaced or damaged)", path)
+        data = np.frombuffer(blob, dtype="<f4").reshape(sidecar.shape)
+        if not np.isfinite(data).all():
+            return Stored(CORRUPT, f"{path} contains NaN or Inf", path)
+        whole = Stored(FRESH, "", path, data, sidecar)
+        if sidecar.fingerprint != preset.fingerprint:
+            return dataclasses.replace(whole, state=STALE, reason=f"made by another recipe (fingerprint "
+                                       f"{sidecar.fingerprint}, want {preset.fingerprint})")
+        if digest is not None:
+            return whole.against(digest)
+        if audio is not None and sidecar.source_audio != audio:
+            return dataclasses.replace(whole, state=STALE, reason="the audio file changed since (stat stamp differs)")
+        return whole
+
+    @staticmethod
+    def _legacy(path: Path, blob: bytes, preset: Preset, *, has_audio: bool) -> Stored:
+        """A .bin without sidecar (the layout the Rust port planned): [704, n_frames] float32, v2 only.
+        Nothing says which audio it came from, so it serves only a voice that has no audio to compute from."""
+        if preset.name != "v2" or preset.n_bins != V2_DEFAULT_BINS:
+            return Stored(CORRUPT, f"{path} has no sidecar; only 704-bin v2 files may lack one", path)
+        if not blob or len(blob) % (V2_DEFAULT_BINS * 4):
+            return Stored(CORRUPT, f"{path} has no sidecar and {len(blob)} bytes, not a multiple of 704 * 4", path)
+        data = np.frombuffer(blob, dtype="<f4").reshape(V2_DEFAULT_BINS, -1)
+        if not np.isfinite(data).all():
+            return Stored(CORRUPT, f"{path} contains NaN or Inf", path)
+        if has_audio:
+            return Stored(STALE, "no sidecar, so nothing says which audio it was made from", path, data)
+        return Stored(FRESH, "", path, data)
+
+    def save_mel(self, voice: Voice, preset: Preset, data: np.ndarray, *, source_digest: str,
+                 source_sample_rate: int, audio: FileStamp | None = None) -> Path:
+        """Write [n_bins, n_frames] float32 and its sidecar to the voice's file in the codes directory.
+
+        Sidecar first, then the data, each by rename: a crash in between leaves a sidecar whose
+        data_digest does not match the old .bin, so the pair is refused and recomputed."""
         path = self.mel_file(voice, preset)
         blob = np.ascontiguousarray(data, dtype="<f4").tobytes()
         sidecar = {
             "format": SIDECAR_FORMAT, "voice": voice.name, "preset": preset.name, "shape": list(data.shape),
             "dtype": "float32", "layout": "C-order [n_bins, n_frames], little-endian",
             "fingerprint": preset.fingerprint, "recipe": preset.recipe(),
-            "source_sha256": source_sha256, "source_sample_rate": int(source_sample_rate),
-            "source_audio": dataclasses.asdict(audio) if audio else None, "data_crc32": zlib.crc32(blob),
+            "source_digest": source_digest, "source_sample_rate": int(source_sample_rate),
+            "source_audio": dataclasses.asdict(audio) if audio else None, "data_digest": data_digest(blob),
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, blob)
+        self.codes_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(path.with_suffix(".json"), (json.dumps(sidecar, indent=1) + "\n").encode())
+        atomic_write(path, blob)
         return path
 
-
-def staleness(stored: StoredMel | None, preset: Preset, digest: str) -> str | None:
-    """Why `stored` must not be served for audio with SHA-256 `digest` (None: it is up to date)."""
-    if stored is None:
-        return "missing"
-    if stored.sidecar is None:
-        return "no sidecar (legacy file)"
-    if stored.sidecar.get("fingerprint") != preset.fingerprint:
-        return f"made by another recipe (fingerprint {stored.sidecar.get('fingerprint')}, want {preset.fingerprint})"
-    if stored.sidecar.get("source_sha256") != digest:
-        return "made from other audio (the reference audio changed)"
-    return None
-
-
-def _read_or_none(path: Path) -> bytes | None:
-    """The file's bytes; None when it does not exist; CorruptFile when it exists but cannot be read."""
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        return None
-    except OSError as err:
-        raise CorruptFile(f"{path} cannot be read ({err})") from None
+    def clean_leftovers(self) -> int:
+        """Remove temporary files that crashed writers left in the codes directory (only ours, only
+        regular files, only ones older than any live write). Returns how many."""
+        removed, now = 0, time.time()
+        try:
+            entries = list(os.scandir(self.codes_dir))
+        except OSError:
+            return 0
+        for entry in entries:
+            if not (entry.name.startswith(TEMP_PREFIX) and entry.name.endswith(".tmp")):
+                continue
+            with contextlib.suppress(OSError):
+                st = entry.stat(follow_symlinks=False)
+                if stat.S_ISREG(st.st_mode) and now - st.st_mtime > LEFTOVER_AGE_S:
+                    os.unlink(entry.path)
+                    removed += 1
+        if removed:
+            log.info("removed %d temporary files left by interrupted writes in %s", removed, self.codes_dir)
+        return removed
 
 
-def read_sidecar(path: Path) -> dict | None:
-    blob = _read_or_none(path)
-    if blob is None:
-        return None
-    try:
-        sidecar = json.loads(blob)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise CorruptFile(f"{path} is not valid JSON") from None
-    if not isinstance(sidecar, dict) or sidecar.get("format") != SIDECAR_FORMAT:
-        raise CorruptFile(f"{path} is not a sidecar of format {SIDECAR_FORMAT}")
-    return sidecar
+def parse_codes(blob: bytes, suffix: str) -> np.ndarray:
+    """Codes as read-only int64 [N] from a headerless int32 LE .bin or an integer .npy (any int dtype)."""
+    if suffix == ".npy":
+        import io
 
-
-def _legacy_array(blob: bytes, path: Path, preset: Preset) -> np.ndarray:
-    """A .bin without sidecar (the Rust port's plan): [704, n_frames] float32, v2 only."""
-    row_bytes = V2_DEFAULT_BINS * 4
-    if preset.name != "v2" or preset.n_bins != V2_DEFAULT_BINS:
-        raise CorruptFile(f"{path} has no sidecar; only 704-bin v2 files may lack one")
-    if not blob or len(blob) % row_bytes:
-        raise CorruptFile(f"{path} has no sidecar and {len(blob)} bytes, not a multiple of 704 * 4")
-    data = np.frombuffer(blob, dtype="<f4").reshape(V2_DEFAULT_BINS, -1)
-    if not np.isfinite(data).all():
-        raise CorruptFile(f"{path} contains NaN or Inf")
-    return data
-
-
-def read_codes(path: Path) -> np.ndarray:
-    """Codes as int64 [N] from a headerless int32 LE .bin or an integer .npy (any int dtype)."""
-    if path.suffix == ".npy":
-        codes = np.load(path, allow_pickle=False)
+        try:
+            codes = np.load(io.BytesIO(blob), allow_pickle=False)
+        except (ValueError, OSError, EOFError) as err:
+            raise ValueError(f"not a readable .npy ({str(err)[:80]})") from None
         if codes.dtype.kind not in "iu":
             raise ValueError(f"dtype {codes.dtype} is not an integer type")
         codes = codes.reshape(-1)
     else:
-        blob = path.read_bytes()
         if len(blob) % 4:
             raise ValueError(f"{len(blob)} bytes is not a whole number of int32 codes (truncated?)")
         codes = np.frombuffer(blob, dtype="<i4")
@@ -390,18 +709,16 @@ def read_codes(path: Path) -> np.ndarray:
     lo, hi = int(codes.min()), int(codes.max())
     if lo < CODE_RANGE[0] or hi > CODE_RANGE[1]:
         raise ValueError(f"values {lo}..{hi} are outside the codebook range {CODE_RANGE[0]}..{CODE_RANGE[1]}")
-    return codes.astype(np.int64)
+    codes = codes.astype(np.int64)
+    codes.setflags(write=False)
+    return codes
 
 
-def read_audio(path: Path) -> tuple[np.ndarray, int]:
-    """A reference audio file as float32 [n, channels] and its rate; `bad_ref_audio` when unusable."""
-    import soundfile
-
-    if not Path(path).is_file():
-        raise ReferenceMelError("bad_ref_audio", f"ref_audio {path} does not exist; fix the path in voices.json")
+def read_codes(path: Path) -> np.ndarray:
+    """Codes of one file, anywhere (tests and tools): see parse_codes."""
     try:
-        samples, sample_rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-    except (RuntimeError, OSError, ValueError) as err:  # soundfile raises LibsndfileError(RuntimeError)
-        raise ReferenceMelError(
-            "bad_ref_audio", f"ref_audio {path} is not readable audio ({err}); use WAV, FLAC or OGG") from None
-    return samples, int(sample_rate)
+        blob, _ = read_regular(path, None, 1 << 24)
+    except StoreFileError as err:
+        raise ValueError(err.reason) from None
+    return parse_codes(blob, Path(path).suffix)
+
