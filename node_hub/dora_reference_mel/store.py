@@ -170,13 +170,13 @@ def open_regular(path: Path, roots: Sequence[Path] | None, max_bytes: int):
         raise StoreFileError(path, "does not exist", missing=True) from None
     except (OSError, ValueError) as err:
         raise StoreFileError(path, f"cannot be opened ({err})") from None
-    f = os.fdopen(fd, "rb")
-    with f:
-        st = os.fstat(fd)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_size > max_bytes:
+        os.close(fd)
         if not stat.S_ISREG(st.st_mode):
             raise StoreFileError(path, "is not a regular file (a FIFO, device or folder); not read")
-        if st.st_size > max_bytes:
-            raise StoreFileError(path, f"holds {st.st_size} bytes, more than the {max_bytes} this file may hold")
+        raise StoreFileError(path, f"holds {st.st_size} bytes, more than the {max_bytes} this file may hold")
+    with os.fdopen(fd, "rb") as f:
         yield f, FileStamp.of_stat(st)
 
 
@@ -409,7 +409,12 @@ class VoiceLibrary:
             for key, fields in updates.items():
                 if isinstance(raw.get("voices", {}).get(key), dict):
                     raw["voices"][key].update(fields)
-            atomic_write(self.path, (json.dumps(raw, indent=2, ensure_ascii=False) + "\n").encode())
+            try:
+                text = json.dumps(raw, indent=2, ensure_ascii=False) + "\n"
+                blob = text.encode()
+            except UnicodeEncodeError:  # a lone surrogate somewhere: keep it, \u-escaped as it came
+                blob = (json.dumps(raw, indent=2) + "\n").encode()
+            atomic_write(self.path, blob)
             self._stamp = "unloaded"
 
 

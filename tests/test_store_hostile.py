@@ -1,0 +1,348 @@
+"""A voice library written by someone else, crash leftovers and a shared disk: real FIFOs, symlinks,
+sparse files, hostile voices.json entries and a real crash mid-commit, through the real node
+(dora's integration-test mode) and the real `reference-mel` tool. Nothing outside the codes
+directory may change, nothing may block, every answer is a spectrogram or a named error."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import BIN, ROOT, run_node
+from dora_reference_mel import get_preset, reference_mel
+from dora_reference_mel.config import Config
+from dora_reference_mel.contract import ERROR_CODES
+from dora_reference_mel.errors import ReferenceMelError
+from dora_reference_mel.service import ReferenceMelService
+from dora_reference_mel.store import CORRUPT, FRESH, STALE, ReferenceStore, Voice, VoiceLibrary
+
+V2 = get_preset("v2")
+
+
+def voice_event(name):
+    return {"type": "Input", "id": "voice", "data": [name], "data_type": "Utf8", "metadata": {}}
+
+
+def snapshot(root: Path, skip: Path) -> dict:
+    """Every entry under root except `skip`: kind, and bytes of regular files (stat of large ones)."""
+    seen = {}
+    for path in sorted(root.rglob("*")):
+        if skip == path or skip in path.parents or path.name.startswith("run-"):  # run-*: the replay's own files
+            continue
+        st = os.lstat(path)
+        if path.is_symlink():
+            seen[path] = ("link", os.readlink(path))
+        elif path.is_file() and st.st_size < 1 << 24:
+            seen[path] = ("file", path.read_bytes())
+        elif path.is_dir():
+            seen[path] = ("dir",)
+        else:
+            seen[path] = ("other", st.st_mode, st.st_size, st.st_mtime_ns)
+    return seen
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("hostile")
+    models, outside = tmp / "models", tmp / "outside"
+    shutil.copytree(ROOT / "models", models, ignore=shutil.ignore_patterns("*.sh", "*.py"))
+    codes = models / "gpt-sovits-mlx" / "codes"
+    codes.mkdir(parents=True)
+    outside.mkdir()
+    secret = np.full((704, 4), 7.0, "<f4").tobytes()
+    (outside / "secret.bin").write_bytes(secret)
+    (outside / "secret.json").write_text("{}")
+    os.mkfifo(codes / "fifo_mel_mel.bin")
+    os.mkfifo(models / "fifo.bin")
+    with open(models / "sparse.bin", "wb") as f:
+        f.truncate(4 << 30)  # 4 GiB of nothing: must be refused by its size, not read
+    (models / "link.bin").symlink_to(outside / "secret.bin")
+    (codes / "linkside_mel.bin").write_bytes(secret)
+    (codes / "linkside_mel.json").symlink_to(outside / "secret.json")
+    wav = "voices/aria.wav"
+    entries = {
+        "\udc80bad": {"ref_audio": wav, "aliases": ["surro"]},
+        "../../x": {"ref_audio": wav, "aliases": ["plainx"]},
+        "fifo_mel": {"ref_audio": wav},
+        "fifo_side": {"ref_audio": wav},
+        "fifo_path": {"ref_audio": wav, "mel_path": "fifo.bin"},
+        "sparse": {"ref_audio": wav, "mel_path": "sparse.bin"},
+        "selfmel": {"ref_audio": "voices/cleo.wav", "mel_path": "voices/cleo.wav"},
+        "jsonmel": {"ref_audio": wav, "mel_path": "voices.json"},
+        "codesmel": {"ref_audio": wav, "mel_path": "codes/aria_codes.bin"},
+        "linkmel": {"ref_audio": wav, "mel_path": "link.bin"},
+        "linkside": {"ref_audio": wav},
+        "shape_bool": {"ref_audio": wav},
+        "shape_deep": {"ref_audio": wav},
+        "shape_digits": {"ref_audio": wav},
+    }
+    config = json.loads((models / "voices.json").read_text())
+    config["voices"].update(entries)
+    (models / "voices.json").write_text(json.dumps(config, indent=2))
+    # Sidecars of valid JSON but the wrong shape, beside whole .bin files.
+    store = ReferenceStore(codes, VoiceLibrary(models / "voices.json", models))
+    for name, bad in (("shape_bool", [True, 500]), ("shape_deep", None), ("shape_digits", None)):
+        store.save_mel(Voice(name), V2, np.ones((704, 500), np.float32), source_digest="x", source_sample_rate=1)
+        side = codes / f"{name}_mel.json"
+        text = side.read_text()
+        if name == "shape_bool":
+            side.write_text(text.replace('"shape": [\n  704,\n  500\n ]', json.dumps({"shape": bad})[1:-1]))
+        elif name == "shape_deep":
+            side.write_text(text[:-2] + ', "deep": ' + "[" * 50_000 + "]" * 50_000 + "}\n")
+        else:
+            side.write_text(text.replace('"source_sample_rate": 1', '"source_sample_rate": ' + "9" * 5000))
+    os.mkfifo(codes / "fifo_side_mel.json")
+    (codes / "fifo_side_mel.bin").write_bytes(np.ones((704, 500), "<f4").tobytes())
+    env = {"PRIMESPEECH_MODEL_DIR": str(models), "VOICES_CONFIG": str(models / "voices.json"), "CODES_DIR": str(codes)}
+    return {"tmp": tmp, "models": models, "codes": codes, "outside": outside, "env": env, "secret": secret}
+
+
+NODE_CASES = {  # voice event -> expected answer
+    "surro": "bad_voices_config",  # key with a lone surrogate, reached by an alias
+    "plainx": "bad_voices_config",  # key "../../x", reached by a plain alias
+    "语" * 100: "bad_voice",  # 300 bytes in UTF-8
+    "fifo_mel": "mel",  # FIFO where the spectrogram should be
+    "fifo_side": "mel",  # FIFO where the sidecar should be
+    "fifo_path": "mel",  # FIFO at mel_path
+    "sparse": "mel",  # 4 GiB sparse file at mel_path
+    "selfmel": "mel",  # mel_path names its own ref_audio
+    "jsonmel": "mel",  # mel_path names voices.json
+    "codesmel": "mel",  # mel_path names a codes file
+    "linkmel": "mel",  # mel_path symlinked out of the store
+    "linkside": "mel",  # sidecar symlinked out of the store
+    "shape_bool": "mel",
+    "shape_deep": "mel",
+    "shape_digits": "mel",
+}
+
+
+@pytest.fixture(scope="module")
+def node_run(hostile):
+    before = snapshot(hostile["tmp"], hostile["codes"])
+    events = [voice_event(name) for name in NODE_CASES] + [voice_event("aria")]
+    started = time.monotonic()
+    # Cache off: every event goes through the store lookup (they share one clip, which the cache would serve).
+    outputs, log = run_node(hostile["tmp"], events, {**hostile["env"], "MEL_CACHE_MB": "0"}, keep_logs=True)
+    answers = [o for o in outputs if o["id"] != "log"]
+    assert len(answers) == len(events), log[-3000:]
+    return {"answers": dict(zip(NODE_CASES, answers, strict=False)), "last": answers[-1], "log": log,
+            "logs": [json.loads(o["data"][0]) for o in outputs if o["id"] == "log"], "before": before,
+            "seconds": time.monotonic() - started}
+
+
+@pytest.mark.parametrize("name", list(NODE_CASES), ids=[ascii(n)[:20] for n in NODE_CASES])
+def test_node_case(node_run, name):
+    answer, expected = node_run["answers"][name], NODE_CASES[name]
+    if expected == "mel":
+        assert answer["id"] == "mel", answer["data"]
+        data = np.array(answer["data"], np.float32)
+        assert np.isfinite(data).all() and not (data == 7.0).all()  # never the secret outside the store
+        cleo = "selfmel" == name
+        wav, rate = soundfile.read(str(ROOT / "models/voices" / ("cleo.wav" if cleo else "aria.wav")), dtype="float32")
+        np.testing.assert_allclose(data, reference_mel(wav, rate).reshape(-1), atol=1e-4)
+    else:
+        body = json.loads(answer["data"][0])
+        assert answer["id"] == "error" and body["error"] == expected, body
+        assert len(body["message"]) > 30 and body["error"] != "internal"
+
+
+def test_node_logged_why_each_stored_file_was_refused(node_run):
+    log = node_run["log"]
+    for why in ("is not a regular file", "holds 4294967296 bytes", "leads outside the allowed folders",
+                "shape=[True, 500]", "not usable JSON", "Exceeds the limit"):
+        assert why in log, why
+    assert "Traceback" not in log and node_run["last"]["id"] == "mel"
+    errors = [line for line in node_run["logs"] if line["level"] == "ERROR"]
+    assert len(errors) == 3 and all(set(line) == {"level", "message", "timestamp", "node"} for line in errors)
+
+
+def test_nothing_outside_the_codes_dir_changed(node_run, hostile):
+    assert snapshot(hostile["tmp"], hostile["codes"]) == node_run["before"]
+    assert (hostile["outside"] / "secret.bin").read_bytes() == hostile["secret"]
+    written = {p.name for p in hostile["codes"].iterdir()}
+    assert not [n for n in written if n.endswith(".tmp")]
+    assert {"fifo_mel_mel.bin", "fifo_side_mel.json", "selfmel_mel.bin", "linkside_mel.json"} <= written
+    assert not (hostile["codes"] / "fifo_mel_mel.bin").is_fifo()  # replaced by rename, never opened for writing
+    assert not (hostile["codes"] / "linkside_mel.json").is_symlink()
+
+
+def test_cli_on_the_hostile_library(hostile, node_run):
+    env = {**os.environ, **hostile["env"]}
+    before = snapshot(hostile["tmp"], hostile["codes"])
+    for command in (["verify"], ["inspect", "surro"], ["inspect", "shape_bool"], ["precompute"], ["verify"]):
+        result = subprocess.run([str(BIN / "reference-mel"), *command], env=env, capture_output=True, text=True,
+                                timeout=300)
+        assert "Traceback" not in result.stderr, (command, result.stderr[-2000:])
+        assert result.returncode in (0, 1, 2), (command, result.returncode)
+        if command == ["precompute"]:
+            assert result.returncode == 1 and "2 failed" in result.stdout, result.stdout
+            assert "udc80" in result.stdout and "'../../x'" in result.stdout
+    after = snapshot(hostile["tmp"], hostile["codes"])
+    voices_json = hostile["models"] / "voices.json"
+    assert {p: v for p, v in after.items() if p != voices_json} == {p: v for p, v in before.items() if p != voices_json}
+    config = json.loads(voices_json.read_text())
+    assert config["voices"]["selfmel"]["mel_path"] == "gpt-sovits-mlx/codes/selfmel_mel.bin"  # the store's own file
+    assert "mel_path" not in config["voices"]["../../x"]
+
+
+def test_replaced_clip_same_size_and_mtime_is_recomputed(library, tmp_path):
+    """Two clips of equal length; the second unpacked over the first with the first's mtime."""
+    wav = library["models"] / "voices/aria.wav"
+    a, rate = soundfile.read(str(wav), dtype="float32")
+    b = np.roll(a, 4000) * 0.5
+    node = ReferenceMelService(Config.from_env(library["env"]))
+    first = [o for o in node.handle("voice", _names("aria"), {}) if o.output_id == "mel"][0]
+    assert first.metadata["source"] == "computed"
+    stat = wav.stat()
+    replacement = tmp_path / "b.wav"
+    soundfile.write(str(replacement), b, rate, subtype=soundfile.info(str(wav)).subtype)
+    assert replacement.stat().st_size == stat.st_size
+    os.replace(replacement, wav)
+    os.utime(wav, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    expected = reference_mel(*soundfile.read(str(wav), dtype="float32")).reshape(-1)
+    again = [o for o in node.handle("voice", _names("aria"), {}) if o.output_id == "mel"][0]  # from memory
+    np.testing.assert_allclose(again.value.to_numpy(), expected, atol=1e-4)
+    outputs, _ = run_node(tmp_path, [voice_event("aria")], library["env"])  # after a restart
+    np.testing.assert_allclose(np.array(outputs[0]["data"], np.float32), expected, atol=1e-4)
+
+
+def _names(*names):
+    import pyarrow as pa
+
+    return pa.array(list(names))
+
+
+CRASH = """
+import os, sys
+import numpy as np
+from dora_reference_mel import get_preset
+from dora_reference_mel.store import ReferenceStore, Voice, VoiceLibrary
+renames = []
+real_replace = os.replace
+def dying_replace(src, dst):
+    renames.append(dst)
+    if len(renames) == 2:
+        os._exit(9)  # killed between committing the sidecar and the data
+    real_replace(src, dst)
+os.replace = dying_replace
+store = ReferenceStore(sys.argv[1], VoiceLibrary(sys.argv[2]))
+store.save_mel(Voice("aria"), get_preset("v2"), np.full((704, 500), 3.0, np.float32), source_digest="other",
+               source_sample_rate=48000)
+"""
+
+
+def test_crash_between_sidecar_and_data_is_never_served_and_leftovers_go(library, tmp_path):
+    node = ReferenceMelService(Config.from_env(library["env"]))
+    assert [o for o in node.handle("voice", _names("aria"), {}) if o.output_id == "mel"][0].metadata["source"] == "computed"
+    good = (library["codes_dir"] / "aria_mel.bin").read_bytes()
+    crashed = subprocess.run([sys.executable, "-c", CRASH, str(library["codes_dir"]), str(library["voices"])])
+    assert crashed.returncode == 9
+    leftovers = [p for p in library["codes_dir"].iterdir() if p.name.endswith(".tmp")]
+    assert len(leftovers) == 1 and (library["codes_dir"] / "aria_mel.bin").read_bytes() == good
+    store = ReferenceStore(library["codes_dir"], VoiceLibrary(library["voices"]))
+    assert store.lookup(store.voice("aria"), V2).state == CORRUPT  # new sidecar, old data: refused
+    old = time.time() - 3600
+    os.utime(leftovers[0], (old, old))
+    outputs, log = run_node(tmp_path, [voice_event("aria")], library["env"])
+    assert "computed" in log and "removed 1 temporary files" in log
+    assert not [p for p in library["codes_dir"].iterdir() if p.name.endswith(".tmp")]
+    np.testing.assert_array_equal(np.frombuffer(good, "<f4"), np.array(outputs[0]["data"], np.float32))
+
+
+@pytest.mark.parametrize("content", ["directory", "fifo", "deep", "digits"])
+def test_unusable_voices_json_answers_every_event(library, tmp_path, content):
+    path = library["voices"]
+    path.unlink()
+    if content == "directory":
+        path.mkdir()
+    elif content == "fifo":
+        os.mkfifo(path)
+    else:
+        path.write_text("[" * 100_000 if content == "deep" else '{"voices": {}, "n": ' + "1" * 5000 + "}")
+    outputs, log = run_node(tmp_path, [voice_event("aria"), voice_event("aria")], library["env"])
+    assert [json.loads(o["data"][0])["error"] for o in outputs] == ["bad_voices_config"] * 2, log[-2000:]
+
+
+def test_two_precompute_runs_at_once_keep_both_updates(library):
+    env = {**os.environ, **library["env"]}
+    for _ in range(3):
+        runs = [subprocess.Popen([str(BIN / "reference-mel"), "precompute", "--force", "--preset", preset], env=env,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for preset in ("v2", "v4")]
+        assert [run.wait(timeout=300) for run in runs] == [0, 0]
+        voices = json.loads(library["voices"].read_text())["voices"]
+        assert all({"mel_path", "mel_v4_path"} <= set(entry) for entry in voices.values()), voices
+        for entry in voices.values():
+            del entry["mel_path"], entry["mel_v4_path"]
+        library["voices"].write_text(json.dumps({"voices": voices}, indent=2))
+
+
+# -- properties: any sidecar, any voices.json, any file kind ------------------------------------
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+                           lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                                        max_size=4), max_leaves=20)
+sidecar_keys = st.sampled_from(["format", "shape", "fingerprint", "source_digest", "source_sample_rate",
+                                "source_audio", "data_digest"])
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(changes=st.dictionaries(sidecar_keys, json_values, min_size=1, max_size=3))
+def test_any_sidecar_is_fresh_only_when_it_is_the_one_written(library, changes):
+    store = ReferenceStore(library["codes_dir"], VoiceLibrary(library["voices"]))
+    voice = Voice("prop")
+    path = store.save_mel(voice, V2, np.ones((704, 20), np.float32), source_digest="d", source_sample_rate=1)
+    sidecar = json.loads(path.with_suffix(".json").read_text())
+    edited = {**sidecar, **changes}
+    path.with_suffix(".json").write_text(json.dumps(edited))
+    found = store.lookup(voice, V2, digest="d")
+    assert found.state in (FRESH, STALE, CORRUPT)
+    if found.fresh:
+        assert all(edited[k] == sidecar[k] for k in ("format", "shape", "fingerprint", "source_digest", "data_digest"))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(document=json_values, name=st.text(min_size=1, max_size=10))
+def test_any_voices_json_resolves_or_names_the_problem(tmp_path, document, name):
+    path = tmp_path / "voices.json"
+    path.write_text(json.dumps({"voices": document} if isinstance(document, dict) else document))
+    try:
+        voice = VoiceLibrary(path).resolve(name)
+    except ReferenceMelError as err:
+        assert err.code in ERROR_CODES and err.code != "internal"
+    else:
+        assert voice is None or isinstance(voice, Voice)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "loop", "dangling", "empty", "socket"])
+def test_any_file_kind_at_the_spectrogram_path(library, kind):
+    import socket
+
+    target = library["codes_dir"] / "kind_mel.bin"
+    if kind == "fifo":
+        os.mkfifo(target)
+    elif kind == "directory":
+        target.mkdir()
+    elif kind == "loop":
+        target.symlink_to(target)
+    elif kind == "dangling":
+        target.symlink_to(library["codes_dir"] / "nowhere")
+    elif kind == "empty":
+        target.write_bytes(b"")
+    else:
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(str(target))
+    store = ReferenceStore(library["codes_dir"], VoiceLibrary(library["voices"]))
+    found = store.lookup(Voice("kind"), V2)
+    assert found.state in (CORRUPT, "absent") and not found.fresh
+    if kind != "directory":  # the next write replaces whatever was there
+        store.save_mel(Voice("kind"), V2, np.ones((704, 3), np.float32), source_digest="d", source_sample_rate=1)
+        assert store.lookup(Voice("kind"), V2, digest="d").fresh
