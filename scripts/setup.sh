@@ -1,10 +1,22 @@
 #!/usr/bin/env bash
-# Creates .venv (if missing) and installs the project with everything the demo and the tests use.
+# Creates .venv (dora 1.1) and .venv-dora04 (dora 0.4.1) if missing, and installs the project with everything
+# the demo and the tests use into each. A dataflow runs on one daemon version, so each line gets its own
+# environment: activate the one whose `dora` runs your dataflow.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-  "$PYTHON" -m venv .venv
+# MLX's backend: its CUDA build on a Linux machine with an NVIDIA driver, else the CPU build (plain mlx,
+# Metal, on macOS). Set MLX_EXTRA=cpu or MLX_EXTRA=cuda to choose.
+extra=${MLX_EXTRA:-}
+if [ -z "$extra" ] && [ "$(uname -s)" = Linux ] && command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  extra=cuda
 fi
-.venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]" "dora-rs==1.1.0" "dora-rs-cli==1.1.0"
+extras="test${extra:+,$extra}"
+for line in "1.1.0 .venv" "0.4.1 .venv-dora04"; do
+  set -- $line
+  if [ ! -x "$2/bin/python" ]; then
+    "$PYTHON" -m venv "$2"
+  fi
+  "$2/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
+  "$2/bin/python" -m pip install -q --disable-pip-version-check -e ".[$extras]" "dora-rs==$1" "dora-rs-cli==$1"
+done

@@ -19,6 +19,20 @@ SPEECH = FIXTURES / "speech"
 EVENTS = FIXTURES / "events"
 RATES = (16000, 22050, 24000, 32000, 44100, 48000)
 BIN = Path(sys.executable).parent
+# The two dora lines a dataflow may run on, each in its own environment (scripts/setup.sh makes both):
+# a node must register with the daemon of its own line.
+DORA_LINES = {"1.1": ROOT / ".venv", "0.4": ROOT / ".venv-dora04"}
+
+
+def dora(*args, line: str = "1.1", timeout: float = 240, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """The real dora CLI of one line, run from dataflows/ with that line's environment active."""
+    venv = DORA_LINES[line]
+    if not (venv / "bin" / "dora").exists():
+        raise FileNotFoundError(f"{venv} has no dora CLI: run scripts/setup.sh")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DORA_")}
+    env.update(PATH=f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}", VIRTUAL_ENV=str(venv))
+    return subprocess.run([str(venv / "bin" / "dora"), *args], cwd=cwd or ROOT / "dataflows", env=env,
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def speech(layout: str, rate: int, dtype: str = "float32"):

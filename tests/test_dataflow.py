@@ -1,6 +1,5 @@
 """dataflows/tts.yml with the real dora CLI and daemon, both ways users start it."""
 
-import os
 import re
 import shutil
 import subprocess
@@ -9,18 +8,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import BIN, ROOT
+from conftest import ROOT, dora
 
 DATAFLOWS = ROOT / "dataflows"
 STORE = ROOT / "out" / "demo-store"
 pytestmark = pytest.mark.dataflow
-
-
-def dora(*args, timeout=240):
-    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
-    env.pop("DORA_TEST_WITH_INPUTS", None)
-    return subprocess.run([str(BIN / "dora"), *args], cwd=DATAFLOWS, env=env, capture_output=True, text=True,
-                          timeout=timeout)
 
 
 def consumer_lines(output: str) -> list[tuple[str, str, str]]:
@@ -123,15 +115,6 @@ def test_operator_form_gives_the_same_outputs_as_the_node_form():
     assert len(as_node) == 5 and sorted(as_node) == sorted(as_operator)
 
 
-@pytest.mark.parametrize("name", ["primespeech.yml", "primespeech_operator.yml"])
-def test_primespeech_wiring(name):
-    out = run_fresh(name, "demo-store")
-    spoken = re.findall(r"text '([^']*)' -> synthesise with voice (\w+)", out)
-    assert spoken == [("Good morning, this is Aria.", "aria"), ("A second sentence, same voice.", "aria"),
-                      ("Now Basil speaks.", "basil"), ("And Cleo, in stereo.", "cleo")], out[-4000:]
-    assert "0 with an unexpected answer" in out
-
-
 def test_readme_fragment_drops_into_a_dataflow(tmp_path):
     """The README's YAML fragment, pasted into a pipeline with an audio and a text node, validates."""
     readme = (ROOT / "README.md").read_text()
@@ -157,4 +140,6 @@ def test_every_shipped_input_uses_backpressure():
         for node in yaml.safe_load(path.read_text())["nodes"]:
             inputs = node.get("inputs") or node.get("operator", {}).get("inputs") or {}
             for name, spec in inputs.items():
+                if isinstance(spec, str) and spec.startswith("dora/timer/"):
+                    continue  # a lost tick only delays the next line of a scripted source
                 assert isinstance(spec, dict) and spec.get("queue_policy") == "backpressure", (path.name, node["id"], name)

@@ -37,15 +37,6 @@ def feed_model(ref: ReferenceMel) -> dict[str, np.ndarray]:
     return tensors
 
 
-def speak_ready(pending_text: list[tuple[str, str]], references: dict[str, ReferenceMel]) -> None:
-    """Hand each text whose voice reference has arrived to the model, in order."""
-    while pending_text and pending_text[0][0] in references:
-        request_id, text = pending_text.pop(0)
-        ref = references[request_id]
-        print(f"consumer: text {text!r} -> synthesise with voice {ref.voice} "
-              f"(refer {list(ref.spectrogram.shape)}, prompt {None if ref.codes is None else list(ref.codes.shape)})")
-
-
 def main() -> int:
     out_dir = os.environ.get("OUT_DIR", "../out/demo")
     write_png = os.environ.get("WRITE_PNG", "1") == "1"
@@ -54,8 +45,6 @@ def main() -> int:
     timings: dict[tuple[str, str], list[float]] = collections.defaultdict(list)
     counts = collections.Counter()
     received: list[ReferenceMel] = []
-    references: dict[str, ReferenceMel] = {}  # request_id -> reference, for the text waiting on it
-    pending_text: list[tuple[str, str]] = []
     node = Node()
     for event in node:
         if event["type"] != "INPUT":
@@ -69,10 +58,6 @@ def main() -> int:
                     print(f"consumer: error {body['error']}: {body['message']}")
                 seen.add(key)
                 continue
-            if event["id"] == "text":  # primespeech.yml: speak it once its voice's reference is here
-                pending_text.append((event["metadata"].get("voice_request_id"), event["value"][0].as_py()))
-                speak_ready(pending_text, references)
-                continue
             if event["id"] not in (MEL_OUTPUT, "reference"):
                 continue
             ref = decode_mel_event(event)
@@ -85,7 +70,6 @@ def main() -> int:
             continue
         seen.add((ref.request_id, ref.preset))
         counts["mel"] += 1
-        references[ref.request_id] = ref
         latency_ms = (time.time() - ref.metadata["sent_at"]) * 1e3 if "sent_at" in ref.metadata else float("nan")
         timings[(ref.voice or "-", ref.source)].append(latency_ms)
         tensors = feed_model(ref)
@@ -96,12 +80,8 @@ def main() -> int:
         print(f"consumer: voice={ref.voice or '-'} preset={ref.preset} source={ref.source} {shapes} crc={crc:08x} "
               f"node={ref.metadata['elapsed_ms']:.1f}ms end-to-end={latency_ms:.1f}ms"
               + (f" warnings={list(ref.warnings)}" if ref.warnings else ""))
-        speak_ready(pending_text, references)
         if write_png:
             received.append(ref)  # drawn after the stream ends: drawing here would delay the next events
-    if pending_text:
-        print(f"consumer: {len(pending_text)} texts never got their voice's reference", file=sys.stderr)
-        counts["text_without_reference"] = len(pending_text)
     print("consumer: per-voice end-to-end latency (ms): voice source count p50 p99")
     for (voice, source), values in sorted(timings.items()):
         print(f"consumer:   {voice:8s} {source:11s} {len(values):5d} {np.median(values):8.2f} "
@@ -118,7 +98,7 @@ def main() -> int:
                 sample_rate=ref.metadata["sample_rate"], hop_length=ref.metadata["hop_length"],
                 n_fft=ref.metadata["n_fft"])
         print(f"consumer: wrote {len(received)} PNGs to {out_dir}")
-    return 1 if counts["contract_violation"] or counts["text_without_reference"] else 0
+    return 1 if counts["contract_violation"] else 0
 
 
 if __name__ == "__main__":

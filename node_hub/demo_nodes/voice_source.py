@@ -8,9 +8,7 @@ re-sent request cheap, and consumers drop the duplicate answers by request_id.
 Plans (SOURCE_PLAN):
   demo      every voice of voices.json as reference_audio, the first one again (cache hit), then one
             voice event by alias (the store path);
-  text      primespeech's text protocol: each line of TEXT ("|"-separated) is sent on `text`; a line
-            starting "VOICE:<name> " first switches voice, sent as a `voice` event;
-  soak:N    N events as fast as the window allows, good ones mixed with bad ones (issue 6 soak test).
+  soak:N    N events as fast as the window allows, good ones mixed with bad ones .
 Exits 0 when every request was answered as expected, 1 otherwise.
 """
 
@@ -45,7 +43,7 @@ class Request:
 
 def load_voices(voices_json: str) -> list[tuple[str, np.ndarray, int]]:
     config = json.loads(open(voices_json).read())
-    base = os.path.join(os.path.dirname(voices_json), config.get("models_base_path") or ".")
+    base = config.get("models_base_path") or os.environ.get("PRIMESPEECH_MODEL_DIR") or os.path.dirname(voices_json)
     voices = []
     for name, entry in config["voices"].items():
         samples, rate = soundfile.read(os.path.join(base, entry["ref_audio"]), dtype="float32", always_2d=True)
@@ -65,21 +63,6 @@ def demo_plan(voices) -> list[Request]:
     name, samples, rate = voices[0]
     plan.append(audio_request(name, samples, rate))  # the same samples again: served from the cache
     plan.append(Request(uuid.uuid4().hex[:12], "voice", pa.array([voices[1][0].title()]), {}, "mel"))
-    return plan
-
-
-def text_plan(text: str) -> list[Request]:
-    """Each text event names the voice switch it belongs to (`voice_request_id`), so the TTS node
-    can hold the text until that voice's reference has arrived."""
-    plan, voice_request = [], None
-    for line in (part.strip() for part in text.split("|")):
-        if line.startswith("VOICE:"):
-            name, _, line = line[len("VOICE:"):].partition(" ")
-            voice_request = Request(uuid.uuid4().hex[:12], "voice", pa.array([name]), {}, "mel")
-            plan.append(voice_request)
-        if line:
-            link = {"voice_request_id": voice_request.request_id} if voice_request else {}
-            plan.append(Request(uuid.uuid4().hex[:12], "text", pa.array([line]), link, "none"))
     return plan
 
 
@@ -111,8 +94,6 @@ def main() -> int:
     plan_name = os.environ.get("SOURCE_PLAN", "demo")
     if plan_name == "demo":
         plan = demo_plan(voices)
-    elif plan_name == "text":
-        plan = text_plan(os.environ.get("TEXT", "VOICE:aria Hello from the demo.|VOICE:basil Goodbye."))
     else:
         plan = soak_plan(voices, int(plan_name.split(":")[1]))
     presets = [p.strip() for p in os.environ.get("MEL_PRESET", "v2").split(",")]
@@ -127,8 +108,7 @@ def main() -> int:
         while queue and len(in_flight) < window:
             request = queue.pop(0)
             send(node, request)
-            if request.expect != "none":  # text is fire-and-forget: the TTS node answers with audio
-                in_flight[request.request_id] = request
+            in_flight[request.request_id] = request
         now = time.monotonic()
         for request in list(in_flight.values()):
             if now - request.sent_at > resend_after:
@@ -151,11 +131,9 @@ def main() -> int:
         if all(p in request.answers for p in presets):
             in_flight.pop(request.request_id, None)
 
-    wrong = [(r.request_id, r.expect, r.answers) for r in plan
-             if r.expect != "none" and set(r.answers.values()) != {r.expect}]
+    wrong = [(r.request_id, r.expect, r.answers) for r in plan if set(r.answers.values()) != {r.expect}]
     seconds = time.perf_counter() - started
-    answered = [r for r in plan if r.expect != "none"]
-    print(f"voice-source: {len(answered)} requests answered in {seconds:.1f} s, {resent} re-sent, "
+    print(f"voice-source: {len(plan)} requests answered in {seconds:.1f} s, {resent} re-sent, "
           f"{len(wrong)} with an unexpected answer")
     for item in wrong[:10]:
         print(f"voice-source: unexpected answer {item}", file=sys.stderr)

@@ -1,0 +1,33 @@
+"""Scripted stand-in for the text side of a primespeech dataflow: MoFA's dynamic `mofa-prompt-input`
+(output `control`) or the MLX test flow's timer-driven `text-source` (output `text`).
+
+On every `tick` it sends the next line of PROMPTS (a JSON list of strings, each sent as is, in
+primespeech's text protocol: `VOICE:<name>|<text>`, `{"prompt": ...}`, `VOICE:CUSTOM|...`, plain text)
+on OUTPUT, with a `question_id` in its metadata as MoFA's UI sends it; then it stops.
+"""
+
+import json
+import os
+import sys
+
+import pyarrow as pa
+from dora import Node
+
+
+def main() -> int:
+    prompts = json.loads(os.environ["PROMPTS"])
+    output = os.environ.get("OUTPUT", "control")
+    node, sent = Node(), 0
+    for event in node:
+        if event["type"] != "INPUT" or event["id"] != "tick":
+            continue
+        if sent == len(prompts):
+            break
+        node.send_output(output, pa.array([prompts[sent]]), {"question_id": sent})
+        sent += 1
+    print(f"prompt-source: sent {sent} texts on {output}")
+    return 0 if sent == len(prompts) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

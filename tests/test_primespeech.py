@@ -1,0 +1,72 @@
+"""The real primespeech dataflow shapes (mofa-tts, the MLX node's test-tts) with this node inserted on
+one edge, run by the real dora CLI and daemon of both lines a user's dataflow may be on: 0.4.1 (what
+MoFA and the Rust dora-gpt-sovits-mlx node use) and 1.1."""
+
+import json
+import re
+import shutil
+
+import pytest
+import yaml
+
+from conftest import DORA_LINES, ROOT, dora
+
+pytestmark = pytest.mark.dataflow
+
+ARIA_TEXT = "Good morning. This is the reference voice of the demo dataflow."
+BASIL_TEXT = "Hello there, I am a second voice, a little lower, sampled at sixteen kilohertz in mono."
+CLEO_TEXT = "And I am the stereo voice. My two channels differ, so the mono mix matters."
+CUSTOM_TEXT = "Hello there, I am a second voice."
+# (voice, refer frames, codes, ref_text) each text must be spoken with, in order, after its voice switch.
+MOFA_EXPECTED = [
+    ("ariademo", 500, "500", ARIA_TEXT),  # display name "Aria Demo"
+    ("ariademo", 500, "500", ARIA_TEXT),  # plain text: the same voice
+    ("basilmoss", 295, "295", BASIL_TEXT),  # key, in JSON {"prompt": ...}
+    ("cleostereo", 244, "none", CLEO_TEXT),  # alias
+    ("CUSTOM", 295, "none", CUSTOM_TEXT),  # CUSTOM inside the models root
+    ("CUSTOM", 295, "none", CUSTOM_TEXT),  # CUSTOM outside: refused, the text still spoken
+    ("CUSTOM", 295, "none", CUSTOM_TEXT),  # unknown voice: reported, spoken
+    ("CUSTOM", 295, "none", CUSTOM_TEXT),  # broken VOICE: line: reported, forwarded as is
+]
+SPOKEN = re.compile(r"tts: speak #(\d+) voice=(\S+) refer=\[1, 704, (\d+)\] codes=(\S+) ref_text='([^']*)' "
+                    r"question_id=(\d+) text='(.*)'$", re.M)
+
+
+def run(name: str, line: str, store: str) -> str:
+    shutil.rmtree(ROOT / "out" / store, ignore_errors=True)
+    result = dora("run", name, line=line)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-4000:]
+    return out
+
+
+@pytest.mark.parametrize("line", list(DORA_LINES))
+@pytest.mark.parametrize("name, store", [("mofa-tts.yml", "mofa-store"), ("mofa-tts-operator.yml", "mofa-store-operator")])
+def test_mofa_tts_serves_every_switch_before_its_text(name, store, line):
+    out = run(name, line, store)
+    assert "tts: startup voice ariademo refer [1, 704, 500]" in out  # VOICE_NAME, before any text
+    spoken = SPOKEN.findall(out)
+    assert [(v, int(t), c, r) for _, v, t, c, r, _, _ in spoken] == MOFA_EXPECTED, out[-4000:]
+    # every text forwarded unchanged and in order: its value, and its metadata (question_id)
+    nodes = yaml.safe_load((ROOT / "dataflows" / name).read_text())["nodes"]
+    sent = json.loads(next(n for n in nodes if n["id"] == "mofa-prompt-input")["env"]["PROMPTS"])
+    assert [text for *_, text in spoken] == sent
+    assert [int(q) for *_, q, _ in spoken] == list(range(8))
+    assert "tts: spoke 8 texts" in out and "0 never spoken, 0 contract violations" in out
+    errors = re.findall(r"system-log: ERROR reference-mel: \[(\w+)\]", out)
+    assert errors == ["bad_ref_audio", "unknown_voice", "bad_text"]
+    assert "/etc/hostname leads outside the allowed folders" in out
+
+
+@pytest.mark.parametrize("line", list(DORA_LINES))
+def test_mlx_test_tts_gets_its_startup_voice(line):
+    out = run("gpt-sovits-mlx-test-tts.yml", line, "mlx-store")
+    assert "tts: startup voice basil refer [1, 704, 295]" in out
+    spoken = SPOKEN.findall(out)
+    assert [(v, t, c) for _, v, t, c, *_ in spoken] == [("basil", "295", "295")] * 3
+    assert [text for *_, text in spoken] == ["First test sentence.", "Second test sentence.", "Third test sentence."]
+
+
+def test_demo_runs_under_dora_04():
+    out = run("tts.yml", "0.4", "demo-store")
+    assert "5 requests answered" in out and "0 with an unexpected answer" in out
