@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU figures of BENCHMARKS.md, on a machine with an NVIDIA GPU, torch (CUDA) and Python 3.12:
-# MLX's CUDA backend from .mlxcuda/ (built by ../shared/tools/mlx_cuda_carry.sh), soundfile and soxr
+# MLX's CUDA backend from .mlxcuda/ (a wheel of mlx and its mlx-cuda-13 libraries, unpacked; see BENCHMARKS.md), soundfile and soxr
 # wheels from .whl/. Parity first (MLX_ENABLE_TF32 left at its default, on), then the benchmarks.
 set -uo pipefail
 mkdir -p /tmp/mlx-site /tmp/site

@@ -1,4 +1,4 @@
-"""Bad input never stops the node and never corrupts the store (issue 6).
+"""Bad input never stops the node and never corrupts the store.
 
 Every case goes through the real node (`dora-reference-mel` in dora's integration-test mode): one
 node process replays all cases in order, each case is its own test on its own answer, and a good

@@ -180,3 +180,30 @@ def test_concurrent_nodes_and_precompute_never_serve_or_leave_a_bad_file(library
     final = store.lookup(store.voice("shared"), get_preset("v2"))  # whole, digest-consistent
     assert final.state in ("fresh", "stale") and final.data.shape[0] == 704
     assert not [p for p in library20["codes"].iterdir() if p.name.endswith(".tmp")]
+
+
+def test_inspect_png_names_the_file_it_wrote_and_the_extra_it_needs(library20, tmp_path):
+    out = cli("inspect", "voice00", "--png", str(tmp_path / "pic"), *library20["args"])
+    assert out.returncode == 0 and f"png        {tmp_path / 'pic.png'}" in out.stdout and (tmp_path / "pic.png").exists()
+    # Without matplotlib (its import fails as it does when the package is absent):
+    code = ("import sys; sys.modules['matplotlib'] = None; from dora_reference_mel.cli import main; "
+            "sys.exit(main(sys.argv[1:]))")
+    result = subprocess.run([sys.executable, "-c", code, "inspect", "voice00", "--png", str(tmp_path / "x.png"),
+                             *library20["args"]], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "pip install 'dora-reference-mel[plot]'" in result.stderr
+
+
+def test_an_option_overrides_a_bad_variable(library20):
+    bad = {"MEL_DEVICE": "tpu", **library20["env"]}
+    assert cli("verify", env=bad).returncode == 2  # the variable is used: one clear line
+    result = cli("verify", "--device", "cpu", env=bad)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+
+
+def test_get_preset_applies_the_resampler_to_a_preset_object():
+    v2 = get_preset("v2")
+    assert get_preset(v2) is v2
+    assert get_preset(v2, resampler="soxr_hq").resampler == "soxr_hq"
+    assert get_preset(get_preset("v2", resampler="soxr_hq")).resampler == "soxr_hq"
+    assert get_preset(v2, v2_bins=1025).n_bins == 1025

@@ -115,22 +115,21 @@ def test_operator_form_gives_the_same_outputs_as_the_node_form():
     assert len(as_node) == 5 and sorted(as_node) == sorted(as_operator)
 
 
-def test_readme_fragment_drops_into_a_dataflow(tmp_path):
-    """The README's YAML fragment, pasted into a pipeline with an audio and a text node, validates."""
-    readme = (ROOT / "README.md").read_text()
-    fragment = readme.split("## Wiring it into a primespeech dataflow")[1].split("```yaml")[1].split("```")[0]
-    nodes = yaml.safe_load(fragment)
-    flow = {"nodes": nodes + [
-        {"id": "your-audio-node", "path": str(ROOT / "node_hub/demo_nodes/voice_source.py"),
-         "outputs": ["reference_audio"]},
-        {"id": "your-text-node", "path": str(ROOT / "node_hub/demo_nodes/voice_source.py"), "outputs": ["voice"]},
-        {"id": "tts", "path": str(ROOT / "node_hub/demo_nodes/mel_consumer.py"),
-         "inputs": {"reference": {"source": "reference-mel/mel", "queue_policy": "backpressure"}}},
-    ]}
-    path = tmp_path / "adopted.yml"
-    path.write_text(yaml.safe_dump(flow))
-    result = dora("validate", str(path))
-    assert result.returncode == 0, result.stdout + result.stderr
+def test_readme_before_and_after_validate(tmp_path):
+    """The README's wiring, before and after: both validate as dataflows, and the after differs from the
+    before by this node and the TTS node's inputs (the real TTS node replaced by the stand-in)."""
+    section = (ROOT / "README.md").read_text().split("## Wiring it into a primespeech dataflow")[1]
+    before, after = (yaml.safe_load(block.split("```")[0]) for block in section.split("```yaml")[1:3])
+    assert [n["id"] for n in after] == ["mofa-prompt-input", "reference-mel", "primespeech-tts"]
+    assert [n for n in after if n["id"] != "reference-mel"][0] == before[0]
+    for name, nodes in (("before", before), ("after", after)):
+        for node in nodes:
+            if node.get("path") == "dora-primespeech":
+                node["path"] = str(ROOT / "node_hub/demo_nodes/tts_standin.py")
+        path = tmp_path / f"{name}.yml"
+        path.write_text(yaml.safe_dump({"nodes": nodes}))
+        result = dora("validate", str(path))
+        assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_every_shipped_input_uses_backpressure():

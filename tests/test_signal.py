@@ -11,7 +11,7 @@ from conftest import RATES, ROOT, speech
 from dora_reference_mel import ReferenceMelError, get_preset, reference_mel, reference_mel_batch
 from dora_reference_mel.signal import hann_window, sinc_resample_taps, slaney_mel_filterbank
 
-LINEAR_MAX_ABS = 1e-3  # recipe section 4: values reach several hundred
+LINEAR_MAX_ABS = 1e-3  # docs/recipe.md, "Tolerances": values reach several hundred
 LOG_MEL_MAX_ABS, LOG_MEL_MEAN_ABS = 1e-2, 1e-4
 
 
@@ -143,7 +143,7 @@ def test_cached_tables_cannot_be_poisoned():
 
 
 def test_periodic_window_and_reflect_padding_are_upstreams():
-    """The two mistakes of earlier ports (recipe section 6) would each move the output far off."""
+    """Two mistakes of earlier ports (docs/recipe.md, "Mistakes earlier ports made") would each move the output far off."""
     window = hann_window(8)
     np.testing.assert_allclose(window, 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(8) / 8), atol=1e-7)
     samples, sr = speech("mono", 32000)

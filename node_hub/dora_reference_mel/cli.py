@@ -280,11 +280,14 @@ def inspect(args, config: Config) -> int:
             print(f"codes      unusable: {err.message}")
     if args.png:
         try:
+            import matplotlib  # noqa: F401  (plot.py imports it lazily: ask here, before any work)
+
             from .plot import save_spectrogram_png
         except ImportError as err:
             print(f"error: --png needs matplotlib ({err}); pip install 'dora-reference-mel[plot]'", file=sys.stderr)
             return 2
-        path = save_spectrogram_png(spec, Path(args.png), title=f"{args.target} {preset.name}", preset=preset.name,
+        png = Path(args.png) if Path(args.png).suffix else Path(args.png).with_suffix(".png")  # as matplotlib names it
+        path = save_spectrogram_png(spec, png, title=f"{args.target} {preset.name}", preset=preset.name,
                                     sample_rate=preset.sample_rate, hop_length=preset.hop_length, n_fft=preset.n_fft)
         print(f"png        {path}")
     return 0

@@ -25,7 +25,7 @@ ENV_VARS: dict[str, tuple[str, str, str]] = {
     "REF_AUDIO_ROOTS": ("string", "$PRIMESPEECH_MODEL_DIR",
                         "folders (separated by ':') that reference audio may be read from: voices.json ref_audio "
                         "and VOICE:CUSTOM paths; the models root, the codes folder and models_base_path always are"),
-    "MEL_PRESET": ("string", "v2", "comma-separated presets to emit per input: v2, v3, v4, sv"),
+    "MEL_PRESET": ("string", "v2", "comma-separated presets to emit per input: v2, v3, v4"),
     "MEL_BINS": ("int", str(V2_DEFAULT_BINS), "v2 only: linear bins kept (704 for v2+ models, 1025 for v1)"),
     "MEL_RESAMPLER": ("string", "torchaudio", "torchaudio (GPT-SoVITS main) or soxr_hq (early-2025 releases)"),
     "MEL_DEVICE": ("string", "auto", "auto (GPU when MLX has one), gpu or cpu"),

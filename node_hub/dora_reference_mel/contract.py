@@ -27,7 +27,7 @@ INPUTS = {
                 'JSON {"prompt": ...}, or plain text; forwarded unchanged on `text`',
 }
 OUTPUTS = {
-    MEL_OUTPUT: "flat C-order data of [1, n_bins, n_frames] (sv: [1, n_frames, 80]), float32 or MEL_DTYPE",
+    MEL_OUTPUT: "flat C-order float32 data of [1, n_bins, n_frames]; shape and recipe in metadata",
     ERROR_OUTPUT: 'one JSON string {"error": code, "message": what to do, "voice": name, "preset": name}',
     TEXT_OUTPUT: "every `text` input, forwarded unchanged and in order, after the mel of its voice switch",
     LOG_OUTPUT: 'MoFA log line: one JSON string {"level", "message", "timestamp", "node"} per error and warning',
@@ -40,18 +40,17 @@ INPUT_METADATA = {
 }
 # key -> (type, required, meaning) of every `mel` event's metadata.
 MEL_METADATA = {
-    "shape": ("list[int]", True, "[1, n_bins, n_frames]; sv: [1, n_frames, 80] (frames first, as upstream)"),
-    "dtype": ("str", True, '"float32" (or "float16" with MEL_DTYPE=float16)'),
-    "preset": ("str", True, '"v2" (linear spectrogram), "v3"/"v4" (prompt log-mel), "sv" (speaker fbank)'),
-    "layout": ("str", True, '"bins_frames" ([1, n_bins, n_frames]) or "frames_bins" (sv: [1, n_frames, 80])'),
-    "sample_rate": ("int", True, "rate of the recipe (32000, 24000 or 16000), not of the input"),
+    "shape": ("list[int]", True, "[1, n_bins, n_frames]"),
+    "dtype": ("str", True, '"float32"'),
+    "preset": ("str", True, '"v2" (linear spectrogram), "v3" or "v4" (prompt log-mel)'),
+    "sample_rate": ("int", True, "rate of the recipe (32000 or 24000), not of the input"),
     "n_fft": ("int", True, "FFT size of the recipe"),
     "hop_length": ("int", True, "hop of the recipe: one frame per hop_length samples"),
     "fingerprint": ("str", True, "hash of every recipe parameter"),
     "source": ("str", True, '"cache", "precomputed" or "computed"'),
     "elapsed_ms": ("float", True, "time the node spent on this event"),
     "request_id": ("str", True, "the input's request_id, or one the node generated"),
-    "n_mels": ("int", False, "v3/v4/sv: mel bands (100, or 80 for sv)"),
+    "n_mels": ("int", False, "v3/v4: mel bands (100)"),
     "voice": ("str", False, 'the voice\'s key in voices.json, when the input named one ("CUSTOM" for a custom reference)'),
     "ref_text": ("str", False, "the voice's prompt text (voices.json ref_text, or the CUSTOM message's)"),
     "speed_factor": ("float", False, "the voice's speed_factor in voices.json"),
@@ -93,13 +92,13 @@ ERROR_CODES = {
     "corrupt_store": "a stored file is unusable and cannot be recomputed",
     "unknown_input": "an event on an input the node does not have",
     "bad_config": "an environment variable or command-line option has a value the node cannot use",
-    "bad_preset": "a preset name that is not v2, v3, v4 or sv",
+    "bad_preset": "a preset name that is not v2, v3 or v4",
     "internal": "a bug in the node; it logged a traceback and keeps serving",
 }
 SOURCES = ("cache", "precomputed", "computed")
 # Voice names become file-name prefixes: <name>_mel_v4.json must fit the 255 bytes of a file name.
 MAX_VOICE_NAME_BYTES = 200
-# How many trailing frames upstream keeps of the v3/v4 prompt mel (recipe section 2).
+# How many trailing frames upstream keeps of the v3/v4 prompt mel (docs/recipe.md, "The prompt mel").
 PROMPT_MEL_FRAMES = {"v3": 468, "v4": 500}
 _PY_TYPES = {"int": int, "float": (int, float), "str": str, "bool": bool}
 

@@ -1,6 +1,6 @@
 """The GPT-SoVITS reference recipes (presets), as frozen data.
 
-Every number here comes from ../shared/reference/gpt-sovits-recipe.md, sections 1 and 2. A preset's
+Every number here is docs/recipe.md, sections 1 and 2 (with the upstream function each follows). A preset's
 `fingerprint` hashes every parameter, so a stored spectrogram made with another recipe (another
 resampler, bin count or eps) is never served for this one.
 """
@@ -85,10 +85,15 @@ _BASE = {
 PRESET_NAMES = tuple(_BASE)
 
 
-def get_preset(name: str | Preset, *, resampler: str = "torchaudio", v2_bins: int | None = None) -> Preset:
-    """The preset `name` ("v2", "v3" or "v4"), with the resampler and (v2 only) the bin count chosen."""
+def get_preset(name: str | Preset, *, resampler: str | None = None, v2_bins: int | None = None) -> Preset:
+    """The preset `name` ("v2", "v3" or "v4", or a Preset), with the resampler (default torchaudio, or the
+    Preset's own) and (v2 only) the bin count chosen."""
     if isinstance(name, Preset):
-        return name
+        if resampler in (None, name.resampler) and v2_bins in (None, name.n_bins if name.name == "v2" else None):
+            return name
+        return get_preset(name.name, resampler=resampler or name.resampler,
+                          v2_bins=v2_bins if v2_bins is not None else (name.n_bins if name.name == "v2" else None))
+    resampler = resampler or "torchaudio"
     if name not in _BASE:
         raise ReferenceMelError("bad_preset", f"preset={name!r} is not known; use one of {', '.join(PRESET_NAMES)}")
     if resampler not in RESAMPLERS:

@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 
 # Metadata keys this node sets on `mel`; every other input key (question_id, session_status, ...) passes through.
 OWN_KEYS = frozenset(MEL_METADATA) - {"request_id"} | {"channels", "error"}
+# dora stamps every message it carries: an input's `timestamp` is not forwarded (dora 0.4 cannot send it back).
+DORA_KEYS = frozenset({"timestamp"})
 UPSTREAM_SECONDS = (3.0, 10.0)  # GPT-SoVITS refuses references outside this range for code extraction
 ARROW_DTYPES = {pa.float32(): np.float32, pa.float64(): np.float64, pa.int16(): np.int16, pa.int32(): np.int32}
 
@@ -113,7 +115,8 @@ class ReferenceMelService:
             err = ReferenceMelError("internal", "the node failed on this event (see its log); it keeps serving")
             outputs = self._error(err, _passthrough(event.get("metadata") or {}), None)
             if event.get("id") == INPUT_TEXT:  # the text still goes on
-                outputs.append(Output(TEXT_OUTPUT, event.get("value"), dict(event.get("metadata") or {})))
+                metadata = {k: v for k, v in (event.get("metadata") or {}).items() if k not in DORA_KEYS}
+                outputs.append(Output(TEXT_OUTPUT, event.get("value"), metadata))
             return outputs
 
     def startup(self) -> list[Output]:
@@ -156,7 +159,7 @@ class ReferenceMelService:
 
     def _text(self, value, metadata: dict) -> list[Output]:
         """primespeech text: a voice switch first becomes that voice's mel; the text always goes on."""
-        forwarded = dict(metadata)
+        forwarded = {k: v for k, v in metadata.items() if k not in DORA_KEYS}
         outputs = []
         try:
             switch = parse_voice_switch(_one_string(value, "text"))
@@ -323,7 +326,7 @@ class ReferenceMelService:
         request = resolved.request
         metadata = dict(passthrough)
         metadata.update(
-            shape=list(resolved.served.shape), dtype="float32", preset=preset.name, layout="bins_frames",
+            shape=list(resolved.served.shape), dtype="float32", preset=preset.name,
             sample_rate=preset.sample_rate, n_fft=preset.n_fft, hop_length=preset.hop_length,
             source=resolved.source, fingerprint=preset.fingerprint,
         )
@@ -375,7 +378,7 @@ class ReferenceMelService:
 
 def _passthrough(metadata: dict) -> dict:
     """The input's metadata minus this node's own keys, with a request_id (generated when absent)."""
-    passthrough = {k: v for k, v in metadata.items() if k not in OWN_KEYS}
+    passthrough = {k: v for k, v in metadata.items() if k not in OWN_KEYS and k not in DORA_KEYS}
     if not isinstance(passthrough.get("request_id"), str) or not passthrough["request_id"]:
         passthrough["request_id"] = uuid.uuid4().hex
         passthrough["request_id_generated"] = True

@@ -5,7 +5,7 @@ constant tables (resampling taps, window, mel bands) once per (rate, preset). Ev
 touches samples is an MLX array operation on the default device (Metal, CUDA or CPU).
 
 Precision: MLX runs float32 matmuls and convolutions as TF32 on NVIDIA and Apple M5 GPUs by default
-(recipe section 5), which puts a matmul resampler 0.019 and a matmul filterbank 0.24 off upstream.
+(docs/recipe.md, "Precision on GPUs"), which puts a matmul resampler 0.019 and a matmul filterbank 0.24 off upstream.
 So the two products here are written as banded gather * weights -> sum: elementwise float32 work,
 exact on every device whatever MLX_ENABLE_TF32 says, and cheaper too, since both tables are sparse.
 """
@@ -354,7 +354,7 @@ def reference_mel_batch(
     sample_rate: int | Sequence[int],
     *,
     preset: str | Preset = "v2",
-    resampler: str = "torchaudio",
+    resampler: str | None = None,
 ) -> list[np.ndarray]:
     """Reference features of many clips (any lengths, any rates) in few MLX evaluations.
 
@@ -392,7 +392,7 @@ def reference_mel_batch(
 
 
 def reference_mel(
-    samples: np.ndarray, sample_rate: int, *, preset: str | Preset = "v2", resampler: str = "torchaudio"
+    samples: np.ndarray, sample_rate: int, *, preset: str | Preset = "v2", resampler: str | None = None
 ) -> np.ndarray:
     """GPT-SoVITS's reference feature of one clip, computed with MLX.
 

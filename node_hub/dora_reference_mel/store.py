@@ -3,7 +3,7 @@
 Layout of the codes directory (docs/recipe.md, "Where files live"):
   <voice>_codes.bin | <voice>_codes.npy     semantic codes, int32 LE (npy: dtype honoured)
   <voice>_mel.bin,  <voice>_mel.json         v2 spectrogram, float32 LE C-order [n_bins, n_frames] + sidecar
-  <voice>_mel_<preset>.bin / .json           the other presets (v3, v4, sv)
+  <voice>_mel_<preset>.bin / .json           the other presets (v3, v4)
 
 Every decision "may this stored file serve this request?" is `ReferenceStore.lookup`: the node, the
 operator and every `reference-mel` command call it and nothing else. It returns a `Stored` value
