@@ -242,12 +242,7 @@ def inspect(args, config: Config) -> int:
     preset = config.presets[0]
     target, voice, found = Path(args.target), None, None
     if target.is_file():
-        try:
-            samples, rate, _ = store.read_audio(target)
-        except ReferenceMelError as err:
-            if err.code != "bad_ref_audio" or "allowed folders" not in err.message:
-                raise
-            samples, rate, _ = read_audio(target, None, config.max_ref_seconds)  # a file named here is the user's
+        samples, rate, _ = read_audio(target, None, config.max_ref_seconds)  # named by the user: any folder
         origin = "compute (an audio file: the node computes it, then caches it)"
     else:
         voice = store.voice(args.target)
