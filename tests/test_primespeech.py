@@ -28,31 +28,31 @@ MOFA_EXPECTED = [
     ("CUSTOM", 295, "none", CUSTOM_TEXT),  # unknown voice: reported, spoken
     ("CUSTOM", 295, "none", CUSTOM_TEXT),  # broken VOICE: line: reported, forwarded as is
 ]
-SPOKEN = re.compile(r"tts: speak #(\d+) voice=(\S+) refer=\[1, 704, (\d+)\] codes=(\S+) ref_text='([^']*)' "
-                    r"question_id=(\d+) text='(.*)'$", re.M)
 
 
-def run(name: str, line: str, store: str) -> str:
+def run(name: str, line: str, store: str) -> tuple[str, list[dict]]:
+    """Run a dataflow; returns dora's log and the TTS stand-in's transcript (one dict per line)."""
     shutil.rmtree(ROOT / "out" / store, ignore_errors=True)
     result = dora("run", name, line=line)
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-4000:]
-    return out
+    transcript = ROOT / "out" / store / "tts.jsonl"
+    lines = transcript.read_text().splitlines() if transcript.exists() else []
+    return out, [json.loads(line) for line in lines]
 
 
 @pytest.mark.parametrize("line", list(DORA_LINES))
 @pytest.mark.parametrize("name, store", [("mofa-tts.yml", "mofa-store"), ("mofa-tts-operator.yml", "mofa-store-operator")])
 def test_mofa_tts_serves_every_switch_before_its_text(name, store, line):
-    out = run(name, line, store)
-    assert "tts: startup voice ariademo refer [1, 704, 500]" in out  # VOICE_NAME, before any text
-    spoken = SPOKEN.findall(out)
-    assert [(v, int(t), c, r) for _, v, t, c, r, _, _ in spoken] == MOFA_EXPECTED, out[-4000:]
+    out, transcript = run(name, line, store)
+    assert transcript[0] == {"startup": "ariademo", "refer": [1, 704, 500]}  # VOICE_NAME, before any text
+    spoken = transcript[1:]
+    assert [(s["voice"], s["refer"][2], str(s["codes"]), s["ref_text"]) for s in spoken] == MOFA_EXPECTED, out[-4000:]
     # every text forwarded unchanged and in order: its value, and its metadata (question_id)
     nodes = yaml.safe_load((ROOT / "dataflows" / name).read_text())["nodes"]
     sent = json.loads(next(n for n in nodes if n["id"] == "mofa-prompt-input")["env"]["PROMPTS"])
-    assert [text for *_, text in spoken] == sent
-    assert [int(q) for *_, q, _ in spoken] == list(range(8))
-    assert "tts: spoke 8 texts" in out and "0 never spoken, 0 contract violations" in out
+    assert [s["text"] for s in spoken] == sent
+    assert [s["question_id"] for s in spoken] == list(range(8))
     errors = re.findall(r"system-log: ERROR reference-mel: \[(\w+)\]", out)
     assert errors == ["bad_ref_audio", "unknown_voice", "bad_text"]
     assert "/etc/hostname leads outside the allowed folders" in out
@@ -60,13 +60,13 @@ def test_mofa_tts_serves_every_switch_before_its_text(name, store, line):
 
 @pytest.mark.parametrize("line", list(DORA_LINES))
 def test_mlx_test_tts_gets_its_startup_voice(line):
-    out = run("gpt-sovits-mlx-test-tts.yml", line, "mlx-store")
-    assert "tts: startup voice basil refer [1, 704, 295]" in out
-    spoken = SPOKEN.findall(out)
-    assert [(v, t, c) for _, v, t, c, *_ in spoken] == [("basil", "295", "295")] * 3
-    assert [text for *_, text in spoken] == ["First test sentence.", "Second test sentence.", "Third test sentence."]
+    out, transcript = run("gpt-sovits-mlx-test-tts.yml", line, "mlx-store")
+    assert transcript[0] == {"startup": "basil", "refer": [1, 704, 295]}
+    spoken = transcript[1:]
+    assert [(s["voice"], s["refer"], s["codes"]) for s in spoken] == [("basil", [1, 704, 295], 295)] * 3, out[-4000:]
+    assert [s["text"] for s in spoken] == ["First test sentence.", "Second test sentence.", "Third test sentence."]
 
 
 def test_demo_runs_under_dora_04():
-    out = run("tts.yml", "0.4", "demo-store")
+    out, _ = run("tts.yml", "0.4", "demo-store")
     assert "5 requests answered" in out and "0 with an unexpected answer" in out

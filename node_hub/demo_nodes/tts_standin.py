@@ -7,9 +7,13 @@ reference of its voice switch (matched by request_id; a text that arrives first 
 reference or error comes), prepares GPT-SoVITS's inputs (refer [1, 704, T], prompt codes [1, 1, N],
 prompt text), and prints one line per text, in order. Plain text is spoken with the current voice,
 which the startup voice (VOICE_CHARACTER / VOICE_NAME on the reference-mel node) sets.
-Exits 1 if a text was never spoken or a reference broke the contract.
+Exits 1 if a text was never spoken or a reference broke the contract. With TRANSCRIPT set, it also
+writes one JSON line per startup voice and spoken text to that file, for tests to read without
+parsing dora's captured log.
 """
 
+import json
+import os
 import sys
 
 from dora import Node
@@ -21,6 +25,15 @@ def main() -> int:
     references, errors, pending = {}, {}, []
     current, spoken, held, broken = None, 0, 0, 0
     node = Node()
+    transcript = None
+    if os.environ.get("TRANSCRIPT"):
+        os.makedirs(os.path.dirname(os.environ["TRANSCRIPT"]) or ".", exist_ok=True)
+        transcript = open(os.environ["TRANSCRIPT"], "a", encoding="utf-8")
+
+    def record(**entry):
+        if transcript:
+            transcript.write(json.dumps(entry) + "\n")
+            transcript.flush()
     for event in node:
         if event["type"] != "INPUT":
             continue
@@ -31,6 +44,7 @@ def main() -> int:
                 if ref.metadata.get("startup"):
                     current = ref
                     print(f"tts: startup voice {ref.voice} refer {list(ref.spectrogram.shape)}")
+                    record(startup=ref.voice, refer=list(ref.spectrogram.shape))
             elif event["id"] == "error":
                 body = decode_error_event(event)
                 errors[body["request_id"]] = body
@@ -62,6 +76,10 @@ def main() -> int:
                   f"refer={list(current.spectrogram.shape) if current else None} codes={codes} "
                   f"ref_text={current.metadata.get('ref_text') if current else None!r} "
                   f"question_id={question_id} text={text!r}")
+            record(voice=current.voice if current else None,
+                   refer=list(current.spectrogram.shape) if current else None, codes=codes,
+                   ref_text=current.metadata.get("ref_text") if current else None,
+                   question_id=question_id, text=text)
     print(f"tts: spoke {spoken} texts, {held} held for their reference, {len(pending)} never spoken, "
           f"{broken} contract violations")
     return 1 if pending or broken else 0
