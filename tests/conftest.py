@@ -62,9 +62,9 @@ def recorded(index: int) -> dict:
 
 
 def run_node(tmp_path: Path, events: list[dict], env: dict, name: str = "run",
-             keep_logs: bool = False) -> tuple[list[dict], str]:
-    """Run the real `dora-reference-mel` on `events` (integration-test mode); returns outputs and log.
-    Outputs on `log` (the MoFA log line beside each error and warning) are left out unless keep_logs."""
+             keep_logs: bool = False, bin_dir: Path = BIN) -> tuple[list[dict], str]:
+    """Run the real `dora-reference-mel` (from bin_dir) on `events` (integration-test mode); returns outputs
+    and log. Outputs on `log` (the MoFA log line beside each error and warning) are left out unless keep_logs."""
     for i, event in enumerate(events):
         event.setdefault("time_offset_secs", 0.05 * i)
     events = events + [{"type": "Stop", "time_offset_secs": 0.05 * len(events) + 0.5}]
@@ -73,7 +73,7 @@ def run_node(tmp_path: Path, events: list[dict], env: dict, name: str = "run",
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("DORA_")}
     full_env.update(env, DORA_TEST_WITH_INPUTS=str(inputs), DORA_TEST_WRITE_OUTPUTS_TO=str(outputs),
                     DORA_TEST_NO_OUTPUT_TIME_OFFSET="1")
-    proc = subprocess.run([str(BIN / "dora-reference-mel")], env=full_env, capture_output=True, text=True,
+    proc = subprocess.run([str(bin_dir / "dora-reference-mel")], env=full_env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = outputs.read_text().splitlines() if outputs.exists() else []
