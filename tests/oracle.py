@@ -1,4 +1,4 @@
-"""An independent float64 NumPy implementation of the recipe (gpt-sovits-recipe.md), for the tests.
+"""An independent float64 NumPy implementation of the recipe (docs/recipe.md), for the tests.
 
 Written from the recipe text, not from the package: a dense sinc convolution (every tap, no bands),
 an explicit frame loop, numpy's FFT, a triangle-by-triangle Slaney filterbank. Slow and plain on
@@ -82,10 +82,37 @@ def mel_filterbank(sr: int, n_fft: int, n_mels: int) -> np.ndarray:
     return bank.astype(np.float32).astype(np.float64)  # librosa hands upstream float32 weights
 
 
+def kaldi_fbank(y: np.ndarray) -> np.ndarray:
+    """Kaldi's compute-fbank-feats as v2Pro's speaker model is fed (16 kHz, 80 bins, dither 0, the rest at
+    their defaults), frame by frame in float64: [n_frames, 80]."""
+    frame, shift, n_fft, n_mels = 400, 160, 512, 80
+    window = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(frame) / (frame - 1))) ** 0.85
+    hz_to_mel = lambda f: 1127.0 * np.log(1.0 + f / 700.0)  # noqa: E731
+    low, high = hz_to_mel(20.0), hz_to_mel(8000.0)
+    delta = (high - low) / (n_mels + 1)
+    bin_mel = hz_to_mel(np.arange(n_fft // 2 + 1) * 16000 / n_fft)
+    bank = np.zeros((n_mels, n_fft // 2 + 1))
+    for m in range(n_mels):
+        left, center, right = low + m * delta, low + (m + 1) * delta, low + (m + 2) * delta
+        for k in range(n_fft // 2):  # Kaldi's bank covers bins 0 .. n_fft/2 - 1; Nyquist stays 0
+            if left < bin_mel[k] < right:
+                bank[m, k] = (bin_mel[k] - left) / (center - left) if bin_mel[k] <= center else \
+                    (right - bin_mel[k]) / (right - center)
+    rows = []
+    for i in range(1 + (len(y) - frame) // shift):
+        x = y[i * shift:i * shift + frame].copy()
+        x -= x.mean()
+        x = x - 0.97 * np.concatenate([x[:1], x[:-1]])
+        power = np.abs(np.fft.rfft(x * window, n=n_fft)) ** 2
+        rows.append(np.log(np.maximum(bank @ power, np.finfo(np.float32).eps)))
+    return np.array(rows)
+
+
 PRESETS = {
     "v2": dict(sr=32000, n_fft=2048, hop=640, bins=704, n_mels=None, peak=True),
     "v3": dict(sr=24000, n_fft=1024, hop=256, bins=100, n_mels=100, peak=False),
     "v4": dict(sr=32000, n_fft=1280, hop=320, bins=100, n_mels=100, peak=False),
+    "sv": dict(sr=32000, peak=True),  # v2's peak-normalised 32 kHz audio, then 16 kHz, then Kaldi fbank
 }
 
 
@@ -97,6 +124,8 @@ def reference_feature(samples, sample_rate, preset="v2", resampler="torchaudio",
         peak = np.abs(y).max()
         if peak > 1:
             y = y / min(2.0, peak)
+    if preset == "sv":
+        return kaldi_fbank(sinc_resample(y, 32000, 16000))[None]
     mag = magnitude(y, p["n_fft"], p["hop"])
     if p["n_mels"] is None:
         return mag[None, : (bins or p["bins"])]

@@ -9,16 +9,26 @@ import soundfile
 import oracle
 from conftest import RATES, ROOT, speech
 from dora_reference_mel import ReferenceMelError, get_preset, reference_mel, reference_mel_batch
-from dora_reference_mel.signal import hann_window, sinc_resample_taps, slaney_mel_filterbank
+from dora_reference_mel.signal import (
+    hann_window,
+    kaldi_mel_filterbank,
+    povey_window,
+    sinc_resample_taps,
+    slaney_mel_filterbank,
+)
 
 LINEAR_MAX_ABS = 1e-3  # docs/recipe.md, "Tolerances": values reach several hundred
 LOG_MEL_MAX_ABS, LOG_MEL_MEAN_ABS = 1e-2, 1e-4
+FBANK_MAX_ABS, FBANK_MEAN_ABS = 2e-3, 1e-4  # natural log of power: values from -15.9 (the floor) to ~5
 
 
-def expected_frames(n_samples: int, rate: int, preset: str) -> int:
+def expected_shape(n_samples: int, rate: int, preset: str) -> tuple[int, int, int]:
+    """Written out per preset from upstream's framing, not from Preset.n_frames."""
     p = get_preset(preset)
     n = n_samples if rate == p.sample_rate else math.ceil(n_samples * p.sample_rate / rate)
-    return n // p.hop_length
+    if preset == "sv":  # Kaldi snip_edges: whole 400-sample frames every 160, frames first
+        return (1, 1 + (n - 400) // 160, 80)
+    return (1, 704 if preset == "v2" else 100, n // p.hop_length)
 
 
 def assert_matches(ours: np.ndarray, reference: np.ndarray, preset: str) -> None:
@@ -27,6 +37,9 @@ def assert_matches(ours: np.ndarray, reference: np.ndarray, preset: str) -> None
     diff = np.abs(ours.astype(np.float64) - reference)
     if preset == "v2":
         assert diff.max() <= LINEAR_MAX_ABS, diff.max()
+    elif preset == "sv":
+        assert diff.max() <= FBANK_MAX_ABS, diff.max()
+        assert diff.mean() <= FBANK_MEAN_ABS, diff.mean()
     else:
         assert diff.max() <= LOG_MEL_MAX_ABS, diff.max()
         assert diff.mean() <= LOG_MEL_MEAN_ABS, diff.mean()
@@ -35,13 +48,12 @@ def assert_matches(ours: np.ndarray, reference: np.ndarray, preset: str) -> None
 @pytest.mark.parametrize("resampler", ["torchaudio", "soxr_hq"])
 @pytest.mark.parametrize("layout", ["mono", "stereo"])
 @pytest.mark.parametrize("rate", RATES)
-@pytest.mark.parametrize("preset", ["v2", "v3", "v4"])
+@pytest.mark.parametrize("preset", ["v2", "v3", "v4", "sv"])
 def test_parity_matrix(preset, rate, layout, resampler):
     samples, sr = speech(layout, rate, dtype="int16")
     ours = reference_mel(samples, sr, preset=preset, resampler=resampler)
     reference = oracle.reference_feature(samples, sr, preset, resampler)
-    n_bins = 704 if preset == "v2" else 100
-    assert ours.shape == (1, n_bins, expected_frames(samples.shape[0], sr, preset))
+    assert ours.shape == expected_shape(samples.shape[0], sr, preset)
     assert_matches(ours, reference, preset)
 
 
@@ -79,7 +91,7 @@ def test_batch_equals_one_by_one():
     clips = [speech("mono", 48000)[0], speech("stereo", 22050)[0][: 22050 * 2], speech("mono", 16000)[0],
              speech("stereo", 44100, dtype="int16")[0]] * 2
     rates = [48000, 22050, 16000, 44100] * 2
-    for preset in ("v2", "v4"):
+    for preset in ("v2", "v4", "sv"):
         batch = reference_mel_batch(clips, rates, preset=preset)
         assert len(batch) == len(clips)
         for clip, rate, out in zip(clips, rates, batch, strict=True):
@@ -101,6 +113,41 @@ def test_both_resampler_strategies_agree(rate):
     strided = np.array(_phases_strided(padded, orig, n_blocks, starts, weights))
     gathered = np.array(_phases_gathered(padded, orig, n_blocks, starts, weights))
     np.testing.assert_allclose(strided, gathered, rtol=0, atol=1e-6)
+
+
+def test_sv_peak_normalises_at_32k_like_v2():
+    """sv takes v2's audio: peak-normalised at 32 kHz. A louder clip's log power rises by 2 ln(gain)
+    until the peak rule caps it; v4 (no rule) keeps rising."""
+    samples, sr = speech("mono", 44100)
+    samples = samples / np.abs(samples).max() * 0.5
+    quiet = reference_mel(samples, sr, preset="sv")
+    above_floor = quiet > -10  # the log floor does not scale
+    for gain, amplitude in ((1.5, 1.5), (8.0, 4.0)):  # peak 0.75: as is; peak 4: divided by min(2, 4)
+        shift = (reference_mel(samples * gain, sr, preset="sv") - quiet)[above_floor]
+        assert abs(float(np.median(shift)) - 2 * math.log(amplitude)) < 1e-3, (gain, np.median(shift))
+
+
+def test_sv_fbank_tables_are_kaldis():
+    """Povey window = symmetric Hann ** 0.85 (zero at both ends); the mel bank's bands are unnormalised
+    triangles (height 1 at their centre) and its Nyquist column is empty."""
+    window = povey_window(400)
+    assert window[0] == 0 and window[-1] == 0 and abs(float(window[200]) - 1) < 1e-4
+    bank = kaldi_mel_filterbank(16000, 512, 80, 20.0, 8000.0)
+    assert bank.shape == (80, 257) and not bank[:, 256].any() and not bank[:, 0].any()
+    peaks = bank.max(axis=1)  # narrow low bands fall between bins; wide high ones reach ~1 (no area norm)
+    assert np.all(peaks > 0.4) and np.all(peaks <= 1) and np.all(peaks[60:] > 0.8)
+
+
+@pytest.mark.parametrize("n, frames", [(400, 1), (559, 1), (560, 2), (16000, 98)])
+def test_sv_frames_are_kaldis_snip_edges(n, frames):
+    clip = np.random.default_rng(n).uniform(-0.5, 0.5, n).astype(np.float32)
+    ours = reference_mel(clip, 16000, preset="sv")
+    assert ours.shape == (1, frames, 80)
+    # 16 kHz in goes to 32 kHz and back, as upstream's v2 audio does
+    np.testing.assert_allclose(ours, oracle.reference_feature(clip, 16000, "sv"), atol=2e-3)
+    with pytest.raises(ReferenceMelError) as err:
+        reference_mel(np.zeros(399, np.float32), 16000, preset="sv")
+    assert err.value.code == "too_short" and "at least 400 samples" in err.value.message
 
 
 def test_v1_bins_and_preset_errors():
@@ -137,7 +184,8 @@ def test_every_common_rate_is_accepted():
 
 def test_cached_tables_cannot_be_poisoned():
     for table in (hann_window(2048), slaney_mel_filterbank(32000, 1280, 100, 0.0, 16000.0),
-                  sinc_resample_taps(44100, 32000)[4]):
+                  sinc_resample_taps(44100, 32000)[4], povey_window(400),
+                  kaldi_mel_filterbank(16000, 512, 80, 20.0, 8000.0)):
         with pytest.raises(ValueError):
             table *= 0
 

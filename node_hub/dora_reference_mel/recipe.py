@@ -1,6 +1,6 @@
 """The GPT-SoVITS reference recipes (presets), as frozen data.
 
-Every number here is docs/recipe.md, sections 1 and 2 (with the upstream function each follows). A preset's
+Every number here is in docs/recipe.md, with the upstream function each follows. A preset's
 `fingerprint` hashes every parameter, so a stored spectrogram made with another recipe (another
 resampler, bin count or eps) is never served for this one.
 """
@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+from collections.abc import Sequence
 
 from .errors import ReferenceMelError
 
@@ -28,44 +29,92 @@ SPEC_MIN, SPEC_MAX = -12.0, 2.0
 
 V2_DEFAULT_BINS = 704  # v2, v2Pro, v3 and v4 models use refer[:, :704]; only v1 wants all 1025.
 
+# Kaldi fbank (torchaudio.compliance.kaldi defaults, GPT-SoVITS's copy in eres2net/kaldi.py) for v2Pro's
+# speaker model: per-frame DC removal, pre-emphasis, Povey window, power spectrum, log floored at
+# float32's machine epsilon.
+KALDI_PREEMPHASIS = 0.97
+KALDI_POVEY_POWER = 0.85
+KALDI_LOG_FLOOR = 1.1920928955078125e-07
+
+# What a preset computes, and how its output is laid out.
+LINEAR, LOG_MEL, FBANK = "linear", "log_mel", "fbank"
+BINS_FRAMES, FRAMES_BINS = "bins_frames", "frames_bins"
+
 
 @dataclasses.dataclass(frozen=True)
 class Preset:
-    """One reference feature: the linear spectrogram (`n_mels` None) or a log-mel prompt."""
+    """One reference feature: the linear spectrogram (v2), a log-mel prompt (v3/v4) or a Kaldi fbank (sv)."""
 
     name: str
     sample_rate: int
     n_fft: int
     hop_length: int
     win_length: int
-    n_bins: int  # rows of the output: linear bins kept, or mel bands
+    n_bins: int  # output bins: linear bins kept, or mel bands
     n_mels: int | None = None
     peak_normalize: bool = False
     resampler: str = "torchaudio"
     fmin: float = 0.0
     fmax: float | None = None  # None: sample_rate / 2
+    kind: str = LINEAR
+    # sv: the input goes to v2's 32 kHz first (with `resampler`), is peak-normalised there, and only then
+    # to sample_rate (always torchaudio's sinc), as GPT-SoVITS derives the speaker audio from v2's.
+    peak_rate: int | None = None
+
+    @property
+    def input_rate(self) -> int:
+        """The rate the input is resampled to first (and peak-normalised at, when the preset does)."""
+        return self.peak_rate or self.sample_rate
+
+    @property
+    def layout(self) -> str:
+        """bins_frames: [1, n_bins, n_frames]; frames_bins: [1, n_frames, n_bins] (the speaker model's input)."""
+        return FRAMES_BINS if self.kind == FBANK else BINS_FRAMES
+
+    @property
+    def frame_length(self) -> int:
+        """Samples per frame: n_fft for upstream's STFT framing, win_length for Kaldi's (zero-padded to n_fft)."""
+        return self.win_length if self.kind == FBANK else self.n_fft
 
     @property
     def pad(self) -> int:
-        """Reflect padding on each side: (n_fft - hop) // 2, upstream's center=False framing."""
-        return (self.n_fft - self.hop_length) // 2
+        """Reflect padding on each side: (n_fft - hop) // 2 for upstream's center=False STFT; Kaldi's
+        snip_edges framing pads nothing."""
+        return 0 if self.kind == FBANK else (self.n_fft - self.hop_length) // 2
 
     @property
     def min_samples(self) -> int:
         """Shortest resampled signal that gives one frame and that reflect padding accepts."""
+        if self.kind == FBANK:
+            return self.win_length
         return max(self.hop_length, self.pad + 1)
 
     def n_frames(self, n_resampled: int) -> int:
-        """Frames from a signal of `n_resampled` samples at the preset rate: L // hop."""
-        return (n_resampled + 2 * self.pad - self.n_fft) // self.hop_length + 1
+        """Frames from a signal of `n_resampled` samples at the preset rate: L // hop for the STFT presets,
+        1 + (L - win_length) // hop for Kaldi's."""
+        return (n_resampled + 2 * self.pad - self.frame_length) // self.hop_length + 1
+
+    def shape(self, n_frames: int) -> tuple[int, int]:
+        """A clip's feature matrix, without the leading batch axis, in this preset's layout."""
+        return (n_frames, self.n_bins) if self.layout == FRAMES_BINS else (self.n_bins, n_frames)
+
+    def frames_in(self, shape: Sequence[int]) -> int | None:
+        """n_frames of a feature matrix `shape` (no batch axis) if it has this preset's bins, else None."""
+        if len(shape) != 2:
+            return None
+        bins, frames = (shape[1], shape[0]) if self.layout == FRAMES_BINS else (shape[0], shape[1])
+        return frames if bins == self.n_bins else None
 
     def recipe(self) -> dict:
         params = dataclasses.asdict(self)
-        params.update(
-            window="hann_periodic", center=False, pad_mode="reflect", magnitude_eps=MAGNITUDE_EPS,
-            sinc_lowpass_filter_width=SINC_LOWPASS_FILTER_WIDTH, sinc_rolloff=SINC_ROLLOFF,
-        )
-        if self.n_mels is not None:
+        params.update(sinc_lowpass_filter_width=SINC_LOWPASS_FILTER_WIDTH, sinc_rolloff=SINC_ROLLOFF)
+        if self.kind == FBANK:
+            params.update(window="povey", window_power=KALDI_POVEY_POWER, snip_edges=True, dither=0.0,
+                          remove_dc_offset=True, preemphasis=KALDI_PREEMPHASIS, power=2, mel_scale="htk_kaldi",
+                          log_floor=KALDI_LOG_FLOOR, layout=self.layout)
+            return params
+        params.update(window="hann_periodic", center=False, pad_mode="reflect", magnitude_eps=MAGNITUDE_EPS)
+        if self.kind == LOG_MEL:
             params.update(mel_scale="slaney", mel_norm="slaney", log_clamp_min=LOG_CLAMP_MIN,
                           spec_min=SPEC_MIN, spec_max=SPEC_MAX)
         return params
@@ -79,14 +128,18 @@ class Preset:
 _BASE = {
     "v2": dict(sample_rate=32000, n_fft=2048, hop_length=640, win_length=2048,
                n_bins=V2_DEFAULT_BINS, peak_normalize=True),
-    "v3": dict(sample_rate=24000, n_fft=1024, hop_length=256, win_length=1024, n_bins=100, n_mels=100),
-    "v4": dict(sample_rate=32000, n_fft=1280, hop_length=320, win_length=1280, n_bins=100, n_mels=100),
+    "v3": dict(sample_rate=24000, n_fft=1024, hop_length=256, win_length=1024, n_bins=100, n_mels=100, kind=LOG_MEL),
+    "v4": dict(sample_rate=32000, n_fft=1280, hop_length=320, win_length=1280, n_bins=100, n_mels=100, kind=LOG_MEL),
+    # fbank(wav16k, num_mel_bins=80, sample_frequency=16000, dither=0): 25 ms frames (400), 10 ms hop (160),
+    # FFT size rounded up to 512, mel bands from 20 Hz to Nyquist.
+    "sv": dict(sample_rate=16000, n_fft=512, hop_length=160, win_length=400, n_bins=80, n_mels=80,
+               peak_normalize=True, fmin=20.0, kind=FBANK, peak_rate=32000),
 }
 PRESET_NAMES = tuple(_BASE)
 
 
 def get_preset(name: str | Preset, *, resampler: str | None = None, v2_bins: int | None = None) -> Preset:
-    """The preset `name` ("v2", "v3" or "v4", or a Preset), with the resampler (default torchaudio, or the
+    """The preset `name` ("v2", "v3", "v4" or "sv", or a Preset), with the resampler (default torchaudio, or the
     Preset's own) and (v2 only) the bin count chosen."""
     if isinstance(name, Preset):
         if resampler in (None, name.resampler) and v2_bins in (None, name.n_bins if name.name == "v2" else None):

@@ -1,4 +1,4 @@
-"""GPT-SoVITS reference features on MLX: resample, frame, window, FFT, magnitude, mel, log.
+"""GPT-SoVITS reference features on MLX: resample, frame, window, FFT, magnitude or power, mel, log.
 
 Pure signal code: it imports neither dora nor pyarrow, and the only host code is building the
 constant tables (resampling taps, window, mel bands) once per (rate, preset). Everything that
@@ -21,6 +21,12 @@ import numpy as np
 
 from .errors import ReferenceMelError
 from .recipe import (
+    FBANK,
+    FRAMES_BINS,
+    KALDI_LOG_FLOOR,
+    KALDI_POVEY_POWER,
+    KALDI_PREEMPHASIS,
+    LINEAR,
     LOG_CLAMP_MIN,
     MAGNITUDE_EPS,
     SINC_LOWPASS_FILTER_WIDTH,
@@ -124,10 +130,35 @@ def slaney_mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float
     return _frozen(weights.astype(np.float32))
 
 
+@functools.lru_cache(maxsize=4)
+def povey_window(n: int) -> np.ndarray:
+    """Kaldi's Povey window [n]: the symmetric Hann window (periodic=False) to the power 0.85, float32."""
+    hann = 0.5 - 0.5 * np.cos(2.0 * math.pi * np.arange(n) / (n - 1))
+    return _frozen((hann ** KALDI_POVEY_POWER).astype(np.float32))
+
+
+@functools.lru_cache(maxsize=4)
+def kaldi_mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
+    """torchaudio.compliance.kaldi.get_mel_banks (no VTLN warp): triangles on the mel scale
+    1127 ln(1 + f / 700), unnormalised, evaluated at the first n_fft / 2 FFT bins; the Nyquist bin gets
+    weight 0, as upstream pads it. float32 [n_mels, n_fft // 2 + 1]."""
+    def mel(freq):
+        return 1127.0 * np.log1p(np.asarray(freq, dtype=np.float64) / 700.0)
+
+    edges = mel(fmin) + np.arange(n_mels + 2)[:, None] * (mel(fmax) - mel(fmin)) / (n_mels + 1)
+    bin_mels = mel(sample_rate / n_fft * np.arange(n_fft // 2))[None, :]
+    rising = (bin_mels - edges[:-2]) / (edges[1:-1] - edges[:-2])
+    falling = (edges[2:] - bin_mels) / (edges[2:] - edges[1:-1])
+    weights = np.maximum(0.0, np.minimum(rising, falling))
+    return _frozen(np.pad(weights, [(0, 0), (0, 1)]).astype(np.float32))
+
+
 @functools.lru_cache(maxsize=16)
-def mel_bands(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> tuple[np.ndarray, np.ndarray]:
-    """The filterbank as bands: starts [n_mels] and weights [n_mels, width] of its nonzero runs."""
-    bank = slaney_mel_filterbank(sample_rate, n_fft, n_mels, fmin, fmax)
+def filterbank_bands(preset: Preset) -> tuple[np.ndarray, np.ndarray]:
+    """The preset's filterbank as bands: starts [n_mels] and weights [n_mels, width] of its nonzero runs."""
+    fmax = preset.fmax if preset.fmax is not None else preset.sample_rate / 2
+    build = kaldi_mel_filterbank if preset.kind == FBANK else slaney_mel_filterbank
+    bank = build(preset.sample_rate, preset.n_fft, preset.n_mels, preset.fmin, fmax)
     return _nonzero_bands(bank, bank != 0)
 
 
@@ -179,12 +210,12 @@ def resampled_length(n_samples: int, sample_rate: int, target_rate: int) -> int:
 def check_long_enough(n_samples: int, sample_rate: int, preset: Preset) -> int:
     """Raise `too_short` when the clip gives no frame, `bad_sample_rate` when its rate has no practical
     ratio to the preset's; return the resampled length."""
-    if sample_rate != preset.sample_rate:
-        orig, new, width = sinc_geometry(sample_rate, preset.sample_rate)
+    if sample_rate != preset.input_rate:
+        orig, new, width = sinc_geometry(sample_rate, preset.input_rate)
         taps = 2 * width + orig
         if new * taps > MAX_KERNEL_TAPS:  # torchaudio would build the same table: [new, taps] floats
             raise ReferenceMelError(
-                "bad_sample_rate", f"sample_rate={sample_rate} has no small ratio to {preset.sample_rate} Hz "
+                "bad_sample_rate", f"sample_rate={sample_rate} has no small ratio to {preset.input_rate} Hz "
                 f"({orig}:{new}; the resampling kernel would hold {new} x {taps} taps); resample the audio to a "
                 "standard rate such as 16000, 22050, 24000, 32000, 44100 or 48000 Hz")
     n_resampled = resampled_length(n_samples, sample_rate, preset.sample_rate)
@@ -279,23 +310,24 @@ def reflect_pad(y: mx.array, preset: Preset) -> mx.array:
 
 
 def frame_signals(signals: Sequence[mx.array], preset: Preset) -> tuple[mx.array, list[int]]:
-    """[n_frames, n_fft] frames of several signals (center=False) as one strided view, no copies.
+    """[n_frames, frame_length] frames of several signals as one strided view, no copies.
 
-    Each reflect-padded signal is zero-extended to a multiple of hop_length and all are laid end to
-    end, so one view with stride hop_length frames them all; frames that straddle two signals are
-    extra rows. Returns the frames and the first row of each signal (its n_frames rows follow).
+    Each signal (reflect-padded for the STFT presets; as is for Kaldi's snip_edges) is zero-extended
+    to a multiple of hop_length and all are laid end to end, so one view with stride hop_length frames
+    them all; frames that straddle two signals are extra rows. Returns the frames and the first row of
+    each signal (its n_frames rows follow).
     """
     hop = preset.hop_length
     parts, first_rows, rows = [], [], 0
     for y in signals:
-        padded = reflect_pad(y, preset)
+        padded = reflect_pad(y, preset) if preset.pad else y
         extra = -padded.shape[0] % hop
         parts.append(mx.pad(padded, [(0, extra)]) if extra else padded)
         first_rows.append(rows)
         rows += parts[-1].shape[0] // hop
     joined = parts[0] if len(parts) == 1 else mx.concatenate(parts)
-    n_rows = (joined.shape[0] - preset.n_fft) // hop + 1
-    return mx.as_strided(joined, (n_rows, preset.n_fft), (hop, 1)), first_rows
+    n_rows = (joined.shape[0] - preset.frame_length) // hop + 1
+    return mx.as_strided(joined, (n_rows, preset.frame_length), (hop, 1)), first_rows
 
 
 @functools.partial(mx.compile, shapeless=True)  # one fused kernel, traced once for every clip length
@@ -309,27 +341,48 @@ def magnitude(frames: mx.array, preset: Preset, n_bins: int) -> mx.array:
     return _magnitude(mx.real(spectrum), mx.imag(spectrum))[:, :n_bins]
 
 
-def log_mel(mag_t: mx.array, preset: Preset) -> mx.array:
-    """Slaney filterbank, natural log of clamp(x, 1e-5), norm_spec: [n_freq, n_frames] -> [n_mels, n_frames].
+def apply_filterbank(spectra_t: mx.array, preset: Preset) -> mx.array:
+    """The preset's filterbank over [n_freq, n_frames] spectra -> [n_mels, n_frames].
 
     Each band is a run of whole rows (frequency bins) times its weights, summed: MLX's CPU backend
     gathers whole rows far faster than single elements, and the sum is elementwise-exact everywhere.
     """
-    fmax = preset.fmax if preset.fmax is not None else preset.sample_rate / 2
-    starts, weights = mel_bands(preset.sample_rate, preset.n_fft, preset.n_mels, preset.fmin, fmax)
+    starts, weights = filterbank_bands(preset)
     index = (mx.array(starts)[:, None] + mx.arange(weights.shape[1], dtype=mx.int32)[None, :]).reshape(-1)
-    rows = mx.take(mag_t, index, axis=0).reshape(preset.n_mels, weights.shape[1], -1)
-    mel = mx.sum(rows * mx.array(weights)[:, :, None], axis=1)
+    rows = mx.take(spectra_t, index, axis=0).reshape(preset.n_mels, weights.shape[1], -1)
+    return mx.sum(rows * mx.array(weights)[:, :, None], axis=1)
+
+
+def log_mel(mag_t: mx.array, preset: Preset) -> mx.array:
+    """Slaney filterbank, natural log of clamp(x, 1e-5), norm_spec: [n_freq, n_frames] -> [n_mels, n_frames]."""
+    mel = apply_filterbank(mag_t, preset)
     return (mx.log(mx.maximum(mel, LOG_CLAMP_MIN)) - SPEC_MIN) / (SPEC_MAX - SPEC_MIN) * 2 - 1
+
+
+def _preemphasized(frames: mx.array) -> mx.array:
+    """Kaldi's per-frame DC removal, then x[j] - 0.97 x[j - 1] with x[-1] = x[0]."""
+    frames = frames - mx.mean(frames, axis=1, keepdims=True)
+    previous = mx.concatenate([frames[:, :1], frames[:, :-1]], axis=1)
+    return frames - KALDI_PREEMPHASIS * previous
+
+
+def kaldi_fbank(frames: mx.array, preset: Preset) -> mx.array:
+    """torchaudio.compliance.kaldi.fbank over [n_frames, win_length] frames -> [n_frames, n_mels]:
+    DC removal, pre-emphasis, Povey window, zero-padded to n_fft, power spectrum, mel bands, log."""
+    windowed = _preemphasized(frames) * mx.array(povey_window(preset.win_length))
+    spectrum = mx.fft.rfft(windowed, n=preset.n_fft, axis=-1)
+    power = mx.real(spectrum) * mx.real(spectrum) + mx.imag(spectrum) * mx.imag(spectrum)
+    mel = apply_filterbank(mx.contiguous(power.T), preset)
+    return mx.log(mx.maximum(mel, KALDI_LOG_FLOOR)).T
 
 
 def preprocess(x: mx.array, sample_rate: int, preset: Preset) -> mx.array:
     """Mono [n] on the device -> the signal at the preset rate, ready to frame: [n_resampled]."""
-    if preset.resampler == "soxr_hq":
-        y = resample_soxr_hq(x, sample_rate, preset.sample_rate)
-    else:
-        y = resample_sinc(x, sample_rate, preset.sample_rate)
-    return peak_normalize(y) if preset.peak_normalize else y
+    resample = resample_soxr_hq if preset.resampler == "soxr_hq" else resample_sinc
+    y = resample(x, sample_rate, preset.input_rate)
+    if preset.peak_normalize:
+        y = peak_normalize(y)
+    return resample_sinc(y, preset.input_rate, preset.sample_rate)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -341,12 +394,15 @@ def reference_mel_batch_mx(
     clips: Sequence[np.ndarray], sample_rates: Sequence[int], preset: Preset
 ) -> tuple[mx.array, list[int]]:
     """Lazy MLX graph for many checked clips: one copy in, one FFT (and mel product) over all their
-    frames. Returns [n_bins, n_rows] and the first column of each clip (its n_frames columns follow)."""
+    frames. Returns the features of every frame row in the preset's layout ([n_bins, n_rows], or
+    [n_rows, n_bins] for frames_bins) and the first row of each clip (its n_frames rows follow)."""
     signals = [preprocess(x, sr, preset) for x, sr in zip(to_mono(clips), sample_rates, strict=True)]
     frames, first_rows = frame_signals(signals, preset)
-    mag = magnitude(frames, preset, preset.n_fft // 2 + 1 if preset.n_mels else preset.n_bins)
+    if preset.kind == FBANK:
+        return kaldi_fbank(frames, preset), first_rows
+    mag = magnitude(frames, preset, preset.n_bins if preset.kind == LINEAR else preset.n_fft // 2 + 1)
     features = mag.T  # [n_bins, n_rows]
-    return (log_mel(mx.contiguous(features), preset) if preset.n_mels else features), first_rows
+    return (features if preset.kind == LINEAR else log_mel(mx.contiguous(features), preset)), first_rows
 
 
 def reference_mel_batch(
@@ -359,8 +415,9 @@ def reference_mel_batch(
     """Reference features of many clips (any lengths, any rates) in few MLX evaluations.
 
     clips: each [n] or [n, channels]; sample_rate: one rate for all, or one per clip.
-    Returns one float32 [1, n_bins, n_frames] array per clip, equal to `reference_mel` of each
-    (clips computed in one graph come back as views of one host array: no copy per clip).
+    Returns one float32 [1, n_bins, n_frames] array per clip ([1, n_frames, n_bins] for the sv preset),
+    equal to `reference_mel` of each (clips computed in one graph come back as views of one host array:
+    no copy per clip).
     """
     preset = get_preset(preset, resampler=resampler)
     rates = [sample_rate] * len(clips) if isinstance(sample_rate, (int, np.integer)) else list(sample_rate)
@@ -383,10 +440,13 @@ def reference_mel_batch(
         features, first_rows = reference_mel_batch_mx(checked[start:stop], rates[start:stop], preset)
         mx.eval(features)
         host = np.array(features)  # one copy out per graph, then split on the host
+        if preset.layout == FRAMES_BINS:
+            host = host.T  # a view: split along frames below, then back
         if stop - start == 1 and host.shape[1] == counts[start]:
-            results.append(host[None])
+            parts = [host]
         else:
-            results += [host[None, :, a:a + n] for a, n in zip(first_rows, counts[start:stop], strict=True)]
+            parts = [host[:, a:a + n] for a, n in zip(first_rows, counts[start:stop], strict=True)]
+        results += [(part.T if preset.layout == FRAMES_BINS else part)[None] for part in parts]
         start = stop
     return results
 
@@ -398,6 +458,7 @@ def reference_mel(
 
     samples: [n] or [n, channels], float PCM or int16/int32 PCM (scaled to [-1, 1]).
     preset: "v2" -> linear spectrogram [1, 704, n_frames] at 32 kHz; "v3"/"v4" -> prompt log-mel
-    [1, 100, n_frames] at 24/32 kHz. n_frames = n_resampled // hop_length.
+    [1, 100, n_frames] at 24/32 kHz (n_frames = n_resampled // hop_length); "sv" -> v2Pro's speaker
+    fbank [1, n_frames, 80] at 16 kHz, frames first (n_frames = 1 + (n_resampled - 400) // 160).
     """
     return reference_mel_batch([samples], sample_rate, preset=preset, resampler=resampler)[0]
