@@ -96,7 +96,7 @@ def main() -> int:
                 ref.spectrogram, os.path.join(out_dir, f"{name}_{ref.preset}_{ref.request_id}.png"),
                 title=f"{name} {ref.preset} ({ref.source})", preset=ref.preset,
                 sample_rate=ref.metadata["sample_rate"], hop_length=ref.metadata["hop_length"],
-                n_fft=ref.metadata["n_fft"])
+                n_fft=ref.metadata["n_fft"], layout=ref.layout)
         print(f"consumer: wrote {len(received)} PNGs to {out_dir}")
     return 1 if counts["contract_violation"] else 0
 

@@ -259,11 +259,12 @@ def inspect(args, config: Config) -> int:
         origin = _origin(found)
     mel = found.data[None] if found is not None and found.fresh else signal.reference_mel(samples, rate, preset=preset)
     spec = mel[0]
+    n_frames, hop_s = preset.frames_in(spec.shape), preset.hop_length / preset.sample_rate
     print(f"target     {args.target}")
     print(f"preset     {preset.name} (fingerprint {preset.fingerprint})")
     print(f"source     {origin}")
-    print(f"shape      {list(mel.shape)}  ({spec.shape[-1]} frames of {preset.hop_length / preset.sample_rate * 1e3:.0f} ms"
-          f" = {spec.shape[-1] * preset.hop_length / preset.sample_rate:.2f} s)")
+    print(f"shape      {list(mel.shape)}  {preset.layout}: {n_frames} frames of {hop_s * 1e3:.0f} ms"
+          f" = {n_frames * hop_s:.2f} s")
     if samples is not None:
         print(f"audio      {samples.shape[0] / rate:.2f} s at {rate} Hz, {samples.shape[1]} channel(s)")
     print(f"values     min {spec.min():.4g}  max {spec.max():.4g}  mean {spec.mean():.4g}")
@@ -283,7 +284,8 @@ def inspect(args, config: Config) -> int:
             return 2
         png = Path(args.png) if Path(args.png).suffix else Path(args.png).with_suffix(".png")  # as matplotlib names it
         path = save_spectrogram_png(spec, png, title=f"{args.target} {preset.name}", preset=preset.name,
-                                    sample_rate=preset.sample_rate, hop_length=preset.hop_length, n_fft=preset.n_fft)
+                                    sample_rate=preset.sample_rate, hop_length=preset.hop_length, n_fft=preset.n_fft,
+                                    layout=preset.layout)
         print(f"png        {path}")
     return 0
 

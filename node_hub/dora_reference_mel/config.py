@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from .contract import DTYPES
 from .errors import ReferenceMelError
 from .recipe import PRESET_NAMES, V2_DEFAULT_BINS, Preset, get_preset
 
@@ -25,10 +26,12 @@ ENV_VARS: dict[str, tuple[str, str, str]] = {
     "REF_AUDIO_ROOTS": ("string", "$PRIMESPEECH_MODEL_DIR",
                         "folders (separated by ':') that reference audio may be read from: voices.json ref_audio "
                         "and VOICE:CUSTOM paths; the models root, the codes folder and models_base_path always are"),
-    "MEL_PRESET": ("string", "v2", "comma-separated presets to emit per input: v2, v3, v4"),
+    "MEL_PRESET": ("string", "v2", "comma-separated presets to emit per input: v2, v3, v4, sv (v2Pro: v2,sv)"),
     "MEL_BINS": ("int", str(V2_DEFAULT_BINS), "v2 only: linear bins kept (704 for v2+ models, 1025 for v1)"),
     "MEL_RESAMPLER": ("string", "torchaudio", "torchaudio (GPT-SoVITS main) or soxr_hq (early-2025 releases)"),
     "MEL_DEVICE": ("string", "auto", "auto (GPU when MLX has one), gpu or cpu"),
+    "MEL_DTYPE": ("string", "float32", "element type of `mel` data: float32, or float16 (GPT-SoVITS's half-precision "
+                  "path; half the bytes)"),
     "MEL_CACHE_MB": ("float", "256", "memory cache bound in MB; 0 turns the cache off"),
     "MEL_WRITE_BACK": ("bool", "true",
                        "true/1: write computed spectrograms of named voices to CODES_DIR; false/0: never write"),
@@ -51,6 +54,7 @@ class Config:
     ref_audio_roots: tuple[Path, ...] = ()
     startup_voice: str | None = None
     device: str = "auto"
+    mel_dtype: str = "float32"
     cache_mb: float = 256.0
     write_back: bool = True
     max_ref_seconds: float = 60.0
@@ -78,6 +82,9 @@ class Config:
         device = get("MEL_DEVICE").lower()
         if device not in ("auto", "gpu", "cpu"):
             raise ReferenceMelError("bad_config", f"MEL_DEVICE={device!r} must be auto, gpu or cpu")
+        mel_dtype = get("MEL_DTYPE").lower()
+        if mel_dtype not in DTYPES:
+            raise ReferenceMelError("bad_config", f"MEL_DTYPE={get('MEL_DTYPE')!r} must be one of {', '.join(DTYPES)}")
         cache_mb = _parse_float("MEL_CACHE_MB", get("MEL_CACHE_MB"), minimum=0)
         max_seconds = _parse_float("MAX_REF_SECONDS", get("MAX_REF_SECONDS"), minimum=0.1)
         write_back = get("MEL_WRITE_BACK").lower()
@@ -90,7 +97,7 @@ class Config:
         ref_audio_roots = tuple(Path(os.path.expanduser(p)) for p in roots.split(os.pathsep) if p) if roots else (model_dir,)
         startup = (env.get("VOICE_CHARACTER") or "").strip() or (env.get("VOICE_NAME") or "").strip() or None
         return cls(codes_dir=codes_dir, voices_config=voices, presets=presets, model_dir=model_dir,
-                   ref_audio_roots=ref_audio_roots, startup_voice=startup, device=device,
+                   ref_audio_roots=ref_audio_roots, startup_voice=startup, device=device, mel_dtype=mel_dtype,
                    cache_mb=cache_mb, write_back=write_back in ("1", "true", "yes"),
                    max_ref_seconds=max_seconds, log_level=log_level)
 

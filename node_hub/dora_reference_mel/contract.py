@@ -5,7 +5,7 @@ Importable without MLX (only numpy and pyarrow). The contract is written once, h
 
     from dora_reference_mel.contract import decode_mel_event
     ref = decode_mel_event(event)          # event["id"] == "mel"
-    refer = ref.spectrogram                 # float32 [1, n_bins, n_frames], zero-copy from Arrow
+    refer = ref.spectrogram                 # [1, n_bins, n_frames] (sv: [1, n_frames, 80]), zero-copy from Arrow
     prompt = ref.codes                      # int64 [1, 1, N], or None when the voice has no codes
 """
 
@@ -27,7 +27,7 @@ INPUTS = {
                 'JSON {"prompt": ...}, or plain text; forwarded unchanged on `text`',
 }
 OUTPUTS = {
-    MEL_OUTPUT: "flat C-order float32 data of [1, n_bins, n_frames]; shape and recipe in metadata",
+    MEL_OUTPUT: "flat C-order float32 (or float16, MEL_DTYPE) data of the metadata's shape; layout and recipe in metadata",
     ERROR_OUTPUT: 'one JSON string {"error": code, "message": what to do, "voice": name, "preset": name}',
     TEXT_OUTPUT: "every `text` input, forwarded unchanged and in order, after the mel of its voice switch",
     LOG_OUTPUT: 'MoFA log line: one JSON string {"level", "message", "timestamp", "node"} per error and warning',
@@ -38,19 +38,26 @@ INPUT_METADATA = {
     "voice": ("str", "reference_audio: the voice the samples belong to (optional; enables the store)"),
     "request_id": ("str", "any input: echoed on the answer; generated when absent"),
 }
+# How a `mel` event's tensor is laid out: the STFT presets' [1, n_bins, n_frames], or the speaker
+# model's [1, n_frames, n_bins] (sv), each as upstream hands it to its model.
+BINS_FRAMES, FRAMES_BINS = "bins_frames", "frames_bins"
+LAYOUTS = (BINS_FRAMES, FRAMES_BINS)
+# The element types a `mel` event may carry (MEL_DTYPE): float16 is GPT-SoVITS's half-precision path.
+DTYPES = {"float32": pa.float32(), "float16": pa.float16()}
 # key -> (type, required, meaning) of every `mel` event's metadata.
 MEL_METADATA = {
-    "shape": ("list[int]", True, "[1, n_bins, n_frames]"),
-    "dtype": ("str", True, '"float32"'),
-    "preset": ("str", True, '"v2" (linear spectrogram), "v3" or "v4" (prompt log-mel)'),
-    "sample_rate": ("int", True, "rate of the recipe (32000 or 24000), not of the input"),
+    "shape": ("list[int]", True, "[1, n_bins, n_frames], or [1, n_frames, n_bins] when layout is frames_bins"),
+    "layout": ("str", True, '"bins_frames" (v2, v3, v4) or "frames_bins" (sv: frames first, as the speaker model takes it)'),
+    "dtype": ("str", True, '"float32", or "float16" with MEL_DTYPE=float16'),
+    "preset": ("str", True, '"v2" (linear spectrogram), "v3" or "v4" (prompt log-mel), "sv" (v2Pro speaker fbank)'),
+    "sample_rate": ("int", True, "rate of the recipe (32000, 24000 or 16000), not of the input"),
     "n_fft": ("int", True, "FFT size of the recipe"),
     "hop_length": ("int", True, "hop of the recipe: one frame per hop_length samples"),
     "fingerprint": ("str", True, "hash of every recipe parameter"),
     "source": ("str", True, '"cache", "precomputed" or "computed"'),
     "elapsed_ms": ("float", True, "time the node spent on this event"),
     "request_id": ("str", True, "the input's request_id, or one the node generated"),
-    "n_mels": ("int", False, "v3/v4: mel bands (100)"),
+    "n_mels": ("int", False, "v3/v4: mel bands (100); sv: 80"),
     "voice": ("str", False, 'the voice\'s key in voices.json, when the input named one ("CUSTOM" for a custom reference)'),
     "ref_text": ("str", False, "the voice's prompt text (voices.json ref_text, or the CUSTOM message's)"),
     "speed_factor": ("float", False, "the voice's speed_factor in voices.json"),
@@ -111,9 +118,10 @@ class ContractError(ValueError):
 class ReferenceMel:
     """A decoded `mel` event: the model-ready tensors and typed metadata."""
 
-    spectrogram: np.ndarray  # float32 [1, n_bins, n_frames], read-only (zero-copy from Arrow)
+    spectrogram: np.ndarray  # [1, n_bins, n_frames] (or [1, n_frames, n_bins]: see layout), read-only, zero-copy
     codes: np.ndarray | None  # int64 [1, 1, N]
     preset: str
+    layout: str
     voice: str | None
     source: str
     request_id: str
@@ -157,12 +165,14 @@ def decode_mel_event(event: dict) -> ReferenceMel:
     validate_metadata(metadata, MEL_METADATA)
     shape = metadata["shape"]
     if len(shape) != 3 or shape[0] != 1 or min(shape) < 1:
-        raise ContractError(f"shape={shape} must be [1, n_bins, n_frames] with positive sizes")
-    if metadata["dtype"] != "float32" or metadata["source"] not in SOURCES:
-        raise ContractError(f"dtype={metadata['dtype']!r} / source={metadata['source']!r} break the contract")
+        raise ContractError(f"shape={shape} must be [1, n_bins, n_frames] or [1, n_frames, n_bins] with positive sizes")
+    if metadata["dtype"] not in DTYPES or metadata["source"] not in SOURCES or metadata["layout"] not in LAYOUTS:
+        raise ContractError(f"dtype={metadata['dtype']!r} / source={metadata['source']!r} / "
+                            f"layout={metadata['layout']!r} break the contract")
     value = event.get("value")
-    if not isinstance(value, pa.Array) or value.type != pa.float32() or value.null_count:
-        raise ContractError(f"mel value must be a dense Arrow float32 array, got {getattr(value, 'type', value)}")
+    if not isinstance(value, pa.Array) or value.type != DTYPES[metadata["dtype"]] or value.null_count:
+        got = getattr(value, "type", value)
+        raise ContractError(f"mel value must be a dense Arrow {metadata['dtype']} array, got {got}")
     if len(value) != shape[0] * shape[1] * shape[2]:
         raise ContractError(f"mel holds {len(value)} values, shape {shape} needs {shape[0] * shape[1] * shape[2]}")
     spectrogram = value.to_numpy(zero_copy_only=True).reshape(shape)
@@ -172,7 +182,7 @@ def decode_mel_event(event: dict) -> ReferenceMel:
     return ReferenceMel(
         spectrogram=spectrogram,
         codes=None if codes is None else np.asarray(codes, dtype=np.int64).reshape(1, 1, -1),
-        preset=metadata["preset"], voice=metadata.get("voice"), source=metadata["source"],
+        preset=metadata["preset"], layout=metadata["layout"], voice=metadata.get("voice"), source=metadata["source"],
         request_id=metadata["request_id"], warnings=tuple(metadata.get("warnings", ())), metadata=metadata,
     )
 

@@ -13,6 +13,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 
+from .contract import BINS_FRAMES, FRAMES_BINS
 from .errors import ReferenceMelError
 
 RESAMPLERS = ("torchaudio", "soxr_hq")
@@ -38,7 +39,6 @@ KALDI_LOG_FLOOR = 1.1920928955078125e-07
 
 # What a preset computes, and how its output is laid out.
 LINEAR, LOG_MEL, FBANK = "linear", "log_mel", "fbank"
-BINS_FRAMES, FRAMES_BINS = "bins_frames", "frames_bins"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -314,7 +314,7 @@ class ReferenceMelService:
             return "failed"
 
     def _remember(self, mel: np.ndarray, digest: str | None, preset: Preset) -> Served:
-        flat = np.ascontiguousarray(mel, dtype=np.float32).reshape(-1)
+        flat = np.ascontiguousarray(mel, dtype=self.config.mel_dtype).reshape(-1)
         served = Served(pa.array(flat), (1, *mel.shape))
         if digest:
             self.cache.put((digest, preset.fingerprint), served, flat.nbytes)
@@ -326,7 +326,7 @@ class ReferenceMelService:
         request = resolved.request
         metadata = dict(passthrough)
         metadata.update(
-            shape=list(resolved.served.shape), dtype="float32", preset=preset.name,
+            shape=list(resolved.served.shape), layout=preset.layout, dtype=self.config.mel_dtype, preset=preset.name,
             sample_rate=preset.sample_rate, n_fft=preset.n_fft, hop_length=preset.hop_length,
             source=resolved.source, fingerprint=preset.fingerprint,
         )

@@ -19,10 +19,10 @@ from collections.abc import Sequence
 import mlx.core as mx
 import numpy as np
 
+from .contract import FRAMES_BINS
 from .errors import ReferenceMelError
 from .recipe import (
     FBANK,
-    FRAMES_BINS,
     KALDI_LOG_FLOOR,
     KALDI_POVEY_POWER,
     KALDI_PREEMPHASIS,

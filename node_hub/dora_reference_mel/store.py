@@ -3,7 +3,7 @@
 Layout of the codes directory (docs/recipe.md, "Where files live"):
   <voice>_codes.bin | <voice>_codes.npy     semantic codes, int32 LE (npy: dtype honoured)
   <voice>_mel.bin,  <voice>_mel.json         v2 spectrogram, float32 LE C-order [n_bins, n_frames] + sidecar
-  <voice>_mel_<preset>.bin / .json           the other presets (v3, v4)
+  <voice>_mel_<preset>.bin / .json           the other presets (v3, v4; sv frames first: [n_frames, 80])
 
 Every decision "may this stored file serve this request?" is `ReferenceStore.lookup`: the node, the
 operator and every `reference-mel` command call it and nothing else. It returns a `Stored` value
@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import xxhash
 
-from .contract import MAX_VOICE_NAME_BYTES
+from .contract import FRAMES_BINS, MAX_VOICE_NAME_BYTES
 from .errors import ReferenceMelError
 from .recipe import V2_DEFAULT_BINS, Preset
 
@@ -481,9 +481,11 @@ class Sidecar:
         if not isinstance(raw, dict) or raw.get("format") != SIDECAR_FORMAT:
             raise ValueError(f"not a sidecar of format {SIDECAR_FORMAT}")
         shape = raw.get("shape")
-        if not (isinstance(shape, list) and len(shape) == 2 and all(_is_int(n) for n in shape)
-                and shape[0] == preset.n_bins and 0 < shape[1] <= max_frames):
-            raise ValueError(f"shape={str(shape)[:60]} is not [{preset.n_bins}, 1..{max_frames}]")
+        frames = preset.frames_in(shape) if isinstance(shape, list) and all(_is_int(n) for n in shape) else None
+        if frames is None or not 0 < frames <= max_frames:
+            frames_bins = preset.layout == FRAMES_BINS
+            wanted = f"[1..{max_frames}, {preset.n_bins}]" if frames_bins else f"[{preset.n_bins}, 1..{max_frames}]"
+            raise ValueError(f"shape={str(shape)[:60]} is not {wanted}")
         texts = {k: raw.get(k) for k in ("fingerprint", "source_digest", "data_digest")}
         if not all(isinstance(v, str) and 0 < len(v) <= 64 for v in texts.values()):
             raise ValueError("fingerprint, source_digest and data_digest must be short strings")
@@ -500,7 +502,7 @@ class Stored:
     state: str  # FRESH, STALE, CORRUPT or ABSENT
     reason: str  # why it is not fresh ("" when it is)
     path: Path | None
-    data: np.ndarray | None = None  # float32 [n_bins, n_frames], read-only: a whole file (fresh or stale)
+    data: np.ndarray | None = None  # float32 in the preset's layout, read-only: a whole file (fresh or stale)
     sidecar: Sidecar | None = None
 
     @property
@@ -654,7 +656,8 @@ class ReferenceStore:
 
     def save_mel(self, voice: Voice, preset: Preset, data: np.ndarray, *, source_digest: str,
                  source_sample_rate: int, audio: FileStamp | None = None) -> Path:
-        """Write [n_bins, n_frames] float32 and its sidecar to the voice's file in the codes directory.
+        """Write the feature matrix (float32, in the preset's layout) and its sidecar to the voice's file in
+        the codes directory.
 
         Sidecar first, then the data, each by rename: a crash in between leaves a sidecar whose
         data_digest does not match the old .bin, so the pair is refused and recomputed."""
@@ -662,7 +665,7 @@ class ReferenceStore:
         blob = np.ascontiguousarray(data, dtype="<f4").tobytes()
         sidecar = {
             "format": SIDECAR_FORMAT, "voice": voice.name, "preset": preset.name, "shape": list(data.shape),
-            "dtype": "float32", "layout": "C-order [n_bins, n_frames], little-endian",
+            "dtype": "float32", "layout": f"C-order {preset.layout}, little-endian",
             "fingerprint": preset.fingerprint, "recipe": preset.recipe(),
             "source_digest": source_digest, "source_sample_rate": int(source_sample_rate),
             "source_audio": dataclasses.asdict(audio) if audio else None, "data_digest": data_digest(blob),
