@@ -140,6 +140,20 @@ def test_inspect_voice_and_file(library20, tmp_path):
     assert missing.returncode == 2 and "neither an audio file nor a voice" in missing.stderr
 
 
+def test_sv_precompute_verify_inspect(library20, tmp_path):
+    """The v2Pro speaker preset through every command: stored as <voice>_mel_sv, frames first."""
+    done = cli("precompute", "--preset", "v2", "sv", *library20["args"])
+    assert done.returncode == 0 and "40 computed, 0 up to date, 0 failed" in done.stdout, done.stdout + done.stderr
+    assert len(list(library20["codes"].glob("voice*_mel_sv.bin"))) == 20
+    checked = cli("verify", "--preset", "sv", *library20["args"])
+    assert checked.returncode == 0 and "verify: 0 stale or corrupt" in checked.stdout
+    out = cli("inspect", "voice 1", "--preset", "sv", *library20["args"], "--png", str(tmp_path / "sv.png"))
+    assert out.returncode == 0, out.stderr
+    assert "source     precomputed file" in out.stdout and "_mel_sv.bin" in out.stdout
+    assert "frames_bins: " in out.stdout and ", 80]" in out.stdout
+    assert (tmp_path / "sv.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 # -- concurrency ---------------------------------------------------------------------------------
 
 

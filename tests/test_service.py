@@ -11,6 +11,7 @@ import soundfile
 import oracle
 from conftest import speech
 from dora_reference_mel.config import Config
+from dora_reference_mel.contract import decode_mel_event
 from dora_reference_mel.service import ReferenceMelService
 
 
@@ -168,6 +169,47 @@ def test_several_presets_answer_each_input(library):
     assert (library["codes_dir"] / "cleo_mel_v4.bin").exists() and (library["codes_dir"] / "cleo_mel.bin").exists()
     again = answers(node.handle("reference_audio", *audio_event(samples, rate, voice="cleo")))
     assert [o.metadata["source"] for o in again] == ["cache", "cache"]
+
+
+def event_of(output) -> dict:
+    """An Output as the consumer's dora event: what decode_mel_event reads."""
+    return {"id": output.output_id, "value": output.value, "metadata": output.metadata}
+
+
+def test_v2pro_gets_v2_and_sv_per_switch_stored_and_served_again(library):
+    """MEL_PRESET=v2,sv: v2Pro's two reference inputs per voice switch; sv frames first, stored as such."""
+    node = service(library, MEL_PRESET="v2,sv")
+    samples, rate = soundfile.read(str(library["models"] / "voices/cleo.wav"), dtype="float32")  # its ref_audio
+    first = answers(node.handle("reference_audio", *audio_event(samples, rate, voice="cleo")))
+    assert [o.metadata["preset"] for o in first] == ["v2", "sv"]
+    assert [o.metadata["layout"] for o in first] == ["bins_frames", "frames_bins"]
+    sv = decode_mel_event(event_of(first[1]))
+    n_frames = 1 + (-(-samples.shape[0] * 16000 // rate) - 400) // 160
+    assert sv.layout == "frames_bins" and sv.spectrogram.shape == (1, n_frames, 80)
+    assert (sv.metadata["sample_rate"], sv.metadata["n_fft"], sv.metadata["hop_length"], sv.metadata["n_mels"]) == \
+        (16000, 512, 160, 80)
+    assert np.abs(sv.spectrogram - oracle.reference_feature(samples, rate, "sv")).max() <= 2e-3
+    sidecar = json.loads((library["codes_dir"] / "cleo_mel_sv.json").read_text())
+    assert sidecar["shape"] == [n_frames, 80] and sidecar["layout"] == "C-order frames_bins, little-endian"
+    assert (library["codes_dir"] / "cleo_mel_sv.bin").stat().st_size == n_frames * 80 * 4
+    again = answers(service(library, MEL_PRESET="v2,sv").handle("voice", pa.array(["cleo"]), {}))
+    assert [o.metadata["source"] for o in again] == ["precomputed", "precomputed"]
+    np.testing.assert_array_equal(decode_mel_event(event_of(again[1])).spectrogram, sv.spectrogram)
+
+
+def test_float16_output_is_float32_rounded_once(library):
+    """MEL_DTYPE=float16 sends what GPT-SoVITS's half-precision path would cast: the float32 result, rounded."""
+    samples, rate = aria(library)
+    wide = answers(service(library, MEL_PRESET="v2,v4,sv").handle("reference_audio", *audio_event(samples, rate)))
+    half_node = service(library, MEL_PRESET="v2,v4,sv", MEL_DTYPE="float16")
+    for _ in range(2):  # computed, then from the cache
+        half = answers(half_node.handle("reference_audio", *audio_event(samples, rate)))
+        for h, w in zip(half, wide, strict=True):
+            decoded = decode_mel_event(event_of(h))
+            assert h.metadata["dtype"] == "float16" and decoded.spectrogram.dtype == np.float16
+            assert h.value.nbytes * 2 == w.value.nbytes
+            expected = decode_mel_event(event_of(w)).spectrogram
+            np.testing.assert_array_equal(decoded.spectrogram, expected.astype(np.float16))
 
 
 def test_missing_voices_json_and_codes_dir(library, tmp_path):

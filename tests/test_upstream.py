@@ -1,6 +1,7 @@
-"""Against the real upstream code path: torchaudio.functional.resample and torch.stft, as GPT-SoVITS
-calls them. torchaudio has no CPU build on the registry this project's machines use, so this runs
-where torchaudio is installed (the H200 machine of BENCHMARKS.md) and is skipped elsewhere."""
+"""Against the real upstream code path: torchaudio.functional.resample, torch.stft and
+torchaudio.compliance.kaldi.fbank, as GPT-SoVITS calls them. torchaudio has no CPU build on the registry this
+project's machines use, so this runs where torchaudio is installed (the H200 machine of BENCHMARKS.md) and is
+skipped elsewhere."""
 
 import numpy as np
 import pytest
@@ -13,8 +14,8 @@ torch = pytest.importorskip("torch")
 torchaudio = pytest.importorskip("torchaudio")
 
 
-def upstream_refer(samples: np.ndarray, rate: int) -> np.ndarray:
-    """GPT-SoVITS get_spepc + spectrogram_torch for v2: resample, mono, peak, reflect pad, stft, |.|."""
+def upstream_v2_audio(samples: np.ndarray, rate: int):
+    """GPT-SoVITS's v2 reference audio (TTS._get_ref_spec): resampled to 32 kHz, mono, peak-normalised."""
     audio = torch.from_numpy(samples.T.copy() if samples.ndim == 2 else samples[None].copy())
     if rate != 32000:
         audio = torchaudio.functional.resample(audio, rate, 32000)
@@ -22,6 +23,12 @@ def upstream_refer(samples: np.ndarray, rate: int) -> np.ndarray:
     peak = audio.abs().max()
     if peak > 1:
         audio /= min(2, float(peak))
+    return audio
+
+
+def upstream_refer(samples: np.ndarray, rate: int) -> np.ndarray:
+    """GPT-SoVITS spectrogram_torch for v2: reflect pad, stft, |.|."""
+    audio = upstream_v2_audio(samples, rate)
     pad = (2048 - 640) // 2
     y = torch.nn.functional.pad(audio[None], (pad, pad), mode="reflect")[0]
     spec = torch.stft(y, 2048, hop_length=640, win_length=2048, window=torch.hann_window(2048), center=False,
@@ -53,3 +60,18 @@ def test_v2_is_gpt_sovits_refer(rate, layout):
     ours = reference_mel(samples, rate)
     assert ours.shape == theirs.shape
     assert np.abs(ours - theirs).max() <= 1e-3
+
+
+@pytest.mark.parametrize("layout", ["mono", "stereo"])
+@pytest.mark.parametrize("rate", RATES)
+def test_sv_is_kaldi_fbank_of_the_v2_audio(rate, layout):
+    """v2Pro: the v2 audio resampled to 16 kHz, then fbank(num_mel_bins=80, sample_frequency=16000, dither=0)."""
+    from torchaudio.compliance import kaldi
+
+    audio16k = torchaudio.functional.resample(upstream_v2_audio(*speech(layout, rate)), 32000, 16000)
+    theirs = kaldi.fbank(audio16k, num_mel_bins=80, sample_frequency=16000, dither=0).numpy()
+    ours = reference_mel(speech(layout, rate)[0], rate, preset="sv")[0]
+    assert ours.shape == theirs.shape
+    diff = np.abs(ours - theirs)
+    print(f"sv {rate} Hz {layout}: max |ours - kaldi.fbank| = {diff.max():.2e}, mean {diff.mean():.2e}")
+    assert diff.max() <= 2e-3 and diff.mean() <= 1e-4
