@@ -99,7 +99,7 @@ ERROR_CODES = {
     "corrupt_store": "a stored file is unusable and cannot be recomputed",
     "unknown_input": "an event on an input the node does not have",
     "bad_config": "an environment variable or command-line option has a value the node cannot use",
-    "bad_preset": "a preset name that is not v2, v3 or v4",
+    "bad_preset": "a preset name that is not v2, v3, v4 or sv",
     "internal": "a bug in the node; it logged a traceback and keeps serving",
 }
 SOURCES = ("cache", "precomputed", "computed")
