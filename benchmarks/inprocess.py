@@ -5,6 +5,7 @@ numpy, the service's paths (cache, precomputed, computed) and its memory with a 
 """
 
 import hashlib
+import os
 import resource
 import statistics
 import sys
@@ -74,10 +75,11 @@ def service_paths():
     samples, rate = soundfile.read(str(ROOT / "models/voices/aria.wav"), dtype="float32")
     with tempfile.TemporaryDirectory() as tmp:
         voices = Path(tmp) / "voices.json"
-        voices.write_text((ROOT / "models/voices.json").read_text().replace('"models_base_path": "."',
-                                                                           f'"models_base_path": "{ROOT / "models"}"'))
-        env = {"VOICES_CONFIG": str(voices), "CODES_DIR": f"{tmp}/codes", "MEL_WRITE_BACK": "0"}
-        cli(["precompute", "--voices", str(voices), "--codes-dir", f"{tmp}/codes"])
+        voices.write_text((ROOT / "models/voices.json").read_text())
+        env = {"PRIMESPEECH_MODEL_DIR": str(ROOT / "models"), "VOICES_CONFIG": str(voices),
+               "CODES_DIR": f"{tmp}/codes", "MEL_WRITE_BACK": "0"}
+        os.environ.update(env)  # the CLI reads the same variables
+        assert cli(["precompute"]) == 0
         cached = ReferenceMelService(Config.from_env({**env, "MEL_CACHE_MB": "64"}))
         cached.warm_up()
         idle = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

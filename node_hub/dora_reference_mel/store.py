@@ -151,7 +151,10 @@ def _is_int(value) -> bool:
 
 
 def inside(path: Path, roots: Iterable[Path]) -> bool:
-    real = os.path.realpath(path)
+    return _real_inside(os.path.realpath(path), roots)
+
+
+def _real_inside(real: str, roots: Iterable[Path]) -> bool:
     return any(os.path.commonpath([real, root]) == root for root in map(os.path.realpath, roots))
 
 
@@ -162,10 +165,11 @@ def open_regular(path: Path, roots: Sequence[Path] | None, max_bytes: int):
     Links are resolved first and the target must lie inside one of `roots` (None: anywhere). Opened
     with O_NONBLOCK, so a FIFO cannot block; then fstat must say regular file and at most max_bytes."""
     path = Path(path)
-    if roots is not None and not inside(path, roots):
-        raise StoreFileError(path, f"leads outside the allowed folders (to {os.path.realpath(path)}); not read")
+    real = os.path.realpath(path)  # resolved once: the folder check and the open see the same target
+    if roots is not None and not _real_inside(real, roots):
+        raise StoreFileError(path, f"leads outside the allowed folders (to {real}); not read")
     try:
-        fd = os.open(os.path.realpath(path), os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         raise StoreFileError(path, "does not exist", missing=True) from None
     except (OSError, ValueError) as err:
@@ -182,8 +186,8 @@ def open_regular(path: Path, roots: Sequence[Path] | None, max_bytes: int):
 
 def read_regular(path: Path, roots: Sequence[Path] | None, max_bytes: int) -> tuple[bytes, FileStamp]:
     with open_regular(path, roots, max_bytes) as (f, stamp):
-        try:
-            blob = f.read(max_bytes + 1)
+        try:  # the size fstat gave, plus one byte to see growth: asking for max_bytes would allocate it all
+            blob = f.read(stamp.size + 1)
         except OSError as err:
             raise StoreFileError(path, f"cannot be read ({err})") from None
     if len(blob) != stamp.size:
