@@ -152,6 +152,18 @@ def test_sv_frames_are_kaldis_snip_edges(n, frames):
     assert err.value.code == "too_short" and "at least 400 samples" in err.value.message
 
 
+@pytest.mark.parametrize("preset", ["v2", "v4", "sv"])
+def test_float16_is_the_float32_result_rounded_once(preset):
+    clips, rates = [speech("stereo", 44100)[0], speech("mono", 16000)[0]], [44100, 16000]
+    wide = reference_mel_batch(clips, rates, preset=preset)
+    half = reference_mel_batch(clips, rates, preset=preset, dtype="float16")
+    for w, h in zip(wide, half, strict=True):
+        assert h.dtype == np.float16 and h.shape == w.shape
+        np.testing.assert_array_equal(h, w.astype(np.float16))
+    with pytest.raises(ReferenceMelError, match="dtype='float64'"):
+        reference_mel(clips[1], 16000, dtype="float64")
+
+
 def test_v1_bins_and_preset_errors():
     samples, sr = speech("mono", 32000)
     full = reference_mel(samples, sr, preset=get_preset("v2", v2_bins=1025))

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import mlx.core as mx
 import numpy as np
 
-from .contract import FRAMES_BINS
+from .contract import DTYPES, FRAMES_BINS
 from .errors import ReferenceMelError
 from .recipe import (
     FBANK,
@@ -41,6 +41,7 @@ MAX_SAMPLE_RATE = 384_000
 MAX_KERNEL_TAPS = 4_000_000  # 16 MB of kernel; standard rates need at most 0.3M (22.05 kHz -> 32 kHz)
 CPU_FRAMES_PER_GRAPH = 600  # ~12 s of v2 frames: the spectra of one graph stay in cache
 GPU_FRAMES_PER_GRAPH = 65_536
+OUTPUT_DTYPES = {name: getattr(mx, name) for name in DTYPES}  # the contract's dtypes, as MLX types
 _INT_SCALE = {np.dtype(np.int16): 32768.0, np.dtype(np.int32): 2147483648.0}
 
 
@@ -411,15 +412,20 @@ def reference_mel_batch(
     *,
     preset: str | Preset = "v2",
     resampler: str | None = None,
+    dtype: str = "float32",
 ) -> list[np.ndarray]:
     """Reference features of many clips (any lengths, any rates) in few MLX evaluations.
 
     clips: each [n] or [n, channels]; sample_rate: one rate for all, or one per clip.
-    Returns one float32 [1, n_bins, n_frames] array per clip ([1, n_frames, n_bins] for the sv preset),
+    dtype: "float32", or "float16": computed in float32, rounded once on the device, so half the
+    bytes cross back (GPT-SoVITS's half-precision path rounds the same float32 values).
+    Returns one [1, n_bins, n_frames] array per clip ([1, n_frames, n_bins] for the sv preset),
     equal to `reference_mel` of each (clips computed in one graph come back as views of one host array:
     no copy per clip).
     """
     preset = get_preset(preset, resampler=resampler)
+    if dtype not in OUTPUT_DTYPES:
+        raise ReferenceMelError("bad_config", f"dtype={dtype!r} must be one of {', '.join(OUTPUT_DTYPES)}")
     rates = [sample_rate] * len(clips) if isinstance(sample_rate, (int, np.integer)) else list(sample_rate)
     if len(rates) != len(clips):
         raise ReferenceMelError(
@@ -438,6 +444,7 @@ def reference_mel_batch(
             frames += counts[stop]
             stop += 1
         features, first_rows = reference_mel_batch_mx(checked[start:stop], rates[start:stop], preset)
+        features = features.astype(OUTPUT_DTYPES[dtype])
         mx.eval(features)
         host = np.array(features)  # one copy out per graph, then split on the host
         if preset.layout == FRAMES_BINS:
@@ -452,7 +459,8 @@ def reference_mel_batch(
 
 
 def reference_mel(
-    samples: np.ndarray, sample_rate: int, *, preset: str | Preset = "v2", resampler: str | None = None
+    samples: np.ndarray, sample_rate: int, *, preset: str | Preset = "v2", resampler: str | None = None,
+    dtype: str = "float32",
 ) -> np.ndarray:
     """GPT-SoVITS's reference feature of one clip, computed with MLX.
 
@@ -461,4 +469,4 @@ def reference_mel(
     [1, 100, n_frames] at 24/32 kHz (n_frames = n_resampled // hop_length); "sv" -> v2Pro's speaker
     fbank [1, n_frames, 80] at 16 kHz, frames first (n_frames = 1 + (n_resampled - 400) // 160).
     """
-    return reference_mel_batch([samples], sample_rate, preset=preset, resampler=resampler)[0]
+    return reference_mel_batch([samples], sample_rate, preset=preset, resampler=resampler, dtype=dtype)[0]
