@@ -3,6 +3,7 @@
     python benchmarks/bench.py compute [--device cpu|gpu]   MLX reference_mel vs the torch recipe
     python benchmarks/bench.py batch   [--device cpu|gpu]   64 ten-second clips: read + reference_mel_batch
     python benchmarks/bench.py node                         real dataflow: latency per source vs transport
+                                                            (.venv-dora04/bin/python ...: the same under dora 0.4)
     python benchmarks/bench.py all                          the three, as BENCHMARKS.md reports them
 
 Needs the `bench` extra (torch: `pip install torch==2.13.0` is the CPU build here). Prints a table and
@@ -193,7 +194,7 @@ def bench_node(requests: int) -> list[dict]:
         if result.returncode != 0 or not (work / "result.json").exists():
             raise SystemExit(f"node benchmark failed:\n{log[-5000:]}")
         rows = json.loads((work / "result.json").read_text())
-        for node in ("mel-cached", "mel-nocache"):
+        for node in ("mel-cached", "mel-nocache", "mel-half"):
             ready = re.search(rf"{node}: .*ready on \w+: .*idle RSS (\d+) MB", log)
             stop = re.search(rf"{node}: .*stopping: .*cache (\d+) entries, ([\d.]+) MB; peak RSS (\d+) MB", log)
             if ready and stop:
@@ -216,9 +217,15 @@ def main(argv=None) -> int:
     parser.add_argument("--requests", type=int, default=60)
     parser.add_argument("--json", help="write every row here")
     args = parser.parse_args(argv)
-    import torch
+    try:
+        import torch
 
-    print(f"machine: {machine()}; torch {torch.__version__} ({torch.get_num_threads()} threads)")
+        peer = f"torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    except ImportError:  # the node benchmark has no torch peer: it runs in either dora line's venv
+        peer = "no torch"
+    import dora
+
+    print(f"machine: {machine()}; {peer}; dora-rs {getattr(dora, '__version__', '?')}")
     rows = []
     if args.part in ("compute", "all"):
         rows += bench_compute(args.device, args.repeats)
@@ -227,7 +234,7 @@ def main(argv=None) -> int:
     if args.part in ("node", "all"):
         rows += bench_node(args.requests)
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": machine(), "date": time.strftime("%Y-%m-%d"),
+        Path(args.json).write_text(json.dumps({"machine": machine(), "date": time.strftime("%Y-%m-%d"), "peer": peer,
                                                "rows": rows}, indent=1))
     return 0
 
