@@ -187,6 +187,10 @@ def bench_node(requests: int) -> list[dict]:
         flow = flow.replace("VOICES_CONFIG: BENCH_ROOT/models/voices.json", f"VOICES_CONFIG: {work / 'voices.json'}")
         flow = flow.replace("BENCH_ROOT", str(ROOT))
         flow = flow.replace("VOICES_CONFIG:", f"CODES_DIR: {work / 'codes'}\n      VOICES_CONFIG:")
+        import dora
+
+        if getattr(dora, "__version__", "1").startswith("0."):  # dora 0.4 has no per-node pool setting
+            flow = "\n".join(line for line in flow.splitlines() if "shared_memory_pool_size" not in line) + "\n"
         (work / "node_bench.yml").write_text(flow)
         result = subprocess.run([str(Path(sys.executable).parent / "dora"), "run", "node_bench.yml"], cwd=work,
                                 env=env, capture_output=True, text=True, timeout=1200)
