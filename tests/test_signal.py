@@ -164,6 +164,13 @@ def test_float16_is_the_float32_result_rounded_once(preset):
         reference_mel(clips[1], 16000, dtype="float64")
 
 
+def test_stored_files_of_earlier_versions_keep_their_fingerprint():
+    """Adding a preset must not invalidate every store: v2/v3/v4 fingerprints as earlier versions wrote them."""
+    assert [get_preset(name).fingerprint for name in ("v2", "v3", "v4")] == \
+        ["f396867c55e7e598", "3cf3a7293e0fb3c5", "725d2713479a4647"]
+    assert len({get_preset(name).fingerprint for name in ("v2", "v3", "v4", "sv")}) == 4
+
+
 def test_v1_bins_and_preset_errors():
     samples, sr = speech("mono", 32000)
     full = reference_mel(samples, sr, preset=get_preset("v2", v2_bins=1025))

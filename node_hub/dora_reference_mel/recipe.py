@@ -94,10 +94,6 @@ class Preset:
         1 + (L - win_length) // hop for Kaldi's."""
         return (n_resampled + 2 * self.pad - self.frame_length) // self.hop_length + 1
 
-    def shape(self, n_frames: int) -> tuple[int, int]:
-        """A clip's feature matrix, without the leading batch axis, in this preset's layout."""
-        return (n_frames, self.n_bins) if self.layout == FRAMES_BINS else (self.n_bins, n_frames)
-
     def frames_in(self, shape: Sequence[int]) -> int | None:
         """n_frames of a feature matrix `shape` (no batch axis) if it has this preset's bins, else None."""
         if len(shape) != 2:
@@ -113,6 +109,9 @@ class Preset:
                           remove_dc_offset=True, preemphasis=KALDI_PREEMPHASIS, power=2, mel_scale="htk_kaldi",
                           log_floor=KALDI_LOG_FLOOR, layout=self.layout)
             return params
+        # The STFT presets' recipes are what they were before sv existed: their fingerprints, and so every
+        # file stored with them, stay valid.
+        del params["kind"], params["peak_rate"]
         params.update(window="hann_periodic", center=False, pad_mode="reflect", magnitude_eps=MAGNITUDE_EPS)
         if self.kind == LOG_MEL:
             params.update(mel_scale="slaney", mel_norm="slaney", log_clamp_min=LOG_CLAMP_MIN,
