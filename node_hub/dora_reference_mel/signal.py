@@ -446,14 +446,10 @@ def reference_mel_batch(
         features, first_rows = reference_mel_batch_mx(checked[start:stop], rates[start:stop], preset)
         features = features.astype(OUTPUT_DTYPES[dtype])
         mx.eval(features)
-        host = np.array(features)  # one copy out per graph, then split on the host
-        if preset.layout == FRAMES_BINS:
-            host = host.T  # a view: split along frames below, then back
-        if stop - start == 1 and host.shape[1] == counts[start]:
-            parts = [host]
-        else:
-            parts = [host[:, a:a + n] for a, n in zip(first_rows, counts[start:stop], strict=True)]
-        results += [(part.T if preset.layout == FRAMES_BINS else part)[None] for part in parts]
+        host = np.array(features)  # one copy out per graph, then split on the host into views
+        frames_first = preset.layout == FRAMES_BINS
+        results += [(host[a:a + n] if frames_first else host[:, a:a + n])[None]
+                    for a, n in zip(first_rows, counts[start:stop], strict=True)]
         start = stop
     return results
 
