@@ -84,5 +84,4 @@ def test_installed_manifest_passes_dora_validate(installed, tmp_path):
                   "import importlib.resources as r; print(r.files('dora_reference_mel') / 'dora-node.yml')",
                   cwd=tmp_path).stdout.strip()
     assert manifest.startswith(str(installed.parent))
-    check = sh(ROOT / ".venv/bin/dora", "validate", "--node-manifest", manifest, cwd=tmp_path)
-    assert check.returncode == 0
+    sh(ROOT / ".venv/bin/dora", "validate", "--node-manifest", manifest, cwd=tmp_path)  # asserts it passes

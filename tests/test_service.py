@@ -202,8 +202,9 @@ def test_float16_output_is_float32_rounded_once(library):
     samples, rate = aria(library)
     wide = answers(service(library, MEL_PRESET="v2,v4,sv").handle("reference_audio", *audio_event(samples, rate)))
     half_node = service(library, MEL_PRESET="v2,v4,sv", MEL_DTYPE="float16")
-    for _ in range(2):  # computed, then from the cache
+    for source in ("computed", "cache"):
         half = answers(half_node.handle("reference_audio", *audio_event(samples, rate)))
+        assert [h.metadata["source"] for h in half] == [source] * 3
         for h, w in zip(half, wide, strict=True):
             decoded = decode_mel_event(event_of(h))
             assert h.metadata["dtype"] == "float16" and decoded.spectrogram.dtype == np.float16
