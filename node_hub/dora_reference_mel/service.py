@@ -242,11 +242,12 @@ class ReferenceMelService:
     def _resolve(self, request: Request, preset: Preset) -> Resolved:
         found: Stored | None = None
         if request.samples is None:
-            hit = self._cached_file(request, preset)
+            stamp = FileStamp.of(request.audio_path)  # one stat serves the cache check and the lookup
+            hit = self._cached_file(request.audio_path, stamp, preset)
             if hit is not None:
                 return Resolved(hit, "cache", request)
             if request.voice is not None:
-                found = self._lookup(request.voice, preset, audio=FileStamp.of(request.audio_path))
+                found = self._lookup(request.voice, preset, audio=stamp)
                 if found.fresh:
                     return Resolved(self._remember_stored(found, request, preset), "precomputed", request)
             request = self._read_audio(request, preset, found)
@@ -273,10 +274,10 @@ class ReferenceMelService:
             log.warning("not serving stored %s of %r: %s; recomputing", preset.name, voice.name, found.reason)
         return found
 
-    def _cached_file(self, request: Request, preset: Preset) -> Served | None:
-        """A voice switch whose audio file is unchanged since it was last hashed: the cache, after one stat."""
-        known = self._file_digests.get(request.audio_path)
-        if known is None or known[0] != FileStamp.of(request.audio_path):
+    def _cached_file(self, path: Path | None, stamp: FileStamp | None, preset: Preset) -> Served | None:
+        """A voice switch whose audio file is unchanged (same stamp) since it was last hashed: the cache."""
+        known = self._file_digests.get(path)
+        if known is None or known[0] != stamp:
             return None
         return self.cache.get((known[1], preset.fingerprint))
 
