@@ -71,6 +71,7 @@ def service_paths():
     from dora_reference_mel.cli import main as cli
     from dora_reference_mel.config import Config
     from dora_reference_mel.service import ReferenceMelService
+    from dora_reference_mel.store import SETTLED_NS
 
     samples, rate = soundfile.read(str(ROOT / "models/voices/aria.wav"), dtype="float32")
     with tempfile.TemporaryDirectory() as tmp:
@@ -80,6 +81,7 @@ def service_paths():
                "CODES_DIR": f"{tmp}/codes", "MEL_WRITE_BACK": "0"}
         os.environ.update(env)  # the CLI reads the same variables
         assert cli(["precompute"]) == 0
+        time.sleep(SETTLED_NS / 1e9 + 0.1)  # files as a user's library has them: older than the racy-stamp window
         cached = ReferenceMelService(Config.from_env({**env, "MEL_CACHE_MB": "64"}))
         cached.warm_up()
         idle = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -233,3 +233,22 @@ def test_hand_edited_sidecar_stamp_is_not_an_internal_error(library):
     out = only(service(library).handle("voice", pa.array(["basil"]), {}))
     assert out.metadata["source"] == "computed" and out.metadata["write_back"] == "written"
     assert only(service(library).handle("voice", pa.array(["basil"]), {})).metadata["source"] == "precomputed"
+
+
+def test_audio_sent_again_keeps_its_warnings_and_bad_audio_is_never_remembered(library):
+    """The same float32 samples sent again are hashed, not scanned again: their warnings still come
+    with every answer, cached or computed; samples that failed a check fail every time."""
+    samples, rate = speech("mono", 16000)
+    loud = (samples[: rate * 2] * 4.0).astype(np.float32)  # 2 s (outside 3..10 s), peak far above 1
+    for cache_mb in (64, 0):
+        node = service(library, MEL_CACHE_MB=cache_mb)
+        answers_ = [only(node.handle("reference_audio", *audio_event(loud, rate))) for _ in range(2)]
+        assert [a.metadata["source"] for a in answers_] == ["computed", "cache" if cache_mb else "computed"]
+        assert answers_[0].metadata["warnings"] == answers_[1].metadata["warnings"]
+        assert len(answers_[0].metadata["warnings"]) == 2
+        np.testing.assert_array_equal(answers_[0].value.to_numpy(), answers_[1].value.to_numpy())
+    bad = loud.copy()
+    bad[5] = np.nan
+    node = service(library)
+    for _ in range(2):
+        assert only(node.handle("reference_audio", *audio_event(bad, rate)), "error").metadata["error"] == "non_finite_audio"

@@ -346,3 +346,72 @@ def test_any_file_kind_at_the_spectrogram_path(library, kind):
     if kind != "directory":  # the next write replaces whatever was there
         store.save_mel(Voice("kind"), V2, np.ones((704, 3), np.float32), source_digest="d", source_sample_rate=1)
         assert store.lookup(Voice("kind"), V2, digest="d").fresh
+
+
+# -- a pair is checked whole once per unchanged file (store.SETTLED_NS): every later change is still seen --
+
+
+def _damage(path: Path, outside: Path, store: ReferenceStore, how: str) -> None:
+    if how == "flip":  # in place, same size: only the stamps (mtime, ctime) say it changed
+        with open(path, "r+b") as f:
+            f.seek(40)
+            byte = f.read(1)
+            f.seek(40)
+            f.write(bytes([byte[0] ^ 0xFF]))
+    elif how == "truncate":
+        os.truncate(path, path.stat().st_size - 4)
+    elif how == "link_out":
+        (outside / "copy.bin").write_bytes(path.read_bytes())  # the same bytes, but outside every root
+        path.unlink()
+        path.symlink_to(outside / "copy.bin")
+    elif how == "fifo":
+        path.unlink()
+        os.mkfifo(path)
+    elif how == "removed":
+        path.unlink()
+    elif how == "sidecar":
+        sidecar = json.loads(path.with_suffix(".json").read_text())
+        sidecar["source_digest"] = "another clip"
+        path.with_suffix(".json").write_text(json.dumps(sidecar))
+    elif how == "rewritten":  # a new whole pair, by the store's own commit
+        store.save_mel(Voice("memo"), V2, np.full((704, 20), 2.0, np.float32), source_digest="d", source_sample_rate=1)
+
+
+@pytest.mark.parametrize("how", ["flip", "truncate", "link_out", "fifo", "removed", "sidecar", "rewritten"])
+def test_a_pair_verified_once_still_sees_every_change(library, tmp_path, monkeypatch, how):
+    """With the racy-stamp window at 0 (the filesystem here stamps in nanoseconds), the second lookup
+    takes the once-verified path; after any change its answer is the one a store that never saw the
+    pair gives."""
+    import dora_reference_mel.store as store_module
+
+    monkeypatch.setattr(store_module, "SETTLED_NS", 0)
+    store = ReferenceStore(library["codes_dir"], VoiceLibrary(library["voices"]))
+    path = store.save_mel(Voice("memo"), V2, np.ones((704, 20), np.float32), source_digest="d", source_sample_rate=1)
+    assert store.lookup(Voice("memo"), V2, digest="d").fresh
+    assert store.lookup(Voice("memo"), V2, digest="d").fresh  # served by the memo: stamps unchanged
+    assert (path, V2) in store._verified
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    _damage(path, outside, store, how)
+    again = store.lookup(Voice("memo"), V2, digest="d")
+    fresh_eyes = ReferenceStore(library["codes_dir"], VoiceLibrary(library["voices"])).lookup(Voice("memo"), V2, digest="d")
+    assert (again.state, again.reason) == (fresh_eyes.state, fresh_eyes.reason)
+    assert again.state == (FRESH if how == "rewritten" else STALE if how == "sidecar" else
+                           "absent" if how == "removed" else CORRUPT), again.reason
+    if again.fresh:
+        np.testing.assert_array_equal(again.data, fresh_eyes.data)
+        np.testing.assert_array_equal(again.data, 2.0)
+
+
+def test_a_pair_younger_than_the_stamp_granularity_is_checked_every_time(library):
+    """A write within the timestamp tick of the check can leave the stamps as they were: such a pair is
+    verified whole at every lookup until both files are older than SETTLED_NS, then only once."""
+    from dora_reference_mel.store import SETTLED_NS
+
+    store = ReferenceStore(library["codes_dir"], VoiceLibrary(library["voices"]))
+    path = store.save_mel(Voice("young"), V2, np.ones((704, 20), np.float32), source_digest="d", source_sample_rate=1)
+    assert store.lookup(Voice("young"), V2, digest="d").fresh
+    assert (path, V2) not in store._verified
+    time.sleep(SETTLED_NS / 1e9 + 0.2)
+    assert store.lookup(Voice("young"), V2, digest="d").fresh
+    assert (path, V2) in store._verified

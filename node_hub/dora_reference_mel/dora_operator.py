@@ -24,6 +24,7 @@ class Operator:
             outputs, self.pending = self.pending + self.service.answer(dora_event), []
             for out in outputs:
                 send_output(out.output_id, out.value, out.metadata)
+                out.sent()
                 self.sent[out.output_id] += 1
         elif dora_event["type"] == "STOP":
             log_stop(self.service, self.sent)

@@ -43,6 +43,7 @@ def main() -> None:
     def send(outputs) -> None:
         for out in outputs:
             node.send_output(out.output_id, out.value, out.metadata)
+            out.sent()
             sent[out.output_id] += 1
 
     send(service.startup())  # the startup voice's mel, before any event

@@ -48,6 +48,7 @@ OWN_KEYS = frozenset(MEL_METADATA) - {"request_id"} | {"channels", "error"}
 # dora stamps every message it carries: an input's `timestamp` is not forwarded (dora 0.4 cannot send it back).
 DORA_KEYS = frozenset({"timestamp"})
 UPSTREAM_SECONDS = (3.0, 10.0)  # GPT-SoVITS refuses references outside this range for code extraction
+MAX_CHECKED_AUDIO = 4096  # digests of audio that passed the checks, kept beside the cache
 ARROW_DTYPES = {pa.float32(): np.float32, pa.float64(): np.float64, pa.int16(): np.int16, pa.int32(): np.int32}
 
 
@@ -56,6 +57,12 @@ class Output:
     output_id: str
     value: pa.Array
     metadata: dict
+    note: str | None = None  # an INFO line for the node's log, written once the output is sent (see `sent`)
+
+    def sent(self) -> None:
+        """Log the note: called by the node and the operator after sending, so no answer waits on its log line."""
+        if self.note is not None:
+            log.info("%s", self.note)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +109,9 @@ class ReferenceMelService:
         self.cache = ByteLRU(int(config.cache_mb * 1024 * 1024))
         # audio file -> (stamp, digest): a repeated voice switch reaches the cache after one stat.
         self._file_digests: dict[Path, tuple[FileStamp, str]] = {}
+        # samples_digest -> the warnings of audio that passed every check: the same samples sent again
+        # are hashed, not scanned again (the digest covers the rate, the channels and every sample)
+        self._checked_audio = ByteLRU(MAX_CHECKED_AUDIO)
         self._write_failures_logged: set[str] = set()
 
     # -- entry points ---------------------------------------------------------------------------
@@ -216,12 +226,22 @@ class ReferenceMelService:
             raise ReferenceMelError(
                 "bad_channels", f"{flat.size} samples do not split into channels={channels}; "
                 "send interleaved frames, all channels of each")
-        samples = signal.check_samples(flat.reshape(-1, channels), sample_rate)
-        if samples.dtype != np.float32:  # canonical float32 PCM: the same audio hashes the same however sent
-            samples = samples.astype(np.float32) / np.float32(32768.0 if samples.dtype == np.int16 else 2147483648.0)
         about = (("voice", voice.name),) + tuple(voice.info) if voice else ()
         request = Request(voice, about=about, warnings=tuple(warnings))
-        return request.with_samples(samples, sample_rate, self._audio_warnings(samples, sample_rate))
+        samples = flat.reshape(-1, channels)
+        if samples.dtype == np.float32:  # already canonical: hash first, and skip the checks for audio seen before
+            digest = samples_digest(samples, sample_rate)
+            checked = self._checked_audio.get(digest)
+            if checked is not None:
+                return dataclasses.replace(request, samples=samples, sample_rate=sample_rate, digest=digest,
+                                           warnings=request.warnings + checked)
+        samples = signal.check_samples(samples, sample_rate)
+        if samples.dtype != np.float32:  # canonical float32 PCM: the same audio hashes the same however sent
+            samples = samples.astype(np.float32) / np.float32(32768.0 if samples.dtype == np.int16 else 2147483648.0)
+        audio_warnings = self._audio_warnings(samples, sample_rate)
+        request = request.with_samples(samples, sample_rate, audio_warnings)
+        self._checked_audio.put(request.digest, tuple(audio_warnings), 1)
+        return request
 
     def _audio_warnings(self, samples: np.ndarray, sample_rate: int) -> list[str]:
         seconds = samples.shape[0] / sample_rate
@@ -347,10 +367,9 @@ class ReferenceMelService:
         if request.warnings:
             metadata["warnings"] = list(request.warnings)
         metadata["elapsed_ms"] = (time.perf_counter() - start) * 1000.0
-        log.info("mel voice=%s preset=%s source=%s shape=%s request_id=%s elapsed_ms=%.2f",
-                 metadata.get("voice"), preset.name, resolved.source, metadata["shape"], metadata["request_id"],
-                 metadata["elapsed_ms"])
-        return Output(MEL_OUTPUT, resolved.served.array, metadata)
+        note = (f"mel voice={metadata.get('voice')} preset={preset.name} source={resolved.source} "
+                f"shape={metadata['shape']} request_id={metadata['request_id']} elapsed_ms={metadata['elapsed_ms']:.2f}")
+        return Output(MEL_OUTPUT, resolved.served.array, metadata, note)
 
     def _error(self, err: ReferenceMelError, passthrough: dict, voice, preset: Preset | None = None) -> list[Output]:
         body = err.to_dict()

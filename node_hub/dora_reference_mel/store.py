@@ -12,6 +12,10 @@ operator and every `reference-mel` command call it and nothing else. It returns 
   resolving links, and only inside the configured roots (the codes directory, the models root, the
   library's `models_base_path` and REF_AUDIO_ROOTS); each file is bounded in size by what its preset
   and MAX_REF_SECONDS allow, and read once per lookup;
+- a pair is checked whole (sidecar, size, data digest, finite values) once per unchanged file: later
+  lookups compare the stat stamps of both files (the data's from the descriptor they read) and read
+  the data without checking it again; any change to either file, or a stamp too recent to tell, means
+  a full check;
 - it writes only `<voice>_mel*.bin|json` in the codes directory, by temporary file + rename (never
   through an existing path, link or not), sidecar first: a crash between the two leaves a sidecar
   whose content hash does not match the old `.bin` (refused, recomputed), never a lone `.bin`;
@@ -39,6 +43,7 @@ from pathlib import Path
 import numpy as np
 import xxhash
 
+from .cache import ByteLRU
 from .contract import FRAMES_BINS, MAX_VOICE_NAME_BYTES
 from .errors import ReferenceMelError
 from .recipe import V2_DEFAULT_BINS, Preset
@@ -50,8 +55,12 @@ CODE_RANGE = (0, 1023)  # SoVITS quantizer codebook
 MAX_SIDECAR_BYTES = 64 * 1024
 MAX_VOICES_JSON_BYTES = 16 * 1024 * 1024
 MAX_CHANNELS = 64
+MAX_RESOLVED_PER_ENTRY = 4  # spellings of one voice remembered (key, display name, aliases)
 TEMP_PREFIX = ".rmel-"  # every temporary file this package writes; older ones are crash leftovers
 LEFTOVER_AGE_S = 600  # a writer finishes in well under this; older temporaries belong to no one
+
+SETTLED_NS = 2_000_000_000  # coarser than any file system's timestamp tick (FAT: 2 s)
+MAX_VERIFIED_FILES = 4096
 
 FRESH, STALE, CORRUPT, ABSENT = "fresh", "stale", "corrupt", "absent"
 
@@ -144,6 +153,13 @@ class FileStamp:
         if not isinstance(value, dict) or sorted(value) != sorted(fields) or not all(_is_int(v) for v in value.values()):
             raise ValueError(f"source_audio={str(value)[:80]} is not a stamp of {fields}")
         return cls(**value)
+
+
+def settled(stamp: FileStamp) -> bool:
+    """Whether a file's stamp is old enough to identify its content. A write within the file system's
+    timestamp granularity of the last stat can leave size, mtime and ctime as they were (git's "racy
+    timestamp" problem), so a stamp younger than SETTLED_NS is not trusted to say "unchanged"."""
+    return time.time_ns() - max(stamp.mtime_ns, stamp.ctime_ns) > SETTLED_NS
 
 
 def _is_int(value) -> bool:
@@ -303,7 +319,7 @@ def parse_voices_json(blob: bytes, path: Path) -> dict:
         except ReferenceMelError as err:
             problems[key] = err
             log.warning("%s", err.message)
-    return {"data": data, "problems": problems}
+    return {"data": data, "problems": problems, "resolved": {}}  # resolved: lowercased name -> Voice
 
 
 class VoiceLibrary:
@@ -365,13 +381,23 @@ class VoiceLibrary:
         if parsed is None:
             return None
         voices, lower = parsed["data"]["voices"], name.lower()
+        found = parsed["resolved"].get(lower)  # this file's earlier answer to the same name
+        if found is not None:
+            return found
+        how = "keys"
         for wanted in dict.fromkeys((lower, lower.replace(" ", ""))):
             keys = [k for k in voices if isinstance(k, str) and k.lower() == wanted]
             if keys:
-                return self._pick(keys, name, parsed, "keys")
-        keys = [k for k, e in voices.items() if isinstance(e, dict) and isinstance(e.get("aliases"), list)
-                and any(isinstance(a, str) and a.lower() == lower for a in e["aliases"])]
-        return self._pick(keys, name, parsed, "aliases") if keys else None
+                break
+        else:
+            how, keys = "aliases", [k for k, e in voices.items() if isinstance(e, dict) and isinstance(
+                e.get("aliases"), list) and any(isinstance(a, str) and a.lower() == lower for a in e["aliases"])]
+        if not keys:
+            return None
+        found = self._pick(keys, name, parsed, how)
+        if len(parsed["resolved"]) < MAX_RESOLVED_PER_ENTRY * (len(voices) + 1):  # bounded: names come from events
+            parsed["resolved"][lower] = found
+        return found
 
     def _pick(self, keys: list[str], name: str, parsed: dict, how: str) -> Voice:
         if len(keys) > 1:
@@ -532,6 +558,8 @@ class ReferenceStore:
         self.max_ref_seconds = max_ref_seconds
         self.extra_roots = tuple(Path(p) for p in extra_roots)
         self._codes_memo: dict[Path, tuple[FileStamp, np.ndarray]] = {}
+        # (path, preset) -> (stamp, sidecar stamp, sidecar) of each pair verified whole: see _reread
+        self._verified = ByteLRU(MAX_VERIFIED_FILES)
 
     def roots(self) -> tuple[Path, ...]:
         """Folders any file may be read from (after links are resolved)."""
@@ -609,15 +637,31 @@ class ReferenceStore:
         return first
 
     def _judge(self, path: Path, preset: Preset, digest: str | None, audio: FileStamp | None) -> Stored:
+        whole = self._reread(path, preset) or self._verify(path, preset, has_audio=digest is not None or audio is not None)
+        if not whole.fresh or whole.sidecar is None:  # unusable, or a legacy file judged already
+            return whole
+        sidecar = whole.sidecar
+        if sidecar.fingerprint != preset.fingerprint:
+            return dataclasses.replace(whole, state=STALE, reason=f"made by another recipe (fingerprint "
+                                       f"{sidecar.fingerprint}, want {preset.fingerprint})")
+        if digest is not None:
+            return whole.against(digest)
+        if audio is not None and sidecar.source_audio != audio:
+            return dataclasses.replace(whole, state=STALE, reason="the audio file changed since (stat stamp differs)")
+        return whole
+
+    def _verify(self, path: Path, preset: Preset, *, has_audio: bool) -> Stored:
+        """Read the pair and check all of it: sidecar fields, size, data digest, finite values. An intact
+        pair comes back FRESH (whatever recipe or audio it was made from) and is remembered by its stamps."""
         max_frames = self.max_frames(preset)
         try:
-            blob, _ = read_regular(path, self.roots(), preset.n_bins * max_frames * 4)
+            blob, stamp = read_regular(path, self.roots(), preset.n_bins * max_frames * 4)
             try:
-                side_blob, _ = read_regular(path.with_suffix(".json"), self.roots(), MAX_SIDECAR_BYTES)
+                side_blob, side_stamp = read_regular(path.with_suffix(".json"), self.roots(), MAX_SIDECAR_BYTES)
             except StoreFileError as err:
                 if not err.missing:
                     raise
-                return self._legacy(path, blob, preset, has_audio=digest is not None or audio is not None)
+                return self._legacy(path, blob, preset, has_audio=has_audio)
         except StoreFileError as err:
             return Stored(ABSENT if err.missing else CORRUPT, err.reason if err.missing else str(err), path)
         try:
@@ -633,15 +677,27 @@ class ReferenceStore:
         data = np.frombuffer(blob, dtype="<f4").reshape(sidecar.shape)
         if not np.isfinite(data).all():
             return Stored(CORRUPT, f"{path} contains NaN or Inf", path)
-        whole = Stored(FRESH, "", path, data, sidecar)
-        if sidecar.fingerprint != preset.fingerprint:
-            return dataclasses.replace(whole, state=STALE, reason=f"made by another recipe (fingerprint "
-                                       f"{sidecar.fingerprint}, want {preset.fingerprint})")
-        if digest is not None:
-            return whole.against(digest)
-        if audio is not None and sidecar.source_audio != audio:
-            return dataclasses.replace(whole, state=STALE, reason="the audio file changed since (stat stamp differs)")
-        return whole
+        if settled(stamp) and settled(side_stamp):
+            self._verified.put((path, preset), (stamp, side_stamp, sidecar), 1)
+        return Stored(FRESH, "", path, data, sidecar)
+
+    def _reread(self, path: Path, preset: Preset) -> Stored | None:
+        """The data of a pair verified before, when both files are still the ones verified (same stat
+        stamps; the data's checked again on the descriptor it is read through, opened regular-only and
+        non-blocking like any read): read again, not checked again. None otherwise."""
+        memo = self._verified.get((path, preset))
+        if memo is None:
+            return None
+        stamp, side_stamp, sidecar = memo
+        if FileStamp.of(path.with_suffix(".json")) != side_stamp or FileStamp.of(path) != stamp:
+            return None  # replaced, relinked or written since: verify again
+        try:  # no root check: only the very file verified inside them (same inode, unchanged) is used
+            blob, now = read_regular(path, None, stamp.size)
+        except StoreFileError:
+            return None
+        if now != stamp:  # swapped between the stat and the open
+            return None
+        return Stored(FRESH, "", path, np.frombuffer(blob, dtype="<f4").reshape(sidecar.shape), sidecar)
 
     @staticmethod
     def _legacy(path: Path, blob: bytes, preset: Preset, *, has_audio: bool) -> Stored:
