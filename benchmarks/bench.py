@@ -195,6 +195,7 @@ def bench_node(requests: int) -> list[dict]:
         result = subprocess.run([str(Path(sys.executable).parent / "dora"), "run", "node_bench.yml"], cwd=work,
                                 env=env, capture_output=True, text=True, timeout=1200)
         log = result.stdout + result.stderr
+        Path("/tmp/node_log.txt").write_text(log)
         if result.returncode != 0 or not (work / "result.json").exists():
             raise SystemExit(f"node benchmark failed:\n{log[-5000:]}")
         rows = json.loads((work / "result.json").read_text())

@@ -34,10 +34,10 @@ def main():
         "host->device + mono": lambda s: signal.to_mono([samples])[0],
         "resample": lambda s: signal.resample_sinc(s["mono"], rate, preset.sample_rate),
         "frame (reflect pad)": lambda s: signal.frame_signals([s["resample"]], preset)[0],
-        "window + rfft + |.|": lambda s: signal.magnitude(s["frame (reflect pad)"], preset, n_bins),
-        "transpose (+ mel)": lambda s: (signal.log_mel(mx.contiguous(s["window + rfft + |.|"].T), preset)
-                                        if preset.n_mels else s["window + rfft + |.|"].T),
-        "device->host": lambda s: np.array(s["transpose (+ mel)"]),
+        "window + rfft + |.|, bins first": lambda s: signal.magnitude(s["frame (reflect pad)"], preset, n_bins),
+        "mel (v3/v4)": lambda s: (signal.log_mel(mx.contiguous(s["window + rfft + |.|, bins first"]), preset)
+                                  if preset.n_mels else s["window + rfft + |.|, bins first"]),
+        "device->host": lambda s: np.array(s["mel (v3/v4)"]),
         "reference_mel, whole": lambda s: signal.reference_mel(samples, rate, preset=preset),
     }
     times = {name: [] for name in stages}
@@ -53,7 +53,7 @@ def main():
             state["mono" if name == "host->device + mono" else name] = out
     print(f"{args.preset}, {args.seconds} s at {rate} Hz on {mx.default_device()} (median of {args.repeats}):")
     for name, values in times.items():
-        print(f"  {name:24s} {statistics.median(values) * 1e3:8.3f} ms")
+        print(f"  {name:32s} {statistics.median(values) * 1e3:8.3f} ms")
 
 
 if __name__ == "__main__":

@@ -88,3 +88,14 @@ def shipped_models_stay_untouched():
     yield
     after = {p: p.read_bytes() for p in (ROOT / "models").rglob("*") if p.is_file()}
     assert after == before, "models/ was modified during the tests"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def mlx_kernels_built(tmp_path_factory):
+    """MLX builds each compiled kernel once per machine (seconds on a Linux CPU, with the system C++
+    compiler) and keeps it on disk: build them all before tests start nodes under time limits."""
+    from dora_reference_mel.config import Config
+    from dora_reference_mel.service import ReferenceMelService
+
+    codes = tmp_path_factory.mktemp("warm-codes")
+    ReferenceMelService(Config.from_env({"MEL_PRESET": "v2,v3,v4,sv", "CODES_DIR": str(codes)})).warm_up()

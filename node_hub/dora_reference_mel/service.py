@@ -48,6 +48,8 @@ OWN_KEYS = frozenset(MEL_METADATA) - {"request_id"} | {"channels", "error"}
 # dora stamps every message it carries: an input's `timestamp` is not forwarded (dora 0.4 cannot send it back).
 DORA_KEYS = frozenset({"timestamp"})
 UPSTREAM_SECONDS = (3.0, 10.0)  # GPT-SoVITS refuses references outside this range for code extraction
+WARM_RATES = (16000, 24000, 48000)  # recording rates warmed at start (44.1k/22.05k resample uncompiled)
+WARM_UP_ATTEMPTS = 30
 MAX_CHECKED_AUDIO = 4096  # digests of audio that passed the checks, kept beside the cache
 ARROW_DTYPES = {pa.float32(): np.float32, pa.float64(): np.float64, pa.int16(): np.int16, pa.int32(): np.int32}
 
@@ -387,13 +389,25 @@ class ReferenceMelService:
         return Output(LOG_OUTPUT, pa.array([json.dumps(line)]), {})
 
     def warm_up(self) -> None:
-        """Run every preset once on 10 s of audio (upstream's longest reference) at the preset's rate
-        and at 48 kHz: MLX compiles its kernels and fills its buffer cache before the first event."""
+        """Run every preset once on 10 s of audio (upstream's longest reference) at its own rates and at
+        the common recording rates whose resampling is compiled: MLX builds those kernels (seconds, the
+        first time on a machine; then from its disk cache) and fills its buffer cache before any event."""
         rng = np.random.default_rng(0)
         for preset in self.config.presets:
-            for rate in (preset.sample_rate, 48000):
+            for rate in sorted({preset.sample_rate, preset.input_rate, *WARM_RATES}):
                 samples = (rng.standard_normal((rate * 10, 1)) * 0.1).astype(np.float32)
-                signal.reference_mel(samples, rate, preset=preset)
+                for attempt in range(WARM_UP_ATTEMPTS):
+                    try:
+                        signal.reference_mel(samples, rate, preset=preset)
+                        break
+                    except RuntimeError as err:
+                        # MLX's kernel cache on disk is shared by every process on the machine, and it is
+                        # not written atomically: a node starting beside another that is building the same
+                        # kernel can find a half-written library. Once the other is done, it loads.
+                        if attempt == WARM_UP_ATTEMPTS - 1:
+                            raise
+                        log.warning("warm-up of %s at %d Hz: %s; retrying", preset.name, rate, str(err)[:200])
+                        time.sleep(1.0)
 
 
 def _passthrough(metadata: dict) -> dict:

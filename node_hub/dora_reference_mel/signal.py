@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 from collections.abc import Sequence
 
 import mlx.core as mx
@@ -41,6 +42,10 @@ MAX_SAMPLE_RATE = 384_000
 MAX_KERNEL_TAPS = 4_000_000  # 16 MB of kernel; standard rates need at most 0.3M (22.05 kHz -> 32 kHz)
 CPU_FRAMES_PER_GRAPH = 600  # ~12 s of v2 frames: the spectra of one graph stay in cache
 GPU_FRAMES_PER_GRAPH = 65_536
+# Rate pairs with few phases (48k, 24k, 16k <-> 32k, 24k, 16k) resample through one compiled kernel; the
+# hundreds of phases of 44.1k and 22.05k would make graphs too large to compile, and keep the strided form.
+MAX_COMPILED_PHASES = 8
+RESAMPLE_BLOCKS = 8192  # output blocks per compiled piece (16384 samples at 3:2): ~0.5 s of 32 kHz audio
 OUTPUT_DTYPES = {name: getattr(mx, name) for name in DTYPES}  # the contract's dtypes, as MLX types
 _INT_SCALE = {np.dtype(np.int16): 32768.0, np.dtype(np.int32): 2147483648.0}
 
@@ -263,12 +268,58 @@ def resample_sinc(x: mx.array, orig_freq: int, new_freq: int) -> mx.array:
     orig, new, width, starts, weights = sinc_resample_taps(orig_freq, new_freq)
     n_out = resampled_length(x.shape[0], orig_freq, new_freq)
     n_blocks = -(-n_out // new)
+    if new <= MAX_COMPILED_PHASES and compiler_works():
+        return _phases_compiled(x, orig_freq, new_freq, n_blocks).reshape(-1)[:n_out]
     padded = mx.pad(x, [(width, width + orig)])
     # One strided view per phase avoids gathers, which MLX's CPU backend runs at ~6 ns an element; on a
     # GPU, hundreds of phases (44.1k, 22.05k inputs) are better as one banded gather: one launch.
     strided = new <= 8 or mx.default_device() == mx.cpu
     out = (_phases_strided if strided else _phases_gathered)(padded, orig, n_blocks, starts, weights)
     return out.reshape(-1)[:n_out]
+
+
+@functools.cache
+def compiler_works() -> bool:
+    """Whether mx.compile can build kernels here (on Linux CPUs MLX runs the system C++ compiler; a
+    machine without one still resamples, with the uncompiled strided form)."""
+    try:
+        mx.eval(mx.compile(lambda a: a * 2.0 + 1.0)(mx.zeros((4,))))
+        return True
+    except (RuntimeError, ValueError) as err:
+        import logging
+
+        logging.getLogger(__name__).warning("mx.compile is unavailable (%s); resampling uncompiled", err)
+        return False
+
+
+def _phases_compiled(x: mx.array, orig_freq: int, new_freq: int, n_blocks: int) -> mx.array:
+    """[>= n_blocks, new]: the signal cut into pieces of RESAMPLE_BLOCKS output blocks (and the input
+    they reach), each through the same compiled kernel. Fixed-size pieces keep one traced graph per
+    rate pair for every clip length; a clip pays at most one piece of padding."""
+    orig, _, width, starts, weights = sinc_resample_taps(orig_freq, new_freq)
+    n_pieces = -(-n_blocks // RESAMPLE_BLOCKS)
+    step = RESAMPLE_BLOCKS * orig
+    length = (RESAMPLE_BLOCKS - 1) * orig + int(starts.max()) + weights.shape[1]
+    padded = mx.pad(x, [(width, max(0, (n_pieces - 1) * step + length - width - x.shape[0]))])
+    kernel = _piece_kernel(orig_freq, new_freq)
+    return mx.concatenate([kernel(padded[j * step: j * step + length]) for j in range(n_pieces)])
+
+
+@functools.lru_cache(maxsize=64)
+def _piece_kernel(orig_freq: int, new_freq: int):
+    """One piece [length] -> [RESAMPLE_BLOCKS, new]: every tap a strided slice times its weight, summed in
+    tap order, all fused by mx.compile into one kernel (no [blocks, taps] temporary, one pass over memory)."""
+    orig, new, _, starts, weights = sinc_resample_taps(orig_freq, new_freq)
+    span = (RESAMPLE_BLOCKS - 1) * orig + 1
+
+    def phases(piece: mx.array) -> mx.array:
+        out = []
+        for start, taps in zip(starts.tolist(), weights.tolist(), strict=True):
+            terms = [piece[start + i: start + i + span: orig] * w for i, w in enumerate(taps)]
+            out.append(functools.reduce(operator.add, terms))
+        return mx.stack(out, axis=-1)
+
+    return mx.compile(phases)
 
 
 def _phases_strided(padded: mx.array, orig: int, n_blocks: int, starts, weights) -> mx.array:
@@ -332,14 +383,18 @@ def frame_signals(signals: Sequence[mx.array], preset: Preset) -> tuple[mx.array
 
 
 @functools.partial(mx.compile, shapeless=True)  # one fused kernel, traced once for every clip length
-def _magnitude(real: mx.array, imag: mx.array) -> mx.array:
+def _magnitude(spectrum: mx.array) -> mx.array:
+    real, imag = mx.real(spectrum), mx.imag(spectrum)
     return mx.sqrt(real * real + imag * imag + MAGNITUDE_EPS)
 
 
 def magnitude(frames: mx.array, preset: Preset, n_bins: int) -> mx.array:
-    """|rfft(frames * periodic hann)| with eps inside the root: [n_frames, n_fft] -> [n_frames, n_bins]."""
+    """|rfft(frames * periodic hann)| with eps inside the root: [n_frames, n_fft] -> [n_bins, n_frames].
+
+    The kept bins are cut and transposed before the fused kernel reads them, so one pass over the
+    spectrum writes the result in its final layout."""
     spectrum = mx.fft.rfft(frames * mx.array(hann_window(preset.win_length)), axis=-1)
-    return _magnitude(mx.real(spectrum), mx.imag(spectrum))[:, :n_bins]
+    return _magnitude(spectrum[:, :n_bins].T)
 
 
 def apply_filterbank(spectra_t: mx.array, preset: Preset) -> mx.array:
@@ -401,8 +456,7 @@ def reference_mel_batch_mx(
     frames, first_rows = frame_signals(signals, preset)
     if preset.kind == FBANK:
         return kaldi_fbank(frames, preset), first_rows
-    mag = magnitude(frames, preset, preset.n_bins if preset.kind == LINEAR else preset.n_fft // 2 + 1)
-    features = mag.T  # [n_bins, n_rows]
+    features = magnitude(frames, preset, preset.n_bins if preset.kind == LINEAR else preset.n_fft // 2 + 1)
     return (features if preset.kind == LINEAR else log_mel(mx.contiguous(features), preset)), first_rows
 
 
