@@ -40,6 +40,7 @@ def test_dora_run_demo_twice():
         ("aria", "v2", "cache"), ("basil", "v2", "cache")])  # the voice event: basil's audio, already served
     assert "5 requests answered" in out and "0 with an unexpected answer" in out
     assert "CONTRACT VIOLATION" not in out
+    assert "warm-up output sent" in out  # tts.yml declares `warmup`: the node paid its first large send at start
     assert {p.name for p in STORE.glob("codes/*_mel.bin")} == {"aria_mel.bin", "basil_mel.bin", "cleo_mel.bin"}
     pngs = list((ROOT / "out" / "demo").glob("aria_v2_*.png"))
     assert pngs and all(p.stat().st_size > 10_000 for p in pngs)
@@ -133,7 +134,7 @@ def test_readme_before_and_after_validate(tmp_path):
 
 
 def test_every_shipped_input_uses_backpressure():
-    """dora's default queue policy silently drops messages under load (dora-1.1-notes.md); every
+    """dora's default queue policy silently drops messages under load (README, "Delivery"); every
     input of a shipped dataflow carries events that must arrive."""
     for path in DATAFLOWS.glob("*.yml"):
         for node in yaml.safe_load(path.read_text())["nodes"]:

@@ -19,7 +19,7 @@ import pyarrow as pa
 
 # Every input and output id of the node, defined once (the node, the CLI, the demo nodes and the tests import these).
 INPUT_AUDIO, INPUT_VOICE, INPUT_TEXT = "reference_audio", "voice", "text"
-MEL_OUTPUT, ERROR_OUTPUT, TEXT_OUTPUT, LOG_OUTPUT = "mel", "error", "text", "log"
+MEL_OUTPUT, ERROR_OUTPUT, TEXT_OUTPUT, LOG_OUTPUT, WARMUP_OUTPUT = "mel", "error", "text", "log", "warmup"
 INPUTS = {
     INPUT_AUDIO: "PCM samples: Arrow float32, float64, int16 or int32, interleaved when multichannel",
     INPUT_VOICE: "Arrow string array with one voice name (key, display name or alias in voices.json)",
@@ -31,6 +31,8 @@ OUTPUTS = {
     ERROR_OUTPUT: 'one JSON string {"error": code, "message": what to do, "voice": name, "preset": name}',
     TEXT_OUTPUT: "every `text` input, forwarded unchanged and in order, after the mel of its voice switch",
     LOG_OUTPUT: 'MoFA log line: one JSON string {"level", "message", "timestamp", "node"} per error and warning',
+    WARMUP_OUTPUT: "optional, left unconnected: when declared, one message the size of the largest answer, sent at "
+                   "start so dora 1.1 maps the shared memory of the first large output before the first request",
 }
 INPUT_METADATA = {
     "sample_rate": ("int", "reference_audio: samples per second (required)"),

@@ -388,6 +388,12 @@ class ReferenceMelService:
         line = {"level": level, "message": message, "timestamp": time.time(), "node": self.node_name}
         return Output(LOG_OUTPUT, pa.array([json.dumps(line)]), {})
 
+    def largest_answer(self) -> pa.Array:
+        """Zeros the size of the largest `mel` this node sends for a reference of upstream's longest length."""
+        seconds = UPSTREAM_SECONDS[1]
+        elements = max(p.n_bins * p.n_frames(int(seconds * p.sample_rate)) for p in self.config.presets)
+        return pa.array(np.zeros(elements, dtype=self.config.mel_dtype))
+
     def warm_up(self) -> None:
         """Run every preset once on 10 s of audio (upstream's longest reference) at its own rates and at
         the common recording rates whose resampling is compiled: MLX builds those kernels (seconds, the

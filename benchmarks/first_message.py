@@ -1,0 +1,131 @@
+"""What dora's first large message costs on each side, and what a warm-up output saves.
+
+    python benchmarks/first_message.py [--runs 5]            (dora 1.1: .venv)
+    .venv-dora04/bin/python benchmarks/first_message.py      (dora 0.4.1)
+
+A requester sends 10 s of 48 kHz audio (1.9 MB) six times, one at a time; a peer reads each request
+and answers with a 10 s v2 spectrogram's size (1.4 MB). Each message's costs are timed where they
+happen: the requester's send and round trip, the peer's read of the request and its send. The
+dataflow runs `--runs` times as is and `--runs` times with the peer declaring an unconnected `warmup`
+output that it sends one answer-sized message on before any request, as dora-reference-mel does.
+Medians per message index over the runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REQUESTS = 6
+FLOW = """nodes:
+  - id: requester
+    path: {script}
+    inputs:
+      answer: {{source: peer/answer, queue_policy: backpressure}}
+    outputs: [request]
+    {pool}
+    env: {{ROLE: requester}}
+  - id: peer
+    path: {script}
+    inputs:
+      request: {{source: requester/request, queue_policy: backpressure}}
+    outputs: [answer{warmup}]
+    {pool}
+    env: {{ROLE: peer}}
+"""
+
+
+def requester() -> None:
+    import numpy as np
+    import pyarrow as pa
+    from dora import Node
+
+    node = Node()
+    audio = pa.array(np.random.default_rng(1).random(480_000, dtype=np.float32))
+    time.sleep(2.0)  # the peer is up and has sent its warm-up
+    rows = []
+    for i in range(REQUESTS):
+        start = time.perf_counter()
+        node.send_output("request", audio, {"i": i})
+        sent = time.perf_counter()
+        event = node.next(timeout=30)
+        rows.append({"send_ms": (sent - start) * 1e3, "round_trip_ms": (time.perf_counter() - start) * 1e3,
+                     "peer_read_ms": event["metadata"]["read_ms"], "peer_send_ms": event["metadata"]["last_send_ms"]})
+        del event
+        time.sleep(0.05)
+    Path(os.environ["RESULT"]).write_text(json.dumps(rows))
+
+
+def peer() -> None:
+    import numpy as np
+    import pyarrow as pa
+    import xxhash
+    from dora import Node
+
+    node = Node()
+    answer = pa.array(np.random.default_rng(0).random(704 * 500, dtype=np.float32))
+    if "warmup" in node.node_config().get("outputs", []):
+        node.send_output("warmup", pa.array(np.zeros(704 * 500, np.float32)), {})
+    last_send_ms = 0.0  # the send of answer i is reported with answer i + 1
+    for event in node:
+        if event["type"] != "INPUT":
+            continue
+        start = time.perf_counter()
+        xxhash.xxh3_128_hexdigest(event["value"].buffers()[1])
+        read = time.perf_counter()
+        node.send_output("answer", answer, {"read_ms": (read - start) * 1e3, "last_send_ms": last_send_ms})
+        last_send_ms = (time.perf_counter() - read) * 1e3
+
+
+def run(warmup: bool, work: Path, index: int) -> list[dict]:
+    import dora
+
+    one_one = not getattr(dora, "__version__", "1").startswith("0.")
+    flow = FLOW.format(script=Path(__file__).resolve(), warmup=", warmup" if warmup else "",
+                       pool="shared_memory_pool_size: 64MB" if one_one else "")
+    path = work / f"flow-{index}.yml"
+    path.write_text(flow)
+    result = work / f"result-{index}.json"
+    env = dict(os.environ, RESULT=str(result), PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    proc = subprocess.run([str(Path(sys.executable).parent / "dora"), "run", str(path)], cwd=work, env=env,
+                          capture_output=True, text=True, timeout=300)
+    if not result.exists():
+        raise SystemExit(f"run failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
+    return json.loads(result.read_text())
+
+
+def main() -> None:
+    if os.environ.get("ROLE"):
+        return requester() if os.environ["ROLE"] == "requester" else peer()
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    import dora
+
+    print(f"dora-rs {getattr(dora, '__version__', '?')}, {args.runs} runs each, medians per message")
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = {False: [], True: []}
+        for _ in range(args.runs):  # alternated: both variants see the same machine
+            for warmup in (False, True):
+                runs[warmup].append(run(warmup, Path(tmp), len(runs[False]) + len(runs[True])))
+    keys = ("send_ms", "round_trip_ms", "peer_read_ms", "peer_send_ms")
+    for warmup, results in runs.items():
+        print(f"peer {'with' if warmup else 'without'} a warm-up output:")
+        print("  message  " + "  ".join(f"{k:>14s}" for k in keys))
+        for i in range(REQUESTS):
+            values = {k: statistics.median(r[i][k] for r in results) for k in keys[:3]}
+            # the peer's send of answer i is reported with answer i + 1
+            values["peer_send_ms"] = (statistics.median(r[i + 1]["peer_send_ms"] for r in results)
+                                      if i + 1 < REQUESTS else float("nan"))
+            print(f"  {i:7d}  " + "  ".join(f"{values[k]:14.2f}" for k in keys))
+
+
+if __name__ == "__main__":
+    main()
