@@ -5,6 +5,7 @@ import multiprocessing
 import os
 import subprocess
 import sys
+import weakref
 
 import numpy as np
 import pyarrow as pa
@@ -81,8 +82,19 @@ def test_precompute_in_chunks_of_voices(library20, monkeypatch, capsys):
     from dora_reference_mel import cli as tool
 
     monkeypatch.setattr(tool, "VOICES_PER_CHUNK", 7)
+    samples, held = [], []
+    real_load = tool._load
+
+    def load(store, job):  # how many voices' samples are alive each time one more voice is read
+        job = real_load(store, job)
+        samples.append(weakref.ref(job.samples))
+        held.append(sum(ref() is not None for ref in samples))
+        return job
+
+    monkeypatch.setattr(tool, "_load", load)
     assert tool.main(["precompute", *library20["args"], "--preset", "v2", "v4"]) == 0
     assert "40 computed, 0 up to date, 0 failed" in capsys.readouterr().out
+    assert 7 < max(held) <= 14  # the next chunk is read while one computes; never more than two chunks
     assert tool.main(["precompute", *library20["args"], "--preset", "v2", "v4"]) == 0
     assert "0 computed, 40 up to date" in capsys.readouterr().out
 

@@ -108,12 +108,16 @@ def precompute(args, config: Config) -> int:
     voices, jobs = _library_jobs(store, presets[0])
 
     # Chunk by chunk of voices: read (in threads) and hash each voice's audio once for all its presets,
-    # compute what is missing or stale in one batch, write, and let the chunk go: memory stays bounded
-    # by one chunk whatever the library's size. A bad voice fails alone; the others go on.
+    # compute what is missing or stale in one batch, write, and let the chunk go. The next chunk is read
+    # while this one computes, so memory stays bounded by two chunks whatever the library's size. A bad
+    # voice fails alone; the others go on.
     progress = Progress(len(voices) * len(presets), "computing")
+    chunks = [voices[first:first + VOICES_PER_CHUNK] for first in range(0, len(voices), VOICES_PER_CHUNK)]
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        for first in range(0, len(voices), VOICES_PER_CHUNK):
-            loaded = list(pool.map(lambda job: _load(store, job), voices[first:first + VOICES_PER_CHUNK]))
+        reading = [pool.submit(_load, store, job) for job in chunks[0]] if chunks else []
+        for index in range(len(chunks)):
+            loaded = [future.result() for future in reading]
+            reading = [pool.submit(_load, store, job) for job in chunks[index + 1]] if index + 1 < len(chunks) else []
             for preset in presets:
                 chunk = [dataclasses.replace(job, preset=preset) for job in loaded]
                 todo = [job for job in chunk if _plan(store, job, args.force)]
@@ -123,6 +127,8 @@ def precompute(args, config: Config) -> int:
                     job.samples = None
                     progress.step(f"{job.voice.name} {preset.name}")
                 jobs += chunk
+            for job in loaded:  # read in place into the library's list: let this chunk's samples go
+                job.samples = None
 
     _record_mel_paths(store, [j for j in jobs if j.state in ("computed", "up to date")])
     return _summary(jobs)
