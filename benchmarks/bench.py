@@ -241,9 +241,13 @@ def main(argv=None) -> int:
         peer = f"torch {torch.__version__} ({torch.get_num_threads()} threads)"
     except ImportError:  # the node benchmark has no torch peer: it runs in either dora line's venv
         peer = "no torch"
-    import dora
+    try:
+        import dora
 
-    print(f"machine: {machine()}; {peer}; dora-rs {getattr(dora, '__version__', '?')}")
+        line = f"dora-rs {getattr(dora, '__version__', '?')}"
+    except ImportError:  # compute and batch need no dora (the GPU machine has none)
+        line = "no dora"
+    print(f"machine: {machine()}; {peer}; {line}")
     rows = []
     if args.part in ("compute", "all"):
         rows += bench_compute(args.device, args.repeats)

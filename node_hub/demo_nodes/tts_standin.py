@@ -6,7 +6,9 @@ It does what such a node does at that boundary, without the model: for each text
 reference of its voice switch (matched by request_id; a text that arrives first is held until its
 reference or error comes), prepares GPT-SoVITS's inputs (refer [1, 704, T], prompt codes [1, 1, N],
 prompt text), and prints one line per text, in order. Plain text is spoken with the current voice,
-which the startup voice (VOICE_CHARACTER / VOICE_NAME on the reference-mel node) sets.
+which the startup voice (VOICE_CHARACTER / VOICE_NAME on the reference-mel node) sets. With the same
+variable set here, as the real TTS nodes have it, no text is spoken before that startup reference has
+arrived: dora keeps each input in order, but not the order between two inputs (`text` and `reference`).
 Exits 1 if a text was never spoken or a reference broke the contract. With TRANSCRIPT set, it also
 writes one JSON line per startup voice and spoken text to that file, for tests to read without
 parsing dora's captured log.
@@ -24,6 +26,7 @@ from dora_reference_mel.contract import ContractError, decode_error_event, decod
 def main() -> int:
     references, errors, pending = {}, {}, []
     current, spoken, held, broken = None, 0, 0, 0
+    startup_voice = os.environ.get("VOICE_CHARACTER") or os.environ.get("VOICE_NAME")
     node = Node()
     transcript = None
     if os.environ.get("TRANSCRIPT"):
@@ -61,7 +64,7 @@ def main() -> int:
             broken += 1
             print(f"tts: CONTRACT VIOLATION: {err}", file=sys.stderr)
             continue
-        while pending:  # speak, in order, every text whose voice switch is settled
+        while pending and not (startup_voice and current is None):  # speak, in order, every settled text
             request_id, text, switches, question_id = pending[0]
             if switches and request_id not in references and request_id not in errors:
                 break

@@ -42,8 +42,10 @@ MAX_SAMPLE_RATE = 384_000
 MAX_KERNEL_TAPS = 4_000_000  # 16 MB of kernel; standard rates need at most 0.3M (22.05 kHz -> 32 kHz)
 CPU_FRAMES_PER_GRAPH = 600  # ~12 s of v2 frames: the spectra of one graph stay in cache
 GPU_FRAMES_PER_GRAPH = 65_536
-# Rate pairs with few phases (48k, 24k, 16k <-> 32k, 24k, 16k) resample through one compiled kernel; the
-# hundreds of phases of 44.1k and 22.05k would make graphs too large to compile, and keep the strided form.
+# On the CPU, rate pairs with few phases (48k, 24k, 16k <-> 32k, 24k, 16k) resample through one compiled
+# kernel; the hundreds of phases of 44.1k and 22.05k would make graphs too large to compile, and keep the
+# strided form. A GPU keeps the strided form: there the pieces are 2.4 to 6x slower (H200,
+# benchmarks/resampler_compile.py), since each piece is a launch and the strided products are already fast.
 MAX_COMPILED_PHASES = 8
 RESAMPLE_BLOCKS = 8192  # output blocks per compiled piece (16384 samples at 3:2): ~0.5 s of 32 kHz audio
 OUTPUT_DTYPES = {name: getattr(mx, name) for name in DTYPES}  # the contract's dtypes, as MLX types
@@ -268,7 +270,7 @@ def resample_sinc(x: mx.array, orig_freq: int, new_freq: int) -> mx.array:
     orig, new, width, starts, weights = sinc_resample_taps(orig_freq, new_freq)
     n_out = resampled_length(x.shape[0], orig_freq, new_freq)
     n_blocks = -(-n_out // new)
-    if new <= MAX_COMPILED_PHASES and compiler_works():
+    if new <= MAX_COMPILED_PHASES and mx.default_device() == mx.cpu and compiler_works():
         return _phases_compiled(x, orig_freq, new_freq, n_blocks).reshape(-1)[:n_out]
     padded = mx.pad(x, [(width, width + orig)])
     # One strided view per phase avoids gathers, which MLX's CPU backend runs at ~6 ns an element; on a
