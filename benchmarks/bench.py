@@ -183,8 +183,9 @@ def bench_batch(device: str, clips: int, repeats: int) -> list[dict]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def bench_node(requests: int) -> list[dict]:
-    """benchmarks/node_bench.yml with the real dora CLI; the source node does the measuring."""
+def bench_node(requests: int, log_level: str | None = None) -> list[dict]:
+    """benchmarks/node_bench.yml with the real dora CLI; the source node does the measuring. log_level:
+    LOG_LEVEL for the mel nodes (WARNING drops their per-event INFO line)."""
     work = Path(tempfile.mkdtemp(prefix="bench-node-"))
     try:
         env = dict(os.environ, BENCH_REQUESTS=str(requests), BENCH_STORE=str(work / "codes"),
@@ -201,6 +202,8 @@ def bench_node(requests: int) -> list[dict]:
         flow = flow.replace("VOICES_CONFIG: BENCH_ROOT/models/voices.json", f"VOICES_CONFIG: {work / 'voices.json'}")
         flow = flow.replace("BENCH_ROOT", str(ROOT))
         flow = flow.replace("VOICES_CONFIG:", f"CODES_DIR: {work / 'codes'}\n      VOICES_CONFIG:")
+        if log_level:
+            flow = flow.replace("VOICES_CONFIG:", f"LOG_LEVEL: {log_level}\n      VOICES_CONFIG:")
         import dora
 
         if getattr(dora, "__version__", "1").startswith("0."):  # dora 0.4 has no per-node pool setting
@@ -233,6 +236,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--clips", type=int, default=64)
     parser.add_argument("--requests", type=int, default=60)
+    parser.add_argument("--log-level", help="node: LOG_LEVEL of the mel nodes (default: theirs, INFO)")
     parser.add_argument("--json", help="write every row here")
     args = parser.parse_args(argv)
     try:
@@ -254,7 +258,7 @@ def main(argv=None) -> int:
     if args.part in ("batch", "all"):
         rows += bench_batch(args.device, args.clips, max(3, args.repeats // 6))
     if args.part in ("node", "all"):
-        rows += bench_node(args.requests)
+        rows += bench_node(args.requests, args.log_level)
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": machine(), "date": time.strftime("%Y-%m-%d"), "peer": peer,
                                                "rows": rows}, indent=1))
