@@ -219,3 +219,25 @@ def test_periodic_window_and_reflect_padding_are_upstreams():
     ours = reference_mel(samples, sr)[0].astype(np.float64)
     centered = oracle.magnitude(np.pad(samples.astype(np.float64), 1024), 2048, 640)[:704]  # center=True style
     assert centered.shape[1] != ours.shape[1] or np.abs(centered - ours).mean() > 1e-2
+
+
+def test_without_a_compiler_the_cpu_resamples_uncompiled_with_the_same_output(tmp_path):
+    """MLX builds CPU kernels with g++ from PATH and, without one, silently runs compiled functions op
+    by op; then the strided form serves, and the output is the same as with the compiled kernel."""
+    import os
+    import subprocess
+    import sys
+
+    samples, rate = speech("mono", 48000)
+    code = ("import sys, numpy as np; from dora_reference_mel import signal, reference_mel; "
+            "x = np.load(sys.argv[1]); print(signal.compiler_works()); np.save(sys.argv[2], reference_mel(x, 48000))")
+    np.save(tmp_path / "in.npy", samples)
+    env = {"PATH": os.path.dirname(sys.executable), "HOME": str(tmp_path), "TMPDIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "in.npy"), str(tmp_path / "out.npy")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "False"
+    from dora_reference_mel import signal
+
+    assert signal.compiler_works()  # here, with g++: the compiled kernel
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), reference_mel(samples, rate))

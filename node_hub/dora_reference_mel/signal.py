@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import math
 import operator
+import shutil
 from collections.abc import Sequence
 
 import mlx.core as mx
@@ -286,10 +287,14 @@ def resample_sinc(x: mx.array, orig_freq: int, new_freq: int) -> mx.array:
 
 @functools.cache
 def compiler_works() -> bool:
-    """Whether mx.compile can build kernels here (on Linux CPUs MLX runs the system C++ compiler; a
-    machine without one still resamples, with the uncompiled strided form)."""
+    """Whether mx.compile builds CPU kernels here. MLX builds them with `g++` from PATH and, where
+    `g++ --version` fails, runs compiled functions op by op without a word (mlx/backend/cpu/jit_compiler.cpp,
+    `JitCompiler::available`); the pieces run that way are twice as slow as the strided form, so
+    without g++ the strided form is used. A compiler that is there but fails is caught here too."""
+    if shutil.which("g++") is None:
+        return False
     try:
-        mx.eval(mx.compile(lambda a: a * 2.0 + 1.0)(mx.zeros((4,))))
+        mx.eval(mx.compile(lambda a: a * 2.0 + 1.0)(mx.zeros((4,), stream=mx.cpu)))
         return True
     except (RuntimeError, ValueError) as err:
         import logging

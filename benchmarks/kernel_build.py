@@ -1,0 +1,40 @@
+"""What the first start on a machine costs: the node's warm-up (every preset at its own rates and at 16,
+24 and 48 kHz) in a fresh process with an empty MLX kernel cache (MLX keeps compiled kernels under
+$TMPDIR/mlx), then again in a second process that finds them built.
+
+    python benchmarks/kernel_build.py [--presets v2,v3,v4,sv]
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+
+WARM = """
+import time
+from dora_reference_mel.config import Config
+from dora_reference_mel.service import ReferenceMelService
+service = ReferenceMelService(Config.from_env({"MEL_PRESET": %r, "CODES_DIR": %r}))
+start = time.perf_counter()
+service.warm_up()
+print(f"{time.perf_counter() - start:.1f}")
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--presets", default="v2,v3,v4,sv")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        env = dict(os.environ, TMPDIR=tmp)
+        code = WARM % (args.presets, os.path.join(tmp, "codes"))
+        first, again = (subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                                       check=True).stdout.strip() for _ in range(2))
+        built = sum(name.endswith(".so") for _, _, names in os.walk(os.path.join(tmp, "mlx")) for name in names)
+    print(f"warm-up of {args.presets}: {first} s with an empty kernel cache ({built} kernels built), "
+          f"{again} s once built")
+
+
+if __name__ == "__main__":
+    main()
