@@ -15,3 +15,4 @@ python3 benchmarks/resampler_compile.py --device gpu 2>&1 | tee "$OUT/gpu_resamp
 for preset in v2 v4; do python3 benchmarks/profile_stages.py --device gpu --preset $preset --repeats 20; done 2>&1 | tee "$OUT/gpu_profile.txt"
 python3 benchmarks/bench.py compute --device gpu --repeats 20 --json "$OUT/gpu_compute.json" 2>&1 | tee "$OUT/gpu_compute.txt"
 python3 benchmarks/bench.py batch --device gpu --repeats 6 --json "$OUT/gpu_batch.json" 2>&1 | tee "$OUT/gpu_batch.txt"
+python3 benchmarks/batch_stages.py --device gpu --clips 64 --repeats 10 2>&1 | tee "$OUT/gpu_batch_stages.txt"
