@@ -49,7 +49,7 @@ OWN_KEYS = frozenset(MEL_METADATA) - {"request_id"} | {"channels", "error"}
 DORA_KEYS = frozenset({"timestamp"})
 UPSTREAM_SECONDS = (3.0, 10.0)  # GPT-SoVITS refuses references outside this range for code extraction
 WARM_RATES = (16000, 24000, 48000)  # recording rates warmed at start (44.1k/22.05k resample uncompiled)
-WARM_UP_ATTEMPTS = 30
+WARM_UP_ATTEMPTS = 30  # a second apart: another process's build of one kernel takes seconds
 MAX_CHECKED_AUDIO = 4096  # digests of audio that passed the checks, kept beside the cache
 ARROW_DTYPES = {pa.float32(): np.float32, pa.float64(): np.float64, pa.int16(): np.int16, pa.int32(): np.int32}
 

@@ -45,7 +45,7 @@ CPU_FRAMES_PER_GRAPH = 600  # ~12 s of v2 frames: the spectra of one graph stay 
 GPU_FRAMES_PER_GRAPH = 65_536
 # On the CPU, rate pairs with few phases (48k, 24k, 16k <-> 32k, 24k, 16k) resample through one compiled
 # kernel; the hundreds of phases of 44.1k and 22.05k would make graphs too large to compile, and keep the
-# strided form. A GPU keeps the strided form: there the pieces are 2.4 to 6x slower (H200,
+# strided form. A GPU keeps the strided form: there the pieces are 2.3 to 6x slower (H200,
 # benchmarks/resampler_compile.py), since each piece is a launch and the strided products are already fast.
 MAX_COMPILED_PHASES = 8
 FILTERBANK_GROUPS = 4  # runs of consecutive mel bands, each padded to its own width (2 to 3x less work)
