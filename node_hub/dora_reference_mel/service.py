@@ -88,9 +88,12 @@ class Request:
     warnings: tuple[str, ...] = ()
     about: tuple[tuple[str, object], ...] = ()  # voice metadata: voice, ref_text, speed_factor, languages
 
-    def with_samples(self, samples: np.ndarray, sample_rate: int, warnings, stamp: FileStamp | None = None) -> Request:
+    def with_samples(self, samples: np.ndarray, sample_rate: int, warnings, stamp: FileStamp | None = None,
+                     digest: str | None = None) -> Request:
+        """digest: samples_digest of these samples when the caller has it already."""
         return dataclasses.replace(self, samples=samples, sample_rate=sample_rate, stamp=stamp,
-                                   digest=samples_digest(samples, sample_rate), warnings=self.warnings + tuple(warnings))
+                                   digest=digest or samples_digest(samples, sample_rate),
+                                   warnings=self.warnings + tuple(warnings))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,18 +234,17 @@ class ReferenceMelService:
         about = (("voice", voice.name),) + tuple(voice.info) if voice else ()
         request = Request(voice, about=about, warnings=tuple(warnings))
         samples = flat.reshape(-1, channels)
-        if samples.dtype == np.float32:  # already canonical: hash first, and skip the checks for audio seen before
-            digest = samples_digest(samples, sample_rate)
-            checked = self._checked_audio.get(digest)
-            if checked is not None:
-                return dataclasses.replace(request, samples=samples, sample_rate=sample_rate, digest=digest,
-                                           warnings=request.warnings + checked)
+        # float32 is already canonical: hash first, and skip the checks for audio that passed them before
+        digest = samples_digest(samples, sample_rate) if samples.dtype == np.float32 else None
+        checked = self._checked_audio.get(digest) if digest else None
+        if checked is not None:
+            return request.with_samples(samples, sample_rate, checked, digest=digest)
         samples = signal.check_samples(samples, sample_rate)
         if samples.dtype != np.float32:  # canonical float32 PCM: the same audio hashes the same however sent
             samples = samples.astype(np.float32) / np.float32(32768.0 if samples.dtype == np.int16 else 2147483648.0)
-        audio_warnings = self._audio_warnings(samples, sample_rate)
-        request = request.with_samples(samples, sample_rate, audio_warnings)
-        self._checked_audio.put(request.digest, tuple(audio_warnings), 1)
+        audio_warnings = tuple(self._audio_warnings(samples, sample_rate))
+        request = request.with_samples(samples, sample_rate, audio_warnings, digest=digest)
+        self._checked_audio.put(request.digest, audio_warnings, 1)
         return request
 
     def _audio_warnings(self, samples: np.ndarray, sample_rate: int) -> list[str]:
