@@ -9,9 +9,7 @@ included), and the copy out. Each stage's figure is also given as the clips/s it
 import argparse
 import concurrent.futures
 import os
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import mlx.core as mx
@@ -20,18 +18,9 @@ import soundfile
 
 from dora_reference_mel import get_preset
 from dora_reference_mel.signal import reference_mel_batch_mx, to_mono
+from timing import median_ms
 
 VOICE = Path(__file__).resolve().parent.parent / "models" / "voices" / "aria.wav"
-
-
-def median_ms(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
 
 
 def main() -> None:
