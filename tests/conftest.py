@@ -61,10 +61,9 @@ def recorded(index: int) -> dict:
             "column": "value", "metadata": dict(entry["metadata"])}
 
 
-def run_node(tmp_path: Path, events: list[dict], env: dict, name: str = "run",
-             keep_logs: bool = False, bin_dir: Path = BIN) -> tuple[list[dict], str]:
-    """Run the real `dora-reference-mel` (from bin_dir) on `events` (integration-test mode); returns outputs
-    and log. Outputs on `log` (the MoFA log line beside each error and warning) are left out unless keep_logs."""
+def node_run_env(tmp_path: Path, events: list[dict], env: dict, name: str = "run") -> tuple[dict, Path]:
+    """The environment that runs the real node on `events` in dora's integration-test mode, and the file
+    its outputs go to (events get their time offsets, and a Stop after the last)."""
     for i, event in enumerate(events):
         event.setdefault("time_offset_secs", 0.05 * i)
     events = events + [{"type": "Stop", "time_offset_secs": 0.05 * len(events) + 0.5}]
@@ -73,12 +72,23 @@ def run_node(tmp_path: Path, events: list[dict], env: dict, name: str = "run",
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("DORA_")}
     full_env.update(env, DORA_TEST_WITH_INPUTS=str(inputs), DORA_TEST_WRITE_OUTPUTS_TO=str(outputs),
                     DORA_TEST_NO_OUTPUT_TIME_OFFSET="1")
+    return full_env, outputs
+
+
+def read_outputs(outputs: Path, keep_logs: bool = False) -> list[dict]:
+    lines = outputs.read_text().splitlines() if outputs.exists() else []
+    return [o for o in map(json.loads, lines) if keep_logs or o["id"] != "log"]
+
+
+def run_node(tmp_path: Path, events: list[dict], env: dict, name: str = "run",
+             keep_logs: bool = False, bin_dir: Path = BIN) -> tuple[list[dict], str]:
+    """Run the real `dora-reference-mel` (from bin_dir) on `events` (integration-test mode); returns outputs
+    and log. Outputs on `log` (the MoFA log line beside each error and warning) are left out unless keep_logs."""
+    full_env, outputs = node_run_env(tmp_path, events, env, name)
     proc = subprocess.run([str(bin_dir / "dora-reference-mel")], env=full_env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = outputs.read_text().splitlines() if outputs.exists() else []
-    outputs = [json.loads(line) for line in lines]
-    return [o for o in outputs if keep_logs or o["id"] != "log"], proc.stderr
+    return read_outputs(outputs, keep_logs), proc.stderr
 
 
 @pytest.fixture(scope="session", autouse=True)

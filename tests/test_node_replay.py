@@ -4,12 +4,13 @@ line (source, shape) is checked next to the output data."""
 
 import json
 import re
+import subprocess
 
 import numpy as np
 import pyarrow as pa
 
 import oracle
-from conftest import EVENTS, recorded, run_node
+from conftest import BIN, EVENTS, node_run_env, read_outputs, recorded, run_node
 
 
 def recorded_samples(index):
@@ -77,25 +78,19 @@ def test_replay_bad_events_never_stop_the_node(tmp_path, library):
 def test_nodes_starting_together_on_a_machine_without_mlx_kernels_both_serve(tmp_path, library):
     """MLX keeps compiled kernels under the temporary folder, written in place: two nodes that build
     the same kernels at once (a fresh machine, two mel nodes in one dataflow) must both come up."""
-    import os
-    import subprocess
-
-    from conftest import BIN
-
     fresh_tmp = tmp_path / "fresh-tmp"  # MLX's kernel cache lives under TMPDIR: an empty one is a new machine
     fresh_tmp.mkdir()
-    procs = []
+    env = dict(library["env"], TMPDIR=str(fresh_tmp), MEL_PRESET="v2", MEL_WRITE_BACK="0")
+    runs = []
     for name in ("one", "two"):
-        inputs = tmp_path / f"{name}-inputs.json"
-        inputs.write_text(json.dumps({"id": "reference-mel", "events": [
-            {**recorded(0), "time_offset_secs": 0.0}, {"type": "Stop", "time_offset_secs": 0.5}]}))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DORA_")}
-        env.update(library["env"], TMPDIR=str(fresh_tmp), MEL_PRESET="v2", MEL_WRITE_BACK="0",
-                   DORA_TEST_WITH_INPUTS=str(inputs), DORA_TEST_WRITE_OUTPUTS_TO=str(tmp_path / f"{name}.jsonl"))
-        procs.append(subprocess.Popen([str(BIN / "dora-reference-mel")], env=env, stderr=subprocess.PIPE, text=True))
-    logs = [proc.communicate(timeout=600)[1] for proc in procs]
-    assert [proc.returncode for proc in procs] == [0, 0], [log[-2000:] for log in logs]
+        full_env, outputs = node_run_env(tmp_path, [recorded(0)], env, name)
+        log = open(tmp_path / f"{name}.log", "w+")
+        runs.append((subprocess.Popen([str(BIN / "dora-reference-mel")], env=full_env, stderr=log), outputs, log))
+    for proc, outputs, log in runs:
+        assert proc.wait(timeout=600) == 0
+        log.seek(0)
+        text = log.read()
+        log.close()
+        assert [s[1] for s in served(text)] == ["computed"], text[-2000:]
+        assert len(read_outputs(outputs)) == 1
     assert list((fresh_tmp / "mlx").rglob("*.so")), "MLX built no kernel: the compiled path was not taken"
-    for name, log in zip(("one", "two"), logs, strict=True):
-        assert [s[1] for s in served(log)] == ["computed"], log[-2000:]
-        assert len((tmp_path / f"{name}.jsonl").read_text().splitlines()) == 1
