@@ -94,6 +94,18 @@ def test_voice_event_paths(library):
     assert cleo["codes_status"] == "missing" and "codes" not in cleo
 
 
+def test_voice_event_and_its_audio_share_the_cache_in_either_order(library):
+    """dora may deliver the `voice` and `reference_audio` inputs in either order: the second of the two
+    is a cache hit both ways, also when the stored file is proven by the audio file's stamp."""
+    samples, rate = aria(library)
+    only(service(library).handle("voice", pa.array(["aria"]), {}))  # stores aria with its file's stamp
+    for order in (("reference_audio", "voice"), ("voice", "reference_audio")):
+        restarted = service(library)
+        events = {"reference_audio": audio_event(samples, rate, voice="aria"), "voice": (pa.array(["aria"]), {})}
+        sources = [only(restarted.handle(kind, *events[kind])).metadata["source"] for kind in order]
+        assert sources == ["precomputed", "cache"], order
+
+
 def test_voice_audio_changed_is_recomputed(library):
     node = service(library)
     only(node.handle("voice", pa.array(["basil"]), {}))

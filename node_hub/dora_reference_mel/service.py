@@ -273,7 +273,7 @@ class ReferenceMelService:
             if request.voice is not None:
                 found = self._lookup(request.voice, preset, audio=stamp)
                 if found.fresh:
-                    return Resolved(self._remember_stored(found, request, preset), "precomputed", request)
+                    return self._serve_stored(found, request, preset)
             request = self._read_audio(request, preset, found)
         signal.check_long_enough(request.samples.shape[0], request.sample_rate, preset)
         cached = self.cache.get((request.digest, preset.fingerprint))
@@ -305,11 +305,16 @@ class ReferenceMelService:
             return None
         return self.cache.get((known[1], preset.fingerprint))
 
-    def _remember_stored(self, found: Stored, request: Request, preset: Preset) -> Served:
+    def _serve_stored(self, found: Stored, request: Request, preset: Preset) -> Resolved:
+        """A stored file proven by its audio's stamp. Its sidecar names the samples' digest, so samples
+        already served (say as a reference_audio event) answer from the cache, whatever came first."""
         digest = found.sidecar.source_digest if found.sidecar else None
         if digest and found.sidecar.source_audio is not None and request.audio_path is not None:
             self._file_digests[request.audio_path] = (found.sidecar.source_audio, digest)  # proven by the stamp
-        return self._remember(found.data, digest, preset)
+        cached = self.cache.get((digest, preset.fingerprint)) if digest else None
+        if cached is not None:
+            return Resolved(cached, "cache", request)
+        return Resolved(self._remember(found.data, digest, preset), "precomputed", request)
 
     def _read_audio(self, request: Request, preset: Preset, found: Stored | None) -> Request:
         if request.audio_path is None:
