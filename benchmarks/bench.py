@@ -2,7 +2,7 @@
 
     python benchmarks/bench.py compute [--device cpu|gpu]   MLX reference_mel vs the torch recipe
     python benchmarks/bench.py batch   [--device cpu|gpu]   64 ten-second clips: read + reference_mel_batch
-    python benchmarks/bench.py node                         real dataflow: latency per source vs transport
+    python benchmarks/bench.py node [--runs N]              real dataflow: latency per source vs transport
                                                             (.venv-dora04/bin/python ...: the same under dora 0.4)
     python benchmarks/bench.py all                          the three, as BENCHMARKS.md reports them
 
@@ -183,13 +183,29 @@ def bench_batch(device: str, clips: int, repeats: int) -> list[dict]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def voice_answer_metadata(voices: Path, codes_dir: Path) -> dict:
+    """The metadata of the node's answer to the `voice` event "aria" (codes, ref_text, shape, ...), from
+    the service itself (nothing written), for floors that answer with the node's bytes and metadata."""
+    import pyarrow as pa
+
+    from dora_reference_mel.config import Config
+    from dora_reference_mel.service import ReferenceMelService
+
+    service = ReferenceMelService(Config.from_env({"VOICES_CONFIG": str(voices), "CODES_DIR": str(codes_dir),
+                                                   "PRIMESPEECH_MODEL_DIR": str(ROOT / "models"),
+                                                   "MEL_WRITE_BACK": "0"}))
+    (answer,) = (out for out in service.handle("voice", pa.array(["aria"]), {}) if out.output_id == "mel")
+    return {k: v for k, v in answer.metadata.items() if k != "request_id"}
+
+
 def bench_node(requests: int, log_level: str | None = None) -> list[dict]:
     """benchmarks/node_bench.yml with the real dora CLI; the source node does the measuring. log_level:
     LOG_LEVEL for the mel nodes (WARNING drops their per-event INFO line)."""
     work = Path(tempfile.mkdtemp(prefix="bench-node-"))
     try:
+        (work / "hops").mkdir()
         env = dict(os.environ, BENCH_REQUESTS=str(requests), BENCH_STORE=str(work / "codes"),
-                   BENCH_RESULT=str(work / "result.json"),
+                   BENCH_RESULT=str(work / "result.json"), BENCH_HOPS=str(work / "hops"),
                    PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
         # A copy of the library: precompute records mel paths in voices.json, and the repo's must not change.
         voices = json.loads((ROOT / "models/voices.json").read_text())
@@ -200,6 +216,8 @@ def bench_node(requests: int, log_level: str | None = None) -> list[dict]:
                        env=env, check=True, capture_output=True)
         flow = (ROOT / "benchmarks/node_bench.yml").read_text()
         flow = flow.replace("VOICES_CONFIG: BENCH_ROOT/models/voices.json", f"VOICES_CONFIG: {work / 'voices.json'}")
+        (work / "voice_answer.json").write_text(json.dumps(voice_answer_metadata(work / "voices.json", work / "codes")))
+        flow = flow.replace("BENCH_VOICE_METADATA", str(work / "voice_answer.json"))
         flow = flow.replace("BENCH_ROOT", str(ROOT))
         flow = flow.replace("VOICES_CONFIG:", f"CODES_DIR: {work / 'codes'}\n      VOICES_CONFIG:")
         if log_level:
@@ -214,7 +232,7 @@ def bench_node(requests: int, log_level: str | None = None) -> list[dict]:
         log = result.stdout + result.stderr
         if result.returncode != 0 or not (work / "result.json").exists():
             raise SystemExit(f"node benchmark failed:\n{log[-5000:]}")
-        rows = json.loads((work / "result.json").read_text())
+        rows = json.loads((work / "result.json").read_text()) + hop_rows(work / "hops")
         for node in ("mel-cached", "mel-nocache", "mel-half"):
             ready = re.search(rf"{node}: .*ready on \w+: .*idle RSS (\d+) MB", log)
             stop = re.search(rf"{node}: .*stopping: .*cache (\d+) entries, ([\d.]+) MB; peak RSS (\d+) MB", log)
@@ -229,6 +247,57 @@ def bench_node(requests: int, log_level: str | None = None) -> list[dict]:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def median_over_runs(runs: list[list[dict]]) -> list[dict]:
+    """One row per (part, source, node) of the node benchmark: every number the median over the runs,
+    with each run's latency over its floor kept as `over_transport_runs_ms` (the run-to-run spread)."""
+    if len(runs) == 1:
+        return runs[0]
+    merged = {}
+    for rows in runs:
+        for row in rows:
+            merged.setdefault((row["part"], row.get("source"), row.get("node")), []).append(row)
+    out = []
+    for group in merged.values():
+        row = dict(group[0], runs=len(group))
+        for key, value in group[0].items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                row[key] = float(np.median([r[key] for r in group]))
+            elif isinstance(value, dict):  # the transport row: a floor's p50, p99, n
+                row[key] = {k: float(np.median([r[key][k] for r in group])) for k in value}
+        if "over_transport_p50_ms" in row:
+            row["over_transport_runs_ms"] = [r["over_transport_p50_ms"] for r in group]
+        out.append(row)
+    return out
+
+
+HOPS = ("source's send", "to the node", "in the node", "node's send", "back to the source")
+
+
+def hop_rows(folder: Path) -> list[dict]:
+    """Each request's round trip cut where a process stamped it (CLOCK_MONOTONIC, one clock for all):
+    the source around its send and at the answer, the answering node (hop_timer.py) at the hand-over
+    and around its send. Medians per row of the latency table, for the node and its floor alike."""
+    source = json.loads((folder / "source.json").read_text())
+    nodes = {}
+    for path in folder.glob("*.json"):
+        if path.name != "source.json":
+            nodes.update(json.loads(path.read_text()))
+    cuts = {}
+    for request_id, (row, start, sent, received) in source.items():
+        stamps = nodes.get(request_id)
+        if stamps is None or len(stamps) != 3:  # an answer that was not a timed send (none expected)
+            continue
+        handed, send_start, send_end = stamps
+        edges = (start, sent, handed, send_start, send_end, received)
+        cuts.setdefault(row, []).append([(b - a) / 1e6 for a, b in zip(edges, edges[1:], strict=False)])
+    rows = []
+    for row, values in cuts.items():
+        medians = np.median(np.array(values), axis=0)
+        rows.append({"part": "hops", "source": row, "n": len(values),
+                     **{f"{hop}_p50_ms": float(m) for hop, m in zip(HOPS, medians, strict=True)}})
+    return rows
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("part", choices=("compute", "batch", "node", "all"))
@@ -236,6 +305,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--clips", type=int, default=64)
     parser.add_argument("--requests", type=int, default=60)
+    parser.add_argument("--runs", type=int, default=1, help="node: dataflow runs; each row the median over runs")
     parser.add_argument("--log-level", help="node: LOG_LEVEL of the mel nodes (default: theirs, INFO)")
     parser.add_argument("--json", help="write every row here")
     args = parser.parse_args(argv)
@@ -258,7 +328,7 @@ def main(argv=None) -> int:
     if args.part in ("batch", "all"):
         rows += bench_batch(args.device, args.clips, max(3, args.repeats // 6))
     if args.part in ("node", "all"):
-        rows += bench_node(args.requests, args.log_level)
+        rows += median_over_runs([bench_node(args.requests, args.log_level) for _ in range(args.runs)])
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": machine(), "date": time.strftime("%Y-%m-%d"), "peer": peer,
                                                "rows": rows}, indent=1))

@@ -3,6 +3,7 @@ interleaved with the pass-through node as the transport floor. Writes rows to $B
 
 import json
 import os
+import random
 import time
 import uuid
 from pathlib import Path
@@ -20,25 +21,35 @@ def answer_bytes(metadata: dict) -> int:
     return int(np.prod(metadata["shape"])) * (2 if metadata["dtype"] == "float16" else 4)
 
 
+def now_ns() -> int:
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC)  # the clock benchmarks/hop_timer.py stamps with
+
+
 def main():
     samples, rate = soundfile.read(str(VOICE), dtype="float32")
     node = Node()
+    stamps = {}  # request_id -> [row, send_start, send_end, answer received] in ns, for the hop breakdown
 
-    def ask(output, value, **metadata):
+    def ask(output, value, row=None, **metadata):
         request_id = uuid.uuid4().hex
-        start = time.perf_counter()
-        node.send_output(output, pa.array(value), {"sample_rate": rate, "request_id": request_id, **metadata})
+        value = pa.array(value)
+        start = now_ns()
+        node.send_output(output, value, {"sample_rate": rate, "request_id": request_id, **metadata})
+        sent = now_ns()
         while True:
             event = node.next(timeout=120)
             if event is None or event["type"] != "INPUT":
                 raise SystemExit(f"no answer to {output}: {event}")
             if event["metadata"].get("request_id") == request_id:
+                received = now_ns()
                 assert event["id"] != "error", event["value"]
-                return (time.perf_counter() - start) * 1e3, event["metadata"]
+                if row is not None:
+                    stamps[request_id] = [row, start, sent, received]
+                return (received - start) / 1e6, event["metadata"]
 
     first_transport = ask("to_passthrough", samples)[0]  # the transport's own first message, for comparison
     time.sleep(3.0)  # and the mel nodes have finished their warm-up (they log "ready")
-    rows, floor, dtype_out = [], {"audio": [], "voice": [], "audio, read": []}, {}
+    rows, floor, dtype_out = [], {"audio": [], "voice": [], "audio, read": [], "voice, same answer": []}, {}
     first, answer = ask("to_cached", np.roll(samples, 1))
     assert answer["source"] == "computed"
     first_node_ms = answer["elapsed_ms"]  # the node's own share of the first event
@@ -54,15 +65,27 @@ def main():
         ask(output, value(-1), **metadata)  # a first request of each kind (cache phases: fills the cache)
     latencies = {name: [] for name, *_ in phases}
     in_node = {name: [] for name, *_ in phases}
-    for i in range(N):  # rounds: every kind and its floor once per round, so all share the machine's noise
-        for name, output, value, metadata, expected, kind in phases:
-            latency, answer = ask(output, value(i), **metadata)
+    floor_asks = {"audio": ("to_passthrough", samples), "audio, read": ("to_passthrough_read", samples),
+                  "voice": ("to_passthrough", voice),
+                  # the same answer: the node's bytes and a named voice's metadata (codes, ref_text, ...)
+                  "voice, same answer": ("to_passthrough_voice", voice)}
+    round_asks = [("node", phase) for phase in phases]
+    for *_, kind in phases:  # each request's floors: the plain one and its peer (reading, same answer)
+        round_asks += [("floor", kind), ("floor", "audio, read" if kind == "audio" else "voice, same answer")]
+    rng = random.Random(0)
+    for i in range(N):
+        # Rounds: every kind and its floors once per round, so all share the machine's noise, in a new
+        # order each round: where a message falls in dora's reuse of shared memory changes its cost.
+        for what, item in rng.sample(round_asks, len(round_asks)):
+            if what == "floor":
+                output, value = floor_asks[item]
+                floor[item].append(ask(output, value, f"floor: {item}")[0])
+                continue
+            name, output, value, metadata, expected, _ = item
+            latency, answer = ask(output, value(i), name, **metadata)
             assert answer["source"] == expected, (name, answer["source"])
             latencies[name].append(latency)
             in_node[name].append(answer["elapsed_ms"])
-            floor[kind].append(ask("to_passthrough", value(i))[0])
-            if kind == "audio":
-                floor["audio, read"].append(ask("to_passthrough_read", value(i))[0])
             dtype_out[name] = (answer["dtype"], answer_bytes(answer))
     for name, *_, kind in phases:
         rows.append({"part": "node", "source": name, "n": N, "p50_ms": float(np.percentile(latencies[name], 50)),
@@ -76,6 +99,8 @@ def main():
         row["over_transport_p50_ms"] = row["p50_ms"] - row["transport_p50_ms"]
         if row["floor"] == "audio":
             row["over_reading_transport_p50_ms"] = row["p50_ms"] - transport["audio, read"]["p50_ms"]
+        else:
+            row["over_same_answer_p50_ms"] = row["p50_ms"] - transport["voice, same answer"]["p50_ms"]
     computed = next(r for r in rows if r["source"] == "computed")
     rows.append({"part": "first_event", "first_ms": first, "first_node_ms": first_node_ms,
                  "steady_computed_p50_ms": computed["p50_ms"], "ratio": first / computed["p50_ms"],
@@ -83,6 +108,7 @@ def main():
     rows.append({"part": "transport", "payload_in_mb": samples.nbytes / 2**20,
                  "payload_out_mb": 704 * 500 * 4 / 2**20, **transport})
     Path(os.environ["BENCH_RESULT"]).write_text(json.dumps(rows, indent=1))
+    (Path(os.environ["BENCH_HOPS"]) / "source.json").write_text(json.dumps(stamps))
 
 
 if __name__ == "__main__":

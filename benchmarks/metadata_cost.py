@@ -1,0 +1,124 @@
+"""What an answer's metadata costs in dora, on the sending and on the receiving side.
+
+    python benchmarks/metadata_cost.py [--messages 200]         (dora 1.1: .venv)
+    .venv-dora04/bin/python benchmarks/metadata_cost.py         (dora 0.4.1)
+
+A sender sends a 10 s v2 spectrogram's bytes (1.4 MB) to a receiver, one message at a time, with
+three metadata variants, in a new random order each round: only a request_id (what
+benchmarks/passthrough.py sends), the node's real answer to a `voice` event without its `codes`, and
+that whole answer (16 keys with the voice's 500 semantic codes as a list of int). The sender times
+its `send_output`; the receiver stamps CLOCK_MONOTONIC when dora hands it the event (one clock for
+both processes) and acknowledges with a small message, so the delivery (sender's send done ->
+receiver holds the event as Python objects) is timed too. Medians per variant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FLOW = """nodes:
+  - id: sender
+    path: {script}
+    inputs:
+      ack: {{source: receiver/ack, queue_policy: backpressure}}
+    outputs: [answer]
+    {pool}
+    env: {{ROLE: sender}}
+  - id: receiver
+    path: {script}
+    inputs:
+      answer: {{source: sender/answer, queue_policy: backpressure}}
+    outputs: [ack]
+    {pool}
+    env: {{ROLE: receiver}}
+"""
+
+
+def now_ns() -> int:
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+
+
+def sender() -> None:
+    import numpy as np
+    import pyarrow as pa
+    from dora import Node
+
+    node = Node()
+    answer = pa.array(np.random.default_rng(0).random(704 * 500, dtype=np.float32))
+    full = json.loads(Path(os.environ["VOICE_ANSWER"]).read_text())
+    variants = {"request_id only": {}, "node's answer without codes": {k: v for k, v in full.items() if k != "codes"},
+                "node's answer": full}
+    times = {name: {"send_ms": [], "delivery_ms": []} for name in variants}
+    rng = random.Random(0)
+    for i in range(int(os.environ["MESSAGES"]) + 1):
+        # a new order each round: where a message falls in dora's reuse of shared memory changes its cost
+        for name in rng.sample(list(variants), len(variants)):
+            metadata = variants[name]
+            start = now_ns()
+            node.send_output("answer", answer, {**metadata, "request_id": f"{i}"})
+            sent = now_ns()
+            ack = node.next(timeout=30)
+            if i:  # the first round is a warm-up (dora's first large message is dearer)
+                times[name]["send_ms"].append((sent - start) / 1e6)
+                times[name]["delivery_ms"].append((ack["metadata"]["received_ns"] - sent) / 1e6)
+    Path(os.environ["RESULT"]).write_text(json.dumps(times))
+
+
+def receiver() -> None:
+    import pyarrow as pa
+    from dora import Node
+
+    node = Node()
+    while True:
+        event = node.next(timeout=60)
+        if event is None or event["type"] != "INPUT":
+            break
+        received = now_ns()
+        node.send_output("ack", pa.array([0]), {"received_ns": received})
+
+
+def main() -> None:
+    if os.environ.get("ROLE"):
+        return sender() if os.environ["ROLE"] == "sender" else receiver()
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--messages", type=int, default=200)
+    args = parser.parse_args()
+    sys.path.insert(0, str(Path(__file__).parent))
+    import dora
+    from bench import voice_answer_metadata
+
+    one_one = not getattr(dora, "__version__", "1").startswith("0.")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        (work / "voice_answer.json").write_text(json.dumps(voice_answer_metadata(
+            ROOT / "models/voices.json", ROOT / "models/codes")))
+        (work / "flow.yml").write_text(FLOW.format(script=Path(__file__).resolve(),
+                                                   pool="shared_memory_pool_size: 64MB" if one_one else ""))
+        env = dict(os.environ, RESULT=str(work / "result.json"), VOICE_ANSWER=str(work / "voice_answer.json"),
+                   MESSAGES=str(args.messages), PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+        proc = subprocess.run([str(Path(sys.executable).parent / "dora"), "run", "flow.yml"], cwd=work, env=env,
+                              capture_output=True, text=True, timeout=600)
+        if not (work / "result.json").exists():
+            raise SystemExit(f"run failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
+        times = json.loads((work / "result.json").read_text())
+        metadata = json.loads((work / "voice_answer.json").read_text())
+    print(f"dora-rs {getattr(dora, '__version__', '?')}; 1.4 MB per message, {args.messages} of each variant, "
+          f"interleaved; the node's answer has {len(metadata)} keys, {len(metadata['codes'])} codes")
+    print(f"  {'metadata':30s} {'send p50':>10s} {'delivery p50':>14s}")
+    for name, values in times.items():
+        send, delivery = (statistics.median(values[key]) for key in ("send_ms", "delivery_ms"))
+        print(f"  {name:30s} {send:8.3f} ms {delivery:11.3f} ms")
+
+
+if __name__ == "__main__":
+    main()
