@@ -1,7 +1,8 @@
 """Benchmarks for BENCHMARKS.md: one process per part, interleaved with the peer, medians and ratios.
 
     python benchmarks/bench.py compute [--device cpu|gpu]   MLX reference_mel vs the torch recipe
-    python benchmarks/bench.py batch   [--device cpu|gpu]   64 ten-second clips: read + reference_mel_batch
+    python benchmarks/bench.py batch   [--device cpu|gpu] [--frames-per-graph N]
+                                                            64 ten-second clips: read + reference_mel_batch
     python benchmarks/bench.py node [--runs N]              real dataflow: latency per source vs transport
                                                             (.venv-dora04/bin/python ...: the same under dora 0.4)
     python benchmarks/bench.py all                          the three, as BENCHMARKS.md reports them
@@ -116,11 +117,16 @@ def bench_compute(device: str, repeats: int) -> list[dict]:
     return rows
 
 
-def bench_batch(device: str, clips: int, repeats: int) -> list[dict]:
+def bench_batch(device: str, clips: int, repeats: int, frames_per_graph: int | None = None) -> list[dict]:
+    """frames_per_graph: the most frames reference_mel_batch puts in one MLX graph (default: the
+    library's); smaller graphs let one graph's copies overlap the next one's compute."""
     import torch
     import torch_recipe
 
-    from dora_reference_mel import reference_mel_batch
+    from dora_reference_mel import reference_mel_batch, signal
+
+    if frames_per_graph:
+        signal.CPU_FRAMES_PER_GRAPH = signal.GPU_FRAMES_PER_GRAPH = frames_per_graph
 
     torch_device = use_device(device)
     samples, rate = soundfile.read(str(VOICE), dtype="float32")
@@ -167,13 +173,16 @@ def bench_batch(device: str, clips: int, repeats: int) -> list[dict]:
             half_times.append(timed(ours_half))
             overlapped_times.append(timed(ours_overlapped))
             torch_times.append(timed(peer))
+        budget = signal.CPU_FRAMES_PER_GRAPH if device == "cpu" else signal.GPU_FRAMES_PER_GRAPH
         row = {"part": "batch", "device": device, "clips": clips, "clip_seconds": 10, "repeats": repeats,
+               "frames_per_graph": budget,
                "mlx_clips_per_s": clips / statistics.median(mlx_times),
                "mlx_float16_clips_per_s": clips / statistics.median(half_times),
                "mlx_float16_overlapped_clips_per_s": clips / statistics.median(overlapped_times),
                "torch_clips_per_s": clips / statistics.median(torch_times),
                "read_only_clips_per_s": clips / statistics.median([timed(read_all) for _ in range(3)])}
-        print(f"batch {device}: {clips} clips of 10 s, files read included: MLX {row['mlx_clips_per_s']:.0f}/s "
+        print(f"batch {device}: {clips} clips of 10 s, at most {budget} frames per graph, files read included: "
+              f"MLX {row['mlx_clips_per_s']:.0f}/s "
               f"(float16 out {row['mlx_float16_clips_per_s']:.0f}/s; float16, chunks of 16 read while the previous "
               f"computes {row['mlx_float16_overlapped_clips_per_s']:.0f}/s), "
               f"torch one by one {row['torch_clips_per_s']:.0f}/s (reading alone {row['read_only_clips_per_s']:.0f}/s)",
@@ -305,6 +314,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--clips", type=int, default=64)
     parser.add_argument("--requests", type=int, default=60)
+    parser.add_argument("--frames-per-graph", type=int, help="batch: at most this many frames per MLX graph")
     parser.add_argument("--runs", type=int, default=1, help="node: dataflow runs; each row the median over runs")
     parser.add_argument("--log-level", help="node: LOG_LEVEL of the mel nodes (default: theirs, INFO)")
     parser.add_argument("--json", help="write every row here")
@@ -326,7 +336,7 @@ def main(argv=None) -> int:
     if args.part in ("compute", "all"):
         rows += bench_compute(args.device, args.repeats)
     if args.part in ("batch", "all"):
-        rows += bench_batch(args.device, args.clips, max(3, args.repeats // 6))
+        rows += bench_batch(args.device, args.clips, max(3, args.repeats // 6), args.frames_per_graph)
     if args.part in ("node", "all"):
         rows += median_over_runs([bench_node(args.requests, args.log_level) for _ in range(args.runs)])
     if args.json:
