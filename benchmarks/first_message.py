@@ -17,29 +17,13 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+import two_nodes  # this folder is on sys.path when a script in it runs
+
 REQUESTS = 6
-FLOW = """nodes:
-  - id: requester
-    path: {script}
-    inputs:
-      answer: {{source: peer/answer, queue_policy: backpressure}}
-    outputs: [request]
-    {pool}
-    env: {{ROLE: requester}}
-  - id: peer
-    path: {script}
-    inputs:
-      request: {{source: requester/request, queue_policy: backpressure}}
-    outputs: [answer{warmup}]
-    {pool}
-    env: {{ROLE: peer}}
-"""
 
 
 def requester() -> None:
@@ -85,20 +69,8 @@ def peer() -> None:
 
 
 def run(warmup: bool, work: Path, index: int) -> list[dict]:
-    import dora
-
-    one_one = not getattr(dora, "__version__", "1").startswith("0.")
-    flow = FLOW.format(script=Path(__file__).resolve(), warmup=", warmup" if warmup else "",
-                       pool="shared_memory_pool_size: 64MB" if one_one else "")
-    path = work / f"flow-{index}.yml"
-    path.write_text(flow)
-    result = work / f"result-{index}.json"
-    env = dict(os.environ, RESULT=str(result), PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    proc = subprocess.run([str(Path(sys.executable).parent / "dora"), "run", str(path)], cwd=work, env=env,
-                          capture_output=True, text=True, timeout=300)
-    if not result.exists():
-        raise SystemExit(f"run failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
-    return json.loads(result.read_text())
+    return two_nodes.run(Path(__file__), ("requester", "request"), ("peer", "answer"), work, f"run-{index}",
+                         b_extra=("warmup",) if warmup else ())
 
 
 def main() -> None:

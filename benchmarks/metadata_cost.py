@@ -19,29 +19,11 @@ import json
 import os
 import random
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-FLOW = """nodes:
-  - id: sender
-    path: {script}
-    inputs:
-      ack: {{source: receiver/ack, queue_policy: backpressure}}
-    outputs: [answer]
-    {pool}
-    env: {{ROLE: sender}}
-  - id: receiver
-    path: {script}
-    inputs:
-      answer: {{source: sender/answer, queue_policy: backpressure}}
-    outputs: [ack]
-    {pool}
-    env: {{ROLE: receiver}}
-"""
 
 
 def now_ns() -> int:
@@ -93,25 +75,16 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--messages", type=int, default=200)
     args = parser.parse_args()
-    sys.path.insert(0, str(Path(__file__).parent))
     import dora
+    import two_nodes
     from bench import voice_answer_metadata
 
-    one_one = not getattr(dora, "__version__", "1").startswith("0.")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        (work / "voice_answer.json").write_text(json.dumps(voice_answer_metadata(
-            ROOT / "models/voices.json", ROOT / "models/codes")))
-        (work / "flow.yml").write_text(FLOW.format(script=Path(__file__).resolve(),
-                                                   pool="shared_memory_pool_size: 64MB" if one_one else ""))
-        env = dict(os.environ, RESULT=str(work / "result.json"), VOICE_ANSWER=str(work / "voice_answer.json"),
-                   MESSAGES=str(args.messages), PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-        proc = subprocess.run([str(Path(sys.executable).parent / "dora"), "run", "flow.yml"], cwd=work, env=env,
-                              capture_output=True, text=True, timeout=600)
-        if not (work / "result.json").exists():
-            raise SystemExit(f"run failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
-        times = json.loads((work / "result.json").read_text())
-        metadata = json.loads((work / "voice_answer.json").read_text())
+        metadata = voice_answer_metadata(ROOT / "models/voices.json", ROOT / "models/codes")
+        (work / "voice_answer.json").write_text(json.dumps(metadata))
+        times = two_nodes.run(Path(__file__), ("sender", "answer"), ("receiver", "ack"), work, "metadata",
+                              timeout=600, VOICE_ANSWER=str(work / "voice_answer.json"), MESSAGES=str(args.messages))
     print(f"dora-rs {getattr(dora, '__version__', '?')}; 1.4 MB per message, {args.messages} of each variant, "
           f"interleaved; the node's answer has {len(metadata)} keys, {len(metadata['codes'])} codes")
     print(f"  {'metadata':30s} {'send p50':>10s} {'delivery p50':>14s}")
