@@ -74,8 +74,8 @@ def run(warmup: bool, work: Path, index: int) -> list[dict]:
 
 
 def main() -> None:
-    if os.environ.get("ROLE"):
-        return requester() if os.environ["ROLE"] == "requester" else peer()
+    if two_nodes.play_role({"requester": requester, "peer": peer}):
+        return
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()

@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import two_nodes  # this folder is on sys.path when a script in it runs
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -70,13 +72,12 @@ def receiver() -> None:
 
 
 def main() -> None:
-    if os.environ.get("ROLE"):
-        return sender() if os.environ["ROLE"] == "sender" else receiver()
+    if two_nodes.play_role({"sender": sender, "receiver": receiver}):
+        return
     parser = argparse.ArgumentParser()
     parser.add_argument("--messages", type=int, default=200)
     args = parser.parse_args()
     import dora
-    import two_nodes
     from bench import voice_answer_metadata
 
     with tempfile.TemporaryDirectory() as tmp:

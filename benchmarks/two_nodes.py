@@ -26,6 +26,14 @@ FLOW = """nodes:
 """
 
 
+def play_role(roles: dict) -> bool:
+    """In a node of the flow (ROLE set): run that role's function and say so."""
+    role = os.environ.get("ROLE")
+    if role:
+        roles[role]()
+    return bool(role)
+
+
 def run(script: Path, a: tuple[str, str], b: tuple[str, str], work: Path, name: str, *, b_extra=(),
         timeout: int = 300, **env) -> object:
     """a, b: (node id, its output). b_extra: more outputs of b, left unconnected. env: for both nodes.
