@@ -48,6 +48,12 @@ def primitives():
     print(f"matmul [1000,459]@[459,320]: MLX {median_ms(lambda: a @ b):.2f} ms, numpy {median_ms(lambda: an @ bn):.2f} ms")
     print(f"gather of 5M elements: MLX {median_ms(lambda: x[index]):.2f} ms; elementwise x*2+1 on 5M: "
           f"{median_ms(lambda: x * 2.0 + 1.0):.2f} ms")
+    # the resampler as a convolution, as torch runs it: 48 kHz -> 32 kHz is 2 output phases of 57 taps
+    # at stride 3 over 10 s (the shipped form sums strided slices instead)
+    signal_in, taps = mx.random.normal((1, 480_040, 1)), mx.random.normal((2, 57, 1))
+    mx.eval(signal_in, taps)
+    print(f"conv1d, 10 s at 48 kHz, 2 x 57 taps, stride 3: MLX "
+          f"{median_ms(lambda: mx.conv1d(signal_in, taps, stride=3)):.2f} ms")
     for rows in (500, 4000):
         frames = mx.random.normal((rows, 2048))
         mx.eval(frames)
