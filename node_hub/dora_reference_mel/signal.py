@@ -504,7 +504,7 @@ def reference_mel_batch(
     checked = [check_samples(x, sr) for x, sr in zip(clips, rates, strict=True)]
     counts = [preset.n_frames(check_long_enough(x.shape[0], sr, preset)) for x, sr in zip(checked, rates, strict=True)]
     # Frames per MLX graph: a GPU wants big launches; MLX's CPU kernels slow down once a graph's spectra
-    # leave the cache (benchmarks/inprocess.py: the FFT of 4000 frames costs 9x that of 500).
+    # leave the cache (benchmarks/inprocess.py: the FFT of 4000 frames costs about 8.5x that of 500).
     budget = CPU_FRAMES_PER_GRAPH if mx.default_device() == mx.cpu else GPU_FRAMES_PER_GRAPH
     results, previous = [], None
     for start, stop in graph_spans(counts, budget):
