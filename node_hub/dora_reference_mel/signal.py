@@ -51,7 +51,11 @@ GPU_FRAMES_PER_GRAPH = 8_000
 # benchmarks/resampler_compile.py), since each piece is a launch and the strided products are already fast.
 MAX_COMPILED_PHASES = 8
 FILTERBANK_GROUPS = 4  # runs of consecutive mel bands, each padded to its own width (2 to 3x less work)
-RESAMPLE_BLOCKS = 8192  # output blocks per compiled piece (16384 samples at 3:2): ~0.5 s of 32 kHz audio
+RESAMPLE_BLOCKS = 32768  # output blocks per compiled piece (65536 samples at 3:2): ~2 s of 32 kHz audio
+# MLX fuses a chain of at most 11 operations into one kernel (mlx/compile.cpp, max_compile_depth); past
+# that it runs the rest op by op. A phase's taps are therefore summed 8 at a time (8 products, 8 adds
+# with the running sum), each group one compiled kernel.
+TAPS_PER_KERNEL = 8
 OUTPUT_DTYPES = {name: getattr(mx, name) for name in DTYPES}  # the contract's dtypes, as MLX types
 _INT_SCALE = {np.dtype(np.int16): 32768.0, np.dtype(np.int32): 2147483648.0}
 
@@ -307,32 +311,51 @@ def compiler_works() -> bool:
 
 def _phases_compiled(x: mx.array, orig_freq: int, new_freq: int, n_blocks: int) -> mx.array:
     """[>= n_blocks, new]: the signal cut into pieces of RESAMPLE_BLOCKS output blocks (and the input
-    they reach), each through the same compiled kernel. Fixed-size pieces keep one traced graph per
+    they reach), each through the same compiled kernels. Fixed-size pieces keep one traced graph per
     rate pair for every clip length; a clip pays at most one piece of padding."""
     orig, _, width, starts, weights = sinc_resample_taps(orig_freq, new_freq)
     n_pieces = -(-n_blocks // RESAMPLE_BLOCKS)
     step = RESAMPLE_BLOCKS * orig
-    length = (RESAMPLE_BLOCKS - 1) * orig + int(starts.max()) + weights.shape[1]
+    reach = (RESAMPLE_BLOCKS - 1) * orig + int(starts.max()) + weights.shape[1]
+    length = -(-reach // orig) * orig  # whole blocks of `orig` input samples
     padded = mx.pad(x, [(width, max(0, (n_pieces - 1) * step + length - width - x.shape[0]))])
-    kernel = _piece_kernel(orig_freq, new_freq)
-    return mx.concatenate([kernel(padded[j * step: j * step + length]) for j in range(n_pieces)])
+    piece_phases = _piece_kernels(orig_freq, new_freq)
+    return mx.concatenate([piece_phases(padded[j * step: j * step + length]) for j in range(n_pieces)])
 
 
 @functools.lru_cache(maxsize=64)
-def _piece_kernel(orig_freq: int, new_freq: int):
-    """One piece [length] -> [RESAMPLE_BLOCKS, new]: every tap a strided slice times its weight, summed in
-    tap order, all fused by mx.compile into one kernel (no [blocks, taps] temporary, one pass over memory)."""
-    orig, new, _, starts, weights = sinc_resample_taps(orig_freq, new_freq)
-    span = (RESAMPLE_BLOCKS - 1) * orig + 1
+def _piece_kernels(orig_freq: int, new_freq: int):
+    """One piece [length] -> [RESAMPLE_BLOCKS, new]. The piece is first split into its `orig` input
+    phases (row r holds samples r, r + orig, ...), so that each tap reads a contiguous slice of one row
+    (MLX's compiled CPU kernels are far slower on strided inputs). Each output phase sums its taps in tap
+    order, TAPS_PER_KERNEL at a time, each group one compiled kernel adding to the running sum: the same
+    float32 additions, in the same order, as the strided form."""
+    orig, _, _, starts, weights = sinc_resample_taps(orig_freq, new_freq)
 
-    def phases(piece: mx.array) -> mx.array:
+    def group_kernel(taps: list[tuple[int, float]]):  # (offset into the piece, weight) of each tap
+        def add_taps(rows: mx.array, *running: mx.array) -> mx.array:
+            terms = [rows[offset % orig, offset // orig: offset // orig + RESAMPLE_BLOCKS] * weight
+                     for offset, weight in taps]
+            return functools.reduce(operator.add, [*running, *terms])
+
+        return mx.compile(add_taps)
+
+    phases = []
+    for start, row in zip(starts.tolist(), weights.tolist(), strict=True):
+        taps = [(start + i, weight) for i, weight in enumerate(row)]
+        phases.append([group_kernel(taps[g:g + TAPS_PER_KERNEL]) for g in range(0, len(taps), TAPS_PER_KERNEL)])
+
+    def piece_phases(piece: mx.array) -> mx.array:
+        rows = mx.contiguous(piece.reshape(-1, orig).T)  # [orig, length / orig]
         out = []
-        for start, taps in zip(starts.tolist(), weights.tolist(), strict=True):
-            terms = [piece[start + i: start + i + span: orig] * w for i, w in enumerate(taps)]
-            out.append(functools.reduce(operator.add, terms))
+        for groups in phases:
+            running = ()
+            for add_taps in groups:
+                running = (add_taps(rows, *running),)
+            out.append(running[0])
         return mx.stack(out, axis=-1)
 
-    return mx.compile(phases)
+    return piece_phases
 
 
 def _phases_strided(padded: mx.array, orig: int, n_blocks: int, starts, weights) -> mx.array:
