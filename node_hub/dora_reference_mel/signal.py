@@ -45,10 +45,11 @@ CPU_FRAMES_PER_GRAPH = 600  # ~12 s of v2 frames: the spectra of one graph stay 
 # ~16 ten-second v2 clips: a batch runs as several graphs, so one graph's copies to and from the device
 # overlap the next one's compute (H200, 64 clips: 1.1 to 1.3x the clips/s of one graph for all).
 GPU_FRAMES_PER_GRAPH = 8_000
-# On the CPU, rate pairs with few phases (48k, 24k, 16k <-> 32k, 24k, 16k) resample through one compiled
-# kernel; the hundreds of phases of 44.1k and 22.05k would make graphs too large to compile, and keep the
-# strided form. A GPU keeps the strided form: there the pieces are 2.3 to 6x slower (H200,
-# benchmarks/resampler_compile.py), since each piece is a launch and the strided products are already fast.
+# On the CPU, rate pairs with few phases (48k, 24k, 16k <-> 32k, 24k, 16k) resample through compiled
+# kernels; the hundreds of phases of 44.1k and 22.05k would make too many to build, and keep the strided
+# form. A GPU keeps the strided form: there compiled pieces were 2.3 to 6x slower (H200, an earlier
+# one-kernel-per-piece form, benchmarks/resampler_compile.py): each is a launch, and the strided
+# products are already fast.
 MAX_COMPILED_PHASES = 8
 FILTERBANK_GROUPS = 4  # runs of consecutive mel bands, each padded to its own width (2 to 3x less work)
 RESAMPLE_BLOCKS = 32768  # output blocks per compiled piece (65536 samples at 3:2): ~2 s of 32 kHz audio
