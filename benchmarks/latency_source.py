@@ -75,7 +75,7 @@ def main():
     rng = random.Random(0)
     for i in range(N):
         # Rounds: every kind and its floors once per round, so all share the machine's noise, in a new
-        # order each round: where a message falls in dora's reuse of shared memory changes its cost.
+        # order each round: in a fixed order, a message's place changed its cost.
         for what, item in rng.sample(round_asks, len(round_asks)):
             if what == "floor":
                 output, value = floor_asks[item]

@@ -45,7 +45,7 @@ def sender() -> None:
     times = {name: {"send_ms": [], "delivery_ms": []} for name in variants}
     rng = random.Random(0)
     for i in range(int(os.environ["MESSAGES"]) + 1):
-        # a new order each round: where a message falls in dora's reuse of shared memory changes its cost
+        # a new order each round: in a fixed order, a message's place changed its cost
         for name in rng.sample(list(variants), len(variants)):
             metadata = variants[name]
             start = now_ns()
