@@ -1,6 +1,6 @@
 """The resampler's two forms on one device: one strided product per phase (uncompiled; what rates with
-hundreds of phases use), and the few-phase rates' compiled kernel over fixed-size pieces (what
-`resample_sinc` uses for 48k, 24k and 16k), with the time a first call spends building the kernel
+hundreds of phases use), and the few-phase rates' compiled kernels over fixed-size pieces (what
+`resample_sinc` uses on the CPU for 48k, 24k and 16k), with the time a first call spends building them
 (seconds on a Linux CPU the first time on a machine, then read from MLX's disk cache) and a second clip
 length's first call (the pieces keep one graph for every length).
 
