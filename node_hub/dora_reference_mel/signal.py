@@ -296,8 +296,9 @@ def resample_sinc(x: mx.array, orig_freq: int, new_freq: int) -> mx.array:
 def compiler_works() -> bool:
     """Whether mx.compile builds CPU kernels here. MLX builds them with `g++` from PATH and, where
     `g++ --version` fails, runs compiled functions op by op without a word (mlx/backend/cpu/jit_compiler.cpp,
-    `JitCompiler::available`); the pieces run that way are twice as slow as the strided form, so
-    without g++ the strided form is used. A compiler that is there but fails is caught here too."""
+    `JitCompiler::available`); the pieces run that way were slower than the strided form (twice as
+    slow, measured with an earlier one-kernel form), so without g++ the strided form is used. A
+    compiler that is there but fails is caught here too."""
     if shutil.which("g++") is None:
         return False
     try:
