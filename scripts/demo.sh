@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Sets up .venv and runs the demo dataflow with the real dora CLI (ends by itself).
+# Sets up .venv and runs the demo dataflow (dataflows/demo.yml) with the real dora CLI (ends by itself).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH" VIRTUAL_ENV="$PWD/.venv"
 cd dataflows
-exec dora run tts.yml
+exec dora run demo.yml

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Creates .venv (dora 1.1) and .venv-dora04 (dora 0.4.1) if missing, and installs the project with everything
 # the demo and the tests use into each. A dataflow runs on one daemon version, so each line gets its own
-# environment: activate the one whose `dora` runs your dataflow.
+# environment: activate the one whose `dora` runs your dataflow. The project is installed editable, so a
+# second run installs nothing unless pyproject.toml, this script or the backend changed (stamp in each venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -17,6 +18,12 @@ for line in "1.1.0 .venv" "0.4.1 .venv-dora04"; do
   if [ ! -x "$2/bin/python" ]; then
     "$PYTHON" -m venv "$2"
   fi
+  stamp="$1 $extras $(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)"
+  if [ -f "$2/.setup-stamp" ] && [ "$(cat "$2/.setup-stamp")" = "$stamp" ]; then
+    echo "setup: $2 is up to date (dora $1)"
+    continue
+  fi
   "$2/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
   "$2/bin/python" -m pip install -q --disable-pip-version-check -e ".[$extras]" "dora-rs==$1" "dora-rs-cli==$1"
+  echo "$stamp" > "$2/.setup-stamp"
 done

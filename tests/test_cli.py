@@ -12,11 +12,11 @@ import pyarrow as pa
 import pytest
 import soundfile
 
-from conftest import BIN, RATES, ROOT, SPEECH, run_node
 from dora_reference_mel import get_preset, reference_mel
 from dora_reference_mel.config import Config
 from dora_reference_mel.service import ReferenceMelService
 from dora_reference_mel.store import ReferenceStore, VoiceLibrary
+from helpers import BIN, RATES, ROOT, SPEECH, run_node
 
 
 def cli(*args, env=None):

@@ -6,10 +6,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from conftest import speech
 from dora_reference_mel.config import Config
 from dora_reference_mel.contract import ContractError, decode_error_event, decode_mel_event
 from dora_reference_mel.service import ReferenceMelService
+from helpers import speech
 
 
 @pytest.fixture
@@ -19,7 +19,7 @@ def answers(library):
     long_clip = np.tile(samples, 4)  # 10 s: longer than the v3/v4 prompt windows
     outputs = service.handle("reference_audio", pa.array(long_clip), {"sample_rate": rate, "voice": "aria",
                                                                       "request_id": "q1", "question_id": 3})
-    error = service.handle("reference_audio", pa.array([], pa.float32()), {"sample_rate": 1, "request_id": "q2"})
+    error = service.handle("reference_audio", pa.array([], pa.float32()), {"sample_rate": 16000, "request_id": "q2"})
     return {o.metadata["preset"]: {"id": "reference", "value": o.value, "metadata": o.metadata} for o in outputs}, \
         {"id": "error", "value": error[0].value, "metadata": error[0].metadata}
 

@@ -8,18 +8,21 @@ import tomllib
 import pytest
 import yaml
 
-from conftest import ROOT
 from dora_reference_mel.config import ENV_VARS, Config
 from dora_reference_mel.contract import ERROR_CODES, INPUTS, MEL_METADATA, OUTPUTS
 from dora_reference_mel.errors import ReferenceMelError
+from helpers import ROOT
 
 README = (ROOT / "README.md").read_text()
+CONTRACT = (ROOT / "docs" / "contract.md").read_text()
 MANIFEST = yaml.safe_load((ROOT / "node_hub/dora_reference_mel/dora-node.yml").read_text())
 PACKAGE = ROOT / "node_hub" / "dora_reference_mel"
 
 
 def readme_table(tag: str) -> list[list[str]]:
-    block = README.split(f"<!-- {tag} -->")[1].split(f"<!-- /{tag} -->")[0]
+    """The table between <!-- tag --> markers: in the README (configuration) or docs/contract.md."""
+    text = README if f"<!-- {tag} -->" in README else CONTRACT
+    block = text.split(f"<!-- {tag} -->")[1].split(f"<!-- /{tag} -->")[0]
     rows = [line.strip().strip("|").split(" | ") for line in block.strip().splitlines()[2:]]
     return [[cell.strip().strip("`") for cell in row] for row in rows]
 
@@ -80,7 +83,7 @@ def test_python_dash_m_and_contract_import_without_mlx():
 
 
 def test_node_with_bad_configuration_says_what_to_fix():
-    from conftest import BIN
+    from helpers import BIN
 
     result = subprocess.run([str(BIN / "dora-reference-mel")], capture_output=True, text=True, timeout=120,
                             env={"PATH": "/usr/bin:/bin", "MEL_PRESET": "v9"})

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 
 import oracle
-from conftest import BIN, EVENTS, node_run_env, read_outputs, recorded, run_node
+from helpers import BIN, EVENTS, node_run_env, read_outputs, recorded, run_node
 
 
 def recorded_samples(index):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, recorded, run_node
+from helpers import ROOT, recorded, run_node
 
 pytestmark = pytest.mark.slow
 

@@ -9,10 +9,10 @@ import pyarrow as pa
 import soundfile
 
 import oracle
-from conftest import speech
 from dora_reference_mel.config import Config
 from dora_reference_mel.contract import decode_mel_event
 from dora_reference_mel.service import ReferenceMelService
+from helpers import speech
 
 
 def service(library, **env):

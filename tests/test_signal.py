@@ -8,7 +8,6 @@ import pytest
 import soundfile
 
 import oracle
-from conftest import RATES, ROOT, speech
 from dora_reference_mel import ReferenceMelError, get_preset, reference_mel, reference_mel_batch
 from dora_reference_mel.signal import (
     hann_window,
@@ -17,6 +16,7 @@ from dora_reference_mel.signal import (
     sinc_resample_taps,
     slaney_mel_filterbank,
 )
+from helpers import RATES, ROOT, speech
 
 LINEAR_MAX_ABS = 1e-3  # docs/recipe.md, "Tolerances": values reach several hundred
 LOG_MEL_MAX_ABS, LOG_MEL_MEAN_ABS = 1e-2, 1e-4

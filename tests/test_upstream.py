@@ -6,9 +6,9 @@ skipped elsewhere."""
 import numpy as np
 import pytest
 
-from conftest import RATES, speech
 from dora_reference_mel import reference_mel
 from dora_reference_mel.signal import resample_sinc
+from helpers import RATES, speech
 
 torch = pytest.importorskip("torch")
 torchaudio = pytest.importorskip("torchaudio")

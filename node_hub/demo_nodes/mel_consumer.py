@@ -3,8 +3,9 @@
 It decodes each `mel` event with the contract helper (one import), prepares exactly what GPT-SoVITS
 feeds its models at that boundary (`refer` [1, 704, T] for v2, the prompt codes int64 [1, 1, N],
 the v3/v4 prompt mel trimmed to its last 468 / 500 frames), prints one line per event, writes a PNG
-of each spectrogram into OUT_DIR, drops duplicate answers (re-sent requests), and prints per-voice
-timing statistics at the end. Replace the body of `feed_model` with your GPT-SoVITS call.
+of each voice's spectrogram into OUT_DIR (`<voice>_<preset>.png`, replaced by a rerun), drops
+duplicate answers (re-sent requests), and prints per-voice timing statistics at the end. Replace
+the body of `feed_model` with your GPT-SoVITS call.
 """
 
 from __future__ import annotations
@@ -77,11 +78,14 @@ def main() -> int:
             continue
         shapes = " ".join(f"{k}{list(v.shape)}" for k, v in tensors.items())
         crc = zlib.crc32(ref.spectrogram.tobytes())
+        end_to_end = f" end-to-end={latency_ms:.1f}ms" if "sent_at" in ref.metadata else ""  # the demo source stamps it
         print(f"consumer: voice={ref.voice or '-'} preset={ref.preset} source={ref.source} {shapes} crc={crc:08x} "
-              f"node={ref.metadata['elapsed_ms']:.1f}ms end-to-end={latency_ms:.1f}ms"
+              f"node={ref.metadata['elapsed_ms']:.1f}ms{end_to_end}"
               + (f" warnings={list(ref.warnings)}" if ref.warnings else ""))
-        if write_png:
-            received.append(ref)  # drawn after the stream ends: drawing here would delay the next events
+        if write_png:  # drawn after the stream ends (drawing here would delay the next events), from a copy:
+            # holding dora's shared memory until then would keep the sender waiting for it at the end
+            received.append((np.array(ref.spectrogram), ref.voice, ref.preset, ref.source, ref.layout, ref.metadata))
+    event = ref = None  # the last event's value is dora's memory: give it back before drawing (seconds)
     print("consumer: per-voice end-to-end latency (ms): voice source count p50 p99")
     for (voice, source), values in sorted(timings.items()):
         print(f"consumer:   {voice:8s} {source:11s} {len(values):5d} {np.median(values):8.2f} "
@@ -90,14 +94,15 @@ def main() -> int:
     if received:
         from dora_reference_mel.plot import save_spectrogram_png
 
-        for ref in received:
-            name = ref.voice or "unnamed"
+        written = set()
+        for spectrogram, voice, preset, source, layout, metadata in received:
+            path = os.path.join(out_dir, f"{voice or 'unnamed'}_{preset}.png")  # one per voice: a rerun replaces it
             save_spectrogram_png(
-                ref.spectrogram, os.path.join(out_dir, f"{name}_{ref.preset}_{ref.request_id}.png"),
-                title=f"{name} {ref.preset} ({ref.source})", preset=ref.preset,
-                sample_rate=ref.metadata["sample_rate"], hop_length=ref.metadata["hop_length"],
-                n_fft=ref.metadata["n_fft"], layout=ref.layout)
-        print(f"consumer: wrote {len(received)} PNGs to {out_dir}")
+                spectrogram, path, title=f"{voice or 'unnamed'} {preset} ({source})", preset=preset,
+                sample_rate=metadata["sample_rate"], hop_length=metadata["hop_length"], n_fft=metadata["n_fft"],
+                layout=layout)
+            written.add(path)
+        print(f"consumer: wrote {len(written)} PNGs to {out_dir}")
     return 1 if counts["contract_violation"] else 0
 
 

@@ -3,7 +3,9 @@
 
 On every `tick` it sends the next line of PROMPTS (a JSON list of strings, each sent as is, in
 primespeech's text protocol: `VOICE:<name>|<text>`, `{"prompt": ...}`, `VOICE:CUSTOM|...`, plain text)
-on OUTPUT, with a `question_id` in its metadata as MoFA's UI sends it; then it stops.
+on OUTPUT, with a `question_id` in its metadata as MoFA's UI sends it; then it stops. With BURST=1 it
+sends every line on the first tick and exits at once (a burst that is still queued downstream when
+dora delivers the STOP).
 """
 
 import json
@@ -17,14 +19,18 @@ from dora import Node
 def main() -> int:
     prompts = json.loads(os.environ["PROMPTS"])
     output = os.environ.get("OUTPUT", "control")
+    burst = os.environ.get("BURST") == "1"
     node, sent = Node(), 0
     for event in node:
         if event["type"] != "INPUT" or event["id"] != "tick":
             continue
         if sent == len(prompts):
             break
-        node.send_output(output, pa.array([prompts[sent]]), {"question_id": sent})
-        sent += 1
+        for _ in range(len(prompts) if burst else 1):
+            node.send_output(output, pa.array([prompts[sent]]), {"question_id": sent})
+            sent += 1
+        if burst:
+            break
     print(f"prompt-source: sent {sent} texts on {output}")
     return 0 if sent == len(prompts) else 1
 

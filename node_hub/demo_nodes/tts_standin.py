@@ -1,14 +1,14 @@
 """Stand-in for a primespeech TTS node (dora-primespeech or dora-gpt-sovits-mlx) wired behind the
-reference-mel node: `text` as the real nodes take it, `reference` (the `mel` events) where a TTS
-node that uses this node's tensors takes them, `error` to release a text whose voice switch failed.
+reference-mel node: `text` as the real nodes take it, and `reference` (the `mel` events) where a TTS
+node that uses this node's tensors takes them. An `error` input is optional: it only prints why a
+switch failed.
 
-It does what such a node does at that boundary, without the model: for each text it takes the
-reference of its voice switch (matched by request_id; a text that arrives first is held until its
-reference or error comes), prepares GPT-SoVITS's inputs (refer [1, 704, T], prompt codes [1, 1, N],
-prompt text), and prints one line per text, in order. Plain text is spoken with the current voice,
-which the startup voice (VOICE_CHARACTER / VOICE_NAME on the reference-mel node) sets. With the same
-variable set here, as the real TTS nodes have it, no text is spoken before that startup reference has
-arrived: dora keeps each input in order, but not the order between two inputs (`text` and `reference`).
+It does what such a node does at that boundary, without the model. Every text the reference-mel node
+forwards names, in `reference_request_id`, the reference it is to be spoken with (its own voice
+switch's, or the voice before it when the switch failed; absent before any reference: the TTS node's
+own voice). dora keeps each input in order, but not the order between `text` and `reference`, so a
+text whose reference has not arrived yet is held until it has. For each text it prepares GPT-SoVITS's
+inputs (refer [1, 704, T], prompt codes [1, 1, N], prompt text) and prints one line, in order.
 Exits 1 if a text was never spoken or a reference broke the contract. With TRANSCRIPT set, it also
 writes one JSON line per startup voice and spoken text to that file, for tests to read without
 parsing dora's captured log.
@@ -20,13 +20,19 @@ import sys
 
 from dora import Node
 
-from dora_reference_mel.contract import ContractError, decode_error_event, decode_mel_event, parse_voice_switch
+from dora_reference_mel.contract import REFERENCE_KEY, ContractError, decode_error_event, decode_mel_event
+
+
+def summary(ref) -> dict:
+    """What speaking needs of a reference. Kept instead of the event, whose value is dora's shared
+    memory: holding it would keep the sender waiting for that memory back when the dataflow ends."""
+    return {"voice": ref.voice, "refer": list(ref.spectrogram.shape), "source": ref.source,
+            "codes": "none" if ref.codes is None else ref.codes.shape[-1], "ref_text": ref.metadata.get("ref_text")}
 
 
 def main() -> int:
-    references, errors, pending = {}, {}, []
-    current, spoken, held, broken = None, 0, 0, 0
-    startup_voice = os.environ.get("VOICE_CHARACTER") or os.environ.get("VOICE_NAME")
+    references, pending = {}, []
+    spoken, held, broken = 0, 0, 0
     node = Node()
     transcript = None
     if os.environ.get("TRANSCRIPT"):
@@ -37,52 +43,37 @@ def main() -> int:
         if transcript:
             transcript.write(json.dumps(entry) + "\n")
             transcript.flush()
+
     for event in node:
         if event["type"] != "INPUT":
             continue
         try:
             if event["id"] == "reference":
                 ref = decode_mel_event(event)
-                references[ref.request_id] = ref
+                references[ref.request_id] = summary(ref)
                 if ref.metadata.get("startup"):
-                    current = ref
                     print(f"tts: startup voice {ref.voice} refer {list(ref.spectrogram.shape)}")
                     record(startup=ref.voice, refer=list(ref.spectrogram.shape))
             elif event["id"] == "error":
                 body = decode_error_event(event)
-                errors[body["request_id"]] = body
+                print(f"tts: voice switch failed ({body['error']}); the text keeps the voice before it")
             elif event["id"] == "text":
-                text = event["value"][0].as_py()
-                try:
-                    switches = parse_voice_switch(text) is not None
-                except ContractError:
-                    switches = False  # a broken VOICE: line is spoken as is, as the real nodes do
-                question_id = event["metadata"].get("question_id")
-                pending.append((event["metadata"].get("request_id"), text, switches, question_id))
-                held += switches and event["metadata"].get("request_id") not in references
+                metadata = event["metadata"]
+                wanted = metadata.get(REFERENCE_KEY)
+                pending.append((wanted, event["value"][0].as_py(), metadata.get("question_id")))
+                held += wanted is not None and wanted not in references
         except ContractError as err:
             broken += 1
             print(f"tts: CONTRACT VIOLATION: {err}", file=sys.stderr)
             continue
-        while pending and not (startup_voice and current is None):  # speak, in order, every settled text
-            request_id, text, switches, question_id = pending[0]
-            if switches and request_id not in references and request_id not in errors:
-                break
-            pending.pop(0)
-            if switches and request_id in references:
-                current = references[request_id]
-            elif switches:
-                print(f"tts: voice switch failed ({errors[request_id]['error']}); keeping the current voice")
+        while pending and (pending[0][0] is None or pending[0][0] in references):  # speak, in order
+            wanted, text, question_id = pending.pop(0)
+            current = references.get(wanted) or {"voice": None, "refer": None, "source": None, "codes": "none",
+                                                 "ref_text": None}
             spoken += 1
-            codes = "none" if current is None or current.codes is None else current.codes.shape[-1]
-            print(f"tts: speak #{spoken} voice={current.voice if current else None} "
-                  f"refer={list(current.spectrogram.shape) if current else None} codes={codes} "
-                  f"ref_text={current.metadata.get('ref_text') if current else None!r} "
-                  f"question_id={question_id} text={text!r}")
-            record(voice=current.voice if current else None,
-                   refer=list(current.spectrogram.shape) if current else None, codes=codes,
-                   ref_text=current.metadata.get("ref_text") if current else None,
-                   question_id=question_id, text=text)
+            print(f"tts: speak #{spoken} voice={current['voice']} refer={current['refer']} codes={current['codes']} "
+                  f"ref_text={current['ref_text']!r} question_id={question_id} text={text!r}")
+            record(**current, question_id=question_id, text=text)
     print(f"tts: spoke {spoken} texts, {held} held for their reference, {len(pending)} never spoken, "
           f"{broken} contract violations")
     return 1 if pending or broken else 0

@@ -104,6 +104,7 @@ def precompute(args, config: Config) -> int:
         print(f"error: {store.library.path} does not exist; pass --voices or set VOICES_CONFIG", file=sys.stderr)
         return 2
     store.clean_leftovers()
+    store.clean_leftovers(store.library.path.parent)  # a killed run's voices.json temporary
     presets = list(config.presets)
     voices, jobs = _library_jobs(store, presets[0])
 

@@ -24,8 +24,9 @@ ENV_VARS: dict[str, tuple[str, str, str]] = {
                   "folder of <voice>_codes.bin and the precomputed <voice>_mel*.bin files"),
     "VOICES_CONFIG": ("string", "$PRIMESPEECH_MODEL_DIR/voices.json", "the primespeech voice library"),
     "REF_AUDIO_ROOTS": ("string", "$PRIMESPEECH_MODEL_DIR",
-                        "folders (separated by ':') that reference audio may be read from: voices.json ref_audio "
-                        "and VOICE:CUSTOM paths; the models root, the codes folder and models_base_path always are"),
+                        "folders (separated by ':') a VOICE:CUSTOM path from a text event may lead into (the models "
+                        "root, models_base_path and the codes folder always may); paths in voices.json are read "
+                        "wherever they lead"),
     "MEL_PRESET": ("string", "v2", "comma-separated presets to emit per input: v2, v3, v4, sv (v2Pro: v2,sv)"),
     "MEL_BINS": ("int", str(V2_DEFAULT_BINS), "v2 only: linear bins kept (704 for v2+ models, 1025 for v1)"),
     "MEL_RESAMPLER": ("string", "torchaudio", "torchaudio (GPT-SoVITS main) or soxr_hq (early-2025 releases)"),
@@ -43,6 +44,8 @@ ENV_VARS: dict[str, tuple[str, str, str]] = {
     "LOG_LEVEL": ("string", "INFO", "logging level: DEBUG, INFO, WARNING, ERROR"),
 }
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+MAX_CACHE_MB = 1024 * 1024  # 1 TiB: beyond any machine's memory, and still a whole number of bytes
+MAX_MAX_REF_SECONDS = 3600.0  # an hour: upstream wants 3 to 10 s; longer bounds only waste memory per clip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,9 +71,9 @@ class Config:
             value = env.get(name, "").strip()
             return value if value else ENV_VARS[name][1]
 
-        model_dir = Path(os.path.expanduser(get("PRIMESPEECH_MODEL_DIR")))
-        codes_dir = Path(os.path.expanduser(env.get("CODES_DIR") or model_dir / "gpt-sovits-mlx" / "codes"))
-        voices = Path(os.path.expanduser(env.get("VOICES_CONFIG") or model_dir / "voices.json"))
+        model_dir = _path(get("PRIMESPEECH_MODEL_DIR"))
+        codes_dir = _path(env.get("CODES_DIR") or str(model_dir / "gpt-sovits-mlx" / "codes"))
+        voices = _path(env.get("VOICES_CONFIG") or str(model_dir / "voices.json"))
         resampler = get("MEL_RESAMPLER")
         bins = _parse_int("MEL_BINS", get("MEL_BINS"))
         names = [p.strip() for p in get("MEL_PRESET").split(",") if p.strip()]
@@ -85,8 +88,8 @@ class Config:
         mel_dtype = get("MEL_DTYPE").lower()
         if mel_dtype not in DTYPES:
             raise ReferenceMelError("bad_config", f"MEL_DTYPE={get('MEL_DTYPE')!r} must be one of {', '.join(DTYPES)}")
-        cache_mb = _parse_float("MEL_CACHE_MB", get("MEL_CACHE_MB"), minimum=0)
-        max_seconds = _parse_float("MAX_REF_SECONDS", get("MAX_REF_SECONDS"), minimum=0.1)
+        cache_mb = _parse_float("MEL_CACHE_MB", get("MEL_CACHE_MB"), minimum=0, maximum=MAX_CACHE_MB)
+        max_seconds = _parse_float("MAX_REF_SECONDS", get("MAX_REF_SECONDS"), minimum=0.1, maximum=MAX_MAX_REF_SECONDS)
         write_back = get("MEL_WRITE_BACK").lower()
         if write_back not in ("0", "1", "true", "false", "yes", "no"):
             raise ReferenceMelError("bad_config", f"MEL_WRITE_BACK={write_back!r} must be 1 or 0")
@@ -94,12 +97,17 @@ class Config:
         if log_level not in LOG_LEVELS:
             raise ReferenceMelError("bad_config", f"LOG_LEVEL={get('LOG_LEVEL')!r} must be one of {', '.join(LOG_LEVELS)}")
         roots = env.get("REF_AUDIO_ROOTS", "").strip()
-        ref_audio_roots = tuple(Path(os.path.expanduser(p)) for p in roots.split(os.pathsep) if p) if roots else (model_dir,)
+        ref_audio_roots = tuple(_path(p) for p in roots.split(os.pathsep) if p) if roots else (model_dir,)
         startup = (env.get("VOICE_CHARACTER") or "").strip() or (env.get("VOICE_NAME") or "").strip() or None
         return cls(codes_dir=codes_dir, voices_config=voices, presets=presets, model_dir=model_dir,
                    ref_audio_roots=ref_audio_roots, startup_voice=startup, device=device, mel_dtype=mel_dtype,
                    cache_mb=cache_mb, write_back=write_back in ("1", "true", "yes"),
                    max_ref_seconds=max_seconds, log_level=log_level)
+
+
+def _path(text: str) -> Path:
+    """A folder or file variable: `~` and `$VAR` expanded (MoFA's dataflows write $HOME/.dora/...)."""
+    return Path(os.path.expanduser(os.path.expandvars(text)))
 
 
 def _parse_int(name: str, text: str) -> int:
@@ -109,13 +117,13 @@ def _parse_int(name: str, text: str) -> int:
         raise ReferenceMelError("bad_config", f"{name}={text!r} must be an integer") from None
 
 
-def _parse_float(name: str, text: str, *, minimum: float) -> float:
+def _parse_float(name: str, text: str, *, minimum: float, maximum: float) -> float:
     try:
         value = float(text)
     except ValueError:
         value = float("nan")
-    if not minimum <= value < float("inf"):
-        raise ReferenceMelError("bad_config", f"{name}={text!r} must be a finite number >= {minimum}")
+    if not minimum <= value <= maximum:
+        raise ReferenceMelError("bad_config", f"{name}={text[:60]!r} must be a number from {minimum:g} to {maximum:g}")
     return value
 
 

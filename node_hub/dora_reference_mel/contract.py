@@ -1,7 +1,7 @@
 """The node's output contract, and the helper a GPT-SoVITS node downstream uses to read it.
 
-Importable without MLX (only numpy and pyarrow). The contract is written once, here; README's
-"Output contract" section is checked against these tables by tests/test_contract.py.
+Importable without MLX (only numpy and pyarrow). The contract is written once, here; the tables of
+docs/contract.md are checked against these by tests/test_manifest.py.
 
     from dora_reference_mel.contract import decode_mel_event
     ref = decode_mel_event(event)          # event["id"] == "mel"
@@ -40,6 +40,9 @@ INPUT_METADATA = {
     "voice": ("str", "reference_audio: the voice the samples belong to (optional; enables the store)"),
     "request_id": ("str", "any input: echoed on the answer; generated when absent"),
 }
+# The metadata key every forwarded `text` carries once a reference was sent: the request_id of the `mel`
+# events that text is to be spoken with (a TTS node holds the text until they have arrived).
+REFERENCE_KEY = "reference_request_id"
 # How a `mel` event's tensor is laid out: the STFT presets' [1, n_bins, n_frames], or the speaker
 # model's [1, n_frames, n_bins] (sv), each as upstream hands it to its model.
 BINS_FRAMES, FRAMES_BINS = "bins_frames", "frames_bins"
@@ -69,7 +72,8 @@ MEL_METADATA = {
     "lang": ("str", False, "voices.json lang, when the voice has it"),
     "codes": ("list[int]", False, "the voice's semantic prompt codes, when it has them"),
     "codes_status": ("str", False, '"missing" when a named voice has no codes file'),
-    "write_back": ("str", False, '"written", "failed" or "off": what happened to a computed spectrogram'),
+    "write_back": ("str", False, '"written", "failed", "off" or "skipped" (a voice voices.json does not list, once '
+                   'the codes directory holds 256 of them): what happened to a computed spectrogram'),
     "warnings": ("list[str]", False, "legal but suspicious input (duration outside 3 to 10 s, peak > 2)"),
     "request_id_generated": ("bool", False, "true when the input had no request_id"),
     "startup": ("bool", False, "true on the startup voice's mel (VOICE_CHARACTER / VOICE_NAME)"),
@@ -84,21 +88,23 @@ ERROR_CODES = {
     "empty_audio": "reference_audio has no samples",
     "too_short": "the clip gives no spectrogram frame at the preset's rate",
     "too_long": "the clip (or a voice's ref_audio) is longer than MAX_REF_SECONDS",
-    "non_finite_audio": "NaN or Inf among the samples, or samples so large the spectrogram overflows float32",
+    "non_finite_audio": "NaN or Inf among the samples, or samples so large the spectrogram overflows float32 "
+                        "(float16 with MEL_DTYPE=float16)",
     "null_samples": "nulls inside the Arrow array",
     "bad_dtype": "the Arrow array is not float32, float64, int16 or int32 PCM (strings, booleans, structs, ...)",
     "bad_shape": "samples that are not [n] or [n, channels]",
-    "bad_sample_rate": "sample_rate missing, not an integer, zero, negative, above 384000, or of no small ratio to 32 kHz",
-    "bad_channels": "channels not an integer, below 1, or not dividing the sample count",
+    "bad_sample_rate": "sample_rate missing, not an integer, below 4000, above 384000, or of no small ratio to 32 kHz",
+    "bad_channels": "channels not an integer, below 1, above 64, or not dividing the sample count",
     "bad_voice": "voice not a string, empty, over 200 UTF-8 bytes, or not a plain name (separators, leading dot, controls)",
-    "bad_text": "a text event that is not one string, or a VOICE: line without its '|' parts",
+    "bad_text": "a text event that is not one string, a VOICE: line without its '|' parts, or a CUSTOM prompt text "
+                "or language that is not valid Unicode or longer than 16 KiB",
     "unknown_voice": "a voice name neither in voices.json nor in the codes directory",
     "ambiguous_voice": "a voice name that matches two voices of voices.json",
     "no_ref_audio": "a voice with neither a ref_audio nor a usable precomputed spectrogram",
-    "bad_ref_audio": "the voice's (or a CUSTOM) ref_audio is missing, outside the allowed folders, or not readable audio",
+    "bad_ref_audio": "the voice's (or a CUSTOM) ref_audio is missing, not readable audio, or (CUSTOM only) outside "
+                     "REF_AUDIO_ROOTS",
     "bad_codes": "the voice's codes file is truncated, of a non-integer dtype, or has values outside 0..1023",
     "bad_voices_config": "voices.json (or one entry of it) is unreadable, not JSON, or of the wrong shape",
-    "corrupt_store": "a stored file is unusable and cannot be recomputed",
     "unknown_input": "an event on an input the node does not have",
     "bad_config": "an environment variable or command-line option has a value the node cannot use",
     "bad_preset": "a preset name that is not v2, v3, v4 or sv",
@@ -107,6 +113,16 @@ ERROR_CODES = {
 SOURCES = ("cache", "precomputed", "computed")
 # Voice names become file-name prefixes: <name>_mel_v4.json must fit the 255 bytes of a file name.
 MAX_VOICE_NAME_BYTES = 200
+# Bounds of reference audio, checked before any sample is decoded or resampled. Below 4 kHz a clip
+# holds no speech band GPT-SoVITS can use, and odd low rates cost tens of thousands of resampling
+# phases (7 Hz: 32000 phases, seconds per clip); 384 kHz is the highest rate audio interfaces record.
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 4_000, 384_000
+MAX_CHANNELS = 64
+# PATH_MAX on Linux: no longer path names a file, and path resolution costs time quadratic in length.
+MAX_PATH_BYTES = 4096
+# Prompt text and language strings that reach `mel` metadata (voices.json, VOICE:CUSTOM): far above any
+# real prompt (GPT-SoVITS wants 3 to 10 s of speech), small enough to keep every answer small.
+MAX_PROMPT_TEXT_BYTES = 16 * 1024
 # How many trailing frames upstream keeps of the v3/v4 prompt mel (docs/recipe.md, "The prompt mel").
 PROMPT_MEL_FRAMES = {"v3": 468, "v4": 500}
 _PY_TYPES = {"int": int, "float": (int, float), "str": str, "bool": bool}

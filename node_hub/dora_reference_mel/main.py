@@ -6,54 +6,64 @@ import collections
 import logging
 import resource
 import sys
+import tempfile
 import time
+from pathlib import Path
 
+from . import signal
 from .config import Config, select_device
 from .contract import ERROR_OUTPUT, MEL_OUTPUT, TEXT_OUTPUT, WARMUP_OUTPUT
 from .errors import ReferenceMelError
-from .service import ReferenceMelService
+from .service import ReferenceMelService, send_outputs
 
 log = logging.getLogger("dora_reference_mel")
 
 
 def build_service(config: Config) -> ReferenceMelService:
-    """Configure logging and MLX, build the service and warm MLX up (shared with the operator)."""
+    """Configure logging and MLX, build the service and warm MLX up (shared with the operator);
+    `bad_config` when MEL_DEVICE asks for a device MLX does not have."""
     logging.basicConfig(level=config.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     device = select_device(config.device)
     service = ReferenceMelService(config)
     start = time.perf_counter()
-    service.warm_up()
+    if device == "cpu" and signal.compiler_works():
+        log.info("building MLX's CPU kernels for presets %s: the first start on a machine compiles them (about 15 s "
+                 "on 2 cores), later starts load them from MLX's cache in %s (under a second)",
+                 ",".join(p.name for p in config.presets), Path(tempfile.gettempdir()) / "mlx")
+    # No event waits for a kernel build: clips at rates not warmed here resample uncompiled (same output).
+    signal.compile_only(service.warm_up())
     log.info("ready on %s: presets %s, codes %s, warm-up %.0f ms, idle RSS %.0f MB", device,
              ",".join(p.name for p in config.presets), config.codes_dir, (time.perf_counter() - start) * 1e3,
              peak_rss_mb())
     return service
 
 
+def configured_service(config_source=Config.from_env) -> ReferenceMelService:
+    """The service built from the environment, or exit with one line naming the bad setting (no traceback)."""
+    try:
+        return build_service(config_source())
+    except ReferenceMelError as err:  # before any event: say what to fix and stop
+        # One line on stderr, on its own: the operator's runtime wraps the exit in a traceback of its own.
+        print(f"dora-reference-mel: bad configuration [{err.code}]: {err.message}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
+
+
 def main() -> None:
     from dora import Node
 
-    try:
-        config = Config.from_env()
-    except ReferenceMelError as err:  # before any event: say what to fix and stop, no traceback
-        sys.exit(f"dora-reference-mel: bad configuration [{err.code}]: {err.message}")
-    service = build_service(config)
+    service = configured_service()
     node = Node()
     sent = collections.Counter()
-
-    def send(outputs) -> None:
-        for out in outputs:
-            node.send_output(out.output_id, out.value, out.metadata)
-            out.sent()
-            sent[out.output_id] += 1
-
     prewarm_transport(node, service)
-    send(service.startup())  # the startup voice's mel, before any event
+    send_outputs(node.send_output, service.startup(), sent)  # the startup voice's mel, before any event
+    # STOP is not the end of the inputs: dora still delivers the inputs queued before it (a source that
+    # sends a burst and exits). The loop runs until dora ends the stream, so none of them is dropped.
     for event in node:
         kind = event["type"]
         if kind == "INPUT":
-            send(service.answer(event))
+            send_outputs(node.send_output, service.answer(event), sent)
         elif kind == "STOP":
-            break
+            log.info("stop requested: answering the inputs dora still delivers")
         elif kind == "ERROR":
             log.warning("dora error event: %s", event.get("error"))
     log_stop(service, sent)
@@ -69,7 +79,11 @@ def prewarm_transport(node, service: ReferenceMelService) -> None:
         declared = []
     if WARMUP_OUTPUT in declared:
         start = time.perf_counter()
-        node.send_output(WARMUP_OUTPUT, service.largest_answer(), {})
+        try:
+            node.send_output(WARMUP_OUTPUT, service.largest_answer(), {})
+        except Exception as err:  # an optimisation only: the node serves without it
+            log.warning("warm-up output not sent: %s", err)
+            return
         log.info("warm-up output sent in %.1f ms", (time.perf_counter() - start) * 1e3)
 
 

@@ -11,9 +11,11 @@ Resolution per preset: memory cache -> the store's lookup (precomputed file) -> 
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import logging
+import os
 import time
 import uuid
 from pathlib import Path
@@ -31,15 +33,29 @@ from .contract import (
     INPUT_TEXT,
     INPUT_VOICE,
     LOG_OUTPUT,
+    MAX_CHANNELS,
+    MAX_PROMPT_TEXT_BYTES,
     MEL_METADATA,
     MEL_OUTPUT,
+    REFERENCE_KEY,
     TEXT_OUTPUT,
     ContractError,
     parse_voice_switch,
 )
 from .errors import ReferenceMelError
 from .recipe import Preset
-from .store import CORRUPT, FileStamp, ReferenceStore, Stored, Voice, VoiceLibrary, check_voice_name, samples_digest
+from .store import (
+    CORRUPT,
+    FileStamp,
+    ReferenceStore,
+    Stored,
+    Voice,
+    VoiceLibrary,
+    check_voice_name,
+    path_problem,
+    samples_digest,
+    shown,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +67,10 @@ UPSTREAM_SECONDS = (3.0, 10.0)  # GPT-SoVITS refuses references outside this ran
 WARM_RATES = (16000, 24000, 48000)  # recording rates warmed at start (44.1k/22.05k resample uncompiled)
 WARM_UP_ATTEMPTS = 30  # a second apart: another process's build of one kernel takes seconds
 MAX_CHECKED_AUDIO = 4096  # digests of audio that passed the checks, kept beside the cache
+MAX_KNOWN_FILES = 4096  # audio files whose digest is remembered (by real path: spellings do not add entries)
+# Voices that voices.json does not list are written back (so a restart serves them) only while the codes
+# directory holds fewer than this many of them: reference_audio events with ever new names must not fill the disk.
+MAX_UNLISTED_VOICES = 256
 ARROW_DTYPES = {pa.float32(): np.float32, pa.float64(): np.float64, pa.int16(): np.int16, pa.int32(): np.int32}
 
 
@@ -85,6 +105,7 @@ class Request:
     sample_rate: int | None = None
     digest: str | None = None  # samples_digest, computed once for every preset
     stamp: FileStamp | None = None  # of audio_path, when the samples were read from it
+    roots: tuple[Path, ...] | None = None  # folders audio_path must lie in: set for a path from an event
     warnings: tuple[str, ...] = ()
     about: tuple[tuple[str, object], ...] = ()  # voice metadata: voice, ref_text, speed_factor, languages
 
@@ -112,34 +133,45 @@ class ReferenceMelService:
                                     max_ref_seconds=config.max_ref_seconds, extra_roots=config.ref_audio_roots)
         self.store.clean_leftovers()
         self.cache = ByteLRU(int(config.cache_mb * 1024 * 1024))
-        # audio file -> (stamp, digest): a repeated voice switch reaches the cache after one stat.
-        self._file_digests: dict[Path, tuple[FileStamp, str]] = {}
+        # real path of an audio file -> (stamp, digest): a repeated voice switch reaches the cache after one stat.
+        self._file_digests = ByteLRU(MAX_KNOWN_FILES)
         # samples_digest -> the warnings of audio that passed every check: the same samples sent again
         # are hashed, not scanned again (the digest covers the rate, the channels and every sample)
         self._checked_audio = ByteLRU(MAX_CHECKED_AUDIO)
         self._write_failures_logged: set[str] = set()
+        self._unlisted_written: set[str] | None = None  # unlisted voices with files in the codes dir, once counted
+        self.reference_request_id: str | None = None  # the reference texts are spoken with: see _text
 
     # -- entry points ---------------------------------------------------------------------------
 
     def answer(self, event: dict) -> list[Output]:
         """The outputs for one dora INPUT event; never raises (the node and the operator call this)."""
+        metadata = event.get("metadata") or {}
         try:
-            return self.handle(event["id"], event.get("value"), event.get("metadata") or {})
+            return self.handle(event.get("id"), event.get("value"), metadata)
         except Exception:  # a bug must not take the dataflow down: answer, log, keep serving
-            log.exception("internal error on %s", event.get("id"))
+            log.exception("internal error on %s", shown(event.get("id")))
             err = ReferenceMelError("internal", "the node failed on this event (see its log); it keeps serving")
-            outputs = self._error(err, _passthrough(event.get("metadata") or {}), None)
-            if event.get("id") == INPUT_TEXT:  # the text still goes on
-                metadata = {k: v for k, v in (event.get("metadata") or {}).items() if k not in DORA_KEYS}
-                outputs.append(Output(TEXT_OUTPUT, event.get("value"), metadata))
+            passthrough = _passthrough(metadata)
+            outputs = self._error(err, passthrough, None)
+            if event.get("id") == INPUT_TEXT:  # the text still goes on, with the request_id its error carries
+                outputs.append(Output(TEXT_OUTPUT, event.get("value"), self._forwarded(metadata, passthrough)))
             return outputs
 
     def startup(self) -> list[Output]:
-        """The startup voice's mel (VOICE_CHARACTER / VOICE_NAME), sent before any event; [] when unset."""
+        """The startup voice's mel (VOICE_CHARACTER / VOICE_NAME), sent before any event; [] when unset.
+        Never raises: a startup voice that cannot serve answers `error` (marked `startup`) like any event."""
         if not self.config.startup_voice:
             return []
         passthrough = {"request_id": uuid.uuid4().hex, "request_id_generated": True, "startup": True}
-        return self._respond(lambda: self._voice_request(self.config.startup_voice), passthrough)
+        try:
+            outputs = self._respond(lambda: self._voice_request(self.config.startup_voice), passthrough)
+        except Exception:
+            log.exception("internal error on the startup voice %s", shown(self.config.startup_voice))
+            err = ReferenceMelError("internal", "the node failed on its startup voice (see its log); it keeps serving")
+            return self._error(err, passthrough, self.config.startup_voice)
+        self._switched(outputs, passthrough)
+        return outputs
 
     def handle(self, input_id: str, value, metadata: dict) -> list[Output]:
         if input_id == INPUT_TEXT:
@@ -149,7 +181,8 @@ class ReferenceMelService:
             return self._respond(lambda: self._audio_request(value, metadata), passthrough)
         if input_id == INPUT_VOICE:
             return self._respond(lambda: self._voice_request(_one_string(value, "voice")), passthrough)
-        err = ReferenceMelError("unknown_input", f"input {input_id!r} is not known; wire reference_audio, voice or text")
+        err = ReferenceMelError("unknown_input", f"input {shown(input_id)} is not known; wire reference_audio, voice "
+                                "or text")
         return self._error(err, passthrough, None)
 
     # -- requests -------------------------------------------------------------------------------
@@ -173,32 +206,52 @@ class ReferenceMelService:
         return outputs
 
     def _text(self, value, metadata: dict) -> list[Output]:
-        """primespeech text: a voice switch first becomes that voice's mel; the text always goes on."""
-        forwarded = {k: v for k, v in metadata.items() if k not in DORA_KEYS}
-        outputs = []
+        """primespeech text: a voice switch first becomes that voice's mel; the text always goes on.
+
+        Every forwarded text names, under REFERENCE_KEY, the request_id of the reference it is to be spoken
+        with: its own switch's when that switch was served for every preset, else the voice before it (the
+        startup voice or an earlier switch), as the TTS nodes keep their voice when a switch fails. So a TTS
+        node needs no `error` input: it waits for the named reference, or speaks with its own voice when
+        the text names none."""
+        outputs, switch = [], None
         try:
             switch = parse_voice_switch(_one_string(value, "text"))
         except (ReferenceMelError, ContractError) as err:
             if isinstance(err, ContractError):
                 err = ReferenceMelError("bad_text", f"{err}; it is forwarded as is")
-            switch, outputs = None, self._error(err, _passthrough(metadata), None)
+            outputs = self._error(err, _passthrough(metadata), None)
+        passthrough = _passthrough(metadata) if switch is not None else None
         if switch is not None:
-            if not isinstance(forwarded.get("request_id"), str) or not forwarded["request_id"]:
-                forwarded["request_id"] = uuid.uuid4().hex  # the one key added: it links the text to its mel
-            passthrough = _passthrough(forwarded)
             if switch.name == CUSTOM_VOICE:
                 outputs += self._respond(lambda: self._custom_request(switch), passthrough)
             else:
                 outputs += self._respond(lambda: self._voice_request(switch.name), passthrough)
-        outputs.append(Output(TEXT_OUTPUT, value, forwarded))
+            self._switched(outputs, passthrough)
+        outputs.append(Output(TEXT_OUTPUT, value, self._forwarded(metadata, passthrough)))
         return outputs
+
+    def _switched(self, outputs: list[Output], passthrough: dict) -> None:
+        """A switch served for every preset becomes the reference later texts are spoken with."""
+        if sum(out.output_id == MEL_OUTPUT for out in outputs) == len(self.config.presets):
+            self.reference_request_id = passthrough["request_id"]
+
+    def _forwarded(self, metadata: dict, passthrough: dict | None) -> dict:
+        """A text's metadata as forwarded: unchanged, but for the request_id a switching text gets when it
+        has no usable one (and request_id_generated), and REFERENCE_KEY."""
+        forwarded = {k: v for k, v in metadata.items() if k not in DORA_KEYS}
+        if passthrough is not None and passthrough.get("request_id_generated"):
+            forwarded.update(request_id=passthrough["request_id"], request_id_generated=True)
+        if self.reference_request_id is not None:
+            forwarded[REFERENCE_KEY] = self.reference_request_id
+        return forwarded
 
     def _voice_request(self, name: str) -> Request:
         voice = self.store.voice(name)
         if voice.ref_audio is None and not voice.in_library and not self._has_stored(voice):
             raise ReferenceMelError(
-                "unknown_voice", f"voice {name!r} is not in {self.store.library.path} and has no precomputed "
-                f"spectrogram in {self.store.codes_dir}; add it to voices.json or send reference_audio", voice=name)
+                "unknown_voice", f"voice {shown(name)} is not in {self.store.library.path} (VOICES_CONFIG) and has no "
+                f"precomputed spectrogram in {self.store.codes_dir} (CODES_DIR); add it to voices.json or send "
+                "reference_audio", voice=name)
         about = [("voice", voice.name)] + [(k, float(v) if k == "speed_factor" else v) for k, v in voice.info]
         return Request(voice, audio_path=voice.ref_audio, about=tuple(about))
 
@@ -206,10 +259,38 @@ class ReferenceMelService:
         return any(self.store.mel_file(voice, p).exists() for p in self.config.presets)
 
     def _custom_request(self, switch) -> Request:
-        path = Path(switch.ref_audio).expanduser()
+        """A VOICE:CUSTOM reference: its path arrives in an event, so it must lead into REF_AUDIO_ROOTS,
+        checked here, before any cache or file is consulted (the same answer whatever was served before)."""
+        for what, text in (("prompt text", switch.ref_text), ("language", switch.lang)):
+            try:
+                size = len(text.encode("utf-8"))
+            except UnicodeEncodeError:
+                raise ReferenceMelError("bad_text", f"the VOICE:CUSTOM {what} {shown(text, 60)} is not valid Unicode "
+                                        "(a lone surrogate, as a JSON \\ud800 escape gives); send UTF-8 text") from None
+            if size > MAX_PROMPT_TEXT_BYTES:
+                raise ReferenceMelError("bad_text", f"the VOICE:CUSTOM {what} is {size} bytes, over "
+                                        f"{MAX_PROMPT_TEXT_BYTES}; send the prompt text of a 3 to 10 s clip")
+        given = switch.ref_audio
+        problem = path_problem(given)
+        if problem:
+            raise ReferenceMelError("bad_ref_audio", f"VOICE:CUSTOM ref_audio {shown(given)} {problem}; send the "
+                                    "path of a WAV, FLAC or OGG file")
+        path = os.path.abspath(os.path.expanduser(given))  # relative: from the node's working folder, as primespeech
+        real = os.path.realpath(path)
+        relative = "" if os.path.isabs(os.path.expanduser(given)) else (
+            f" (a relative path is taken from the node's working folder {os.getcwd()})")
+        if not os.path.lexists(real):
+            raise ReferenceMelError("bad_ref_audio", f"VOICE:CUSTOM ref_audio {shown(given)} does not exist{relative}; "
+                                    "send an absolute path")
+        roots = self.store.event_roots()
+        if not any(os.path.commonpath([real, root]) == root for root in map(os.path.realpath, roots)):
+            raise ReferenceMelError(
+                "bad_ref_audio", f"VOICE:CUSTOM ref_audio {shown(given)} leads to {shown(real)}, outside the folders "
+                f"a CUSTOM path may name (REF_AUDIO_ROOTS: {', '.join(map(str, roots))}){relative}; add its folder "
+                "to REF_AUDIO_ROOTS on the reference-mel node, or move the clip into one of them")
         about = [("voice", CUSTOM_VOICE), ("ref_text", switch.ref_text)]
         about += [("prompt_lang", switch.lang)] if switch.lang else []
-        return Request(None, audio_path=path.absolute(), about=tuple(about))
+        return Request(None, audio_path=Path(real), about=tuple(about), roots=roots)
 
     def _audio_request(self, value, metadata: dict) -> Request:
         sample_rate = _int_metadata(metadata, "sample_rate", required=True)
@@ -224,24 +305,25 @@ class ReferenceMelService:
                 # The samples are here: serve them, by name alone, and say what is wrong with the library.
                 voice = Voice(name=check_voice_name(metadata["voice"]))
                 warnings.append(err.message)
+        if not 1 <= channels <= MAX_CHANNELS:
+            raise ReferenceMelError("bad_channels", f"channels={shown(channels)} must be between 1 and {MAX_CHANNELS}")
         flat = _pcm_from_arrow(value)
-        if channels < 1:
-            raise ReferenceMelError("bad_channels", f"channels={channels} must be at least 1")
         if flat.size % channels:
             raise ReferenceMelError(
                 "bad_channels", f"{flat.size} samples do not split into channels={channels}; "
                 "send interleaved frames, all channels of each")
-        about = (("voice", voice.name),) + tuple(voice.info) if voice else ()
+        about = (("voice", voice.name),) + tuple((k, float(v) if k == "speed_factor" else v)
+                                                 for k, v in voice.info) if voice else ()
         request = Request(voice, about=about, warnings=tuple(warnings))
         samples = flat.reshape(-1, channels)
         # float32 is already canonical: hash first, and skip the checks for audio that passed them before
-        digest = samples_digest(samples, sample_rate) if samples.dtype == np.float32 else None
+        digest = samples_digest(samples, sample_rate) if samples.dtype == np.float32 and samples.size else None
         checked = self._checked_audio.get(digest) if digest else None
         if checked is not None:
             return request.with_samples(samples, sample_rate, checked, digest=digest)
         samples = signal.check_samples(samples, sample_rate)
         if samples.dtype != np.float32:  # canonical float32 PCM: the same audio hashes the same however sent
-            samples = samples.astype(np.float32) / np.float32(32768.0 if samples.dtype == np.int16 else 2147483648.0)
+            samples = signal.pcm_to_float32(samples)
         audio_warnings = tuple(self._audio_warnings(samples, sample_rate))
         request = request.with_samples(samples, sample_rate, audio_warnings, digest=digest)
         self._checked_audio.put(request.digest, audio_warnings, 1)
@@ -289,8 +371,9 @@ class ReferenceMelService:
             raise ReferenceMelError(
                 "non_finite_audio", f"the {preset.name} spectrogram overflows float32: the samples reach "
                 f"{np.abs(request.samples).max():.3g}; send PCM scaled to [-1, 1]")
+        served = self._remember(mel, request.digest, preset)  # checked in the element type sent, before any write
         write_back = self._write_back(request, mel, preset) if request.voice is not None else None
-        return Resolved(self._remember(mel, request.digest, preset), "computed", request, write_back)
+        return Resolved(served, "computed", request, write_back)
 
     def _lookup(self, voice: Voice, preset: Preset, **identity) -> Stored:
         found = self.store.lookup(voice, preset, **identity)
@@ -310,7 +393,7 @@ class ReferenceMelService:
         already served (say as a reference_audio event) answer from the cache, whatever came first."""
         digest = found.sidecar.source_digest if found.sidecar else None
         if digest and found.sidecar.source_audio is not None and request.audio_path is not None:
-            self._file_digests[request.audio_path] = (found.sidecar.source_audio, digest)  # proven by the stamp
+            self._file_digests.put(request.audio_path, (found.sidecar.source_audio, digest), 1)  # proven by the stamp
         cached = self.cache.get((digest, preset.fingerprint)) if digest else None
         if cached is not None:
             return Resolved(cached, "cache", request)
@@ -323,15 +406,21 @@ class ReferenceMelService:
                 "no_ref_audio", f"voice {request.voice.name!r} has no ref_audio in voices.json and no usable precomputed "
                 f"{preset.name} spectrogram {why}; add ref_audio or run `reference-mel precompute`",
                 voice=request.voice.name)
-        samples, sample_rate, stamp = self.store.read_audio(request.audio_path)
+        if request.voice is None:  # a CUSTOM path, from an event
+            fix = "send the path of a WAV, FLAC or OGG file inside REF_AUDIO_ROOTS"
+        else:
+            fix = f"fix voice {shown(request.voice.name)}'s ref_audio in {self.store.library.path} (VOICES_CONFIG)"
+        samples, sample_rate, stamp = self.store.read_audio(request.audio_path, request.roots, fix)
         samples = signal.check_samples(samples, sample_rate)
         request = request.with_samples(samples, sample_rate, self._audio_warnings(samples, sample_rate), stamp)
-        self._file_digests[request.audio_path] = (stamp, request.digest)
+        self._file_digests.put(request.audio_path, (stamp, request.digest), 1)
         return request
 
     def _write_back(self, request: Request, mel: np.ndarray, preset: Preset) -> str:
         if not self.config.write_back:
             return "off"
+        if not request.voice.in_library and not self._may_store_unlisted(request.voice.name):
+            return "skipped"
         try:
             self.store.save_mel(request.voice, preset, mel, source_digest=request.digest,
                                 source_sample_rate=request.sample_rate, audio=request.stamp)
@@ -343,8 +432,36 @@ class ReferenceMelService:
                 log.error("cannot write precomputed spectrograms to %s (%s); serving from memory only", folder, err)
             return "failed"
 
+    def _may_store_unlisted(self, name: str) -> bool:
+        """Whether a voice voices.json does not list may get files in the codes directory: one that has
+        some already, or a new one while fewer than MAX_UNLISTED_VOICES have."""
+        if self._unlisted_written is None:
+            try:
+                listed = {v.name for v in self.store.library.voices() if isinstance(v, Voice)}
+            except ReferenceMelError:  # an unusable voices.json lists nothing
+                listed = set()
+            self._unlisted_written = self.store.stored_voice_names() - listed
+        if name in self._unlisted_written:
+            return True
+        if len(self._unlisted_written) >= MAX_UNLISTED_VOICES:
+            if "unlisted" not in self._write_failures_logged:
+                self._write_failures_logged.add("unlisted")
+                log.warning("%s holds spectrograms of %d voices that voices.json does not list; computed spectrograms "
+                            "of further unlisted voices are served from memory, not written (add the voices to "
+                            "voices.json, or remove files of voices no longer used)", self.store.codes_dir,
+                            len(self._unlisted_written))
+            return False
+        self._unlisted_written.add(name)
+        return True
+
     def _remember(self, mel: np.ndarray, digest: str | None, preset: Preset) -> Served:
+        """The spectrogram as sent (MEL_DTYPE), checked finite in that type, and cached."""
         flat = np.ascontiguousarray(mel, dtype=self.config.mel_dtype).reshape(-1)
+        if self.config.mel_dtype != "float32" and not np.isfinite(flat).all():
+            raise ReferenceMelError(
+                "non_finite_audio", f"the {preset.name} spectrogram reaches {float(np.abs(mel).max()):.3g}, beyond "
+                f"{self.config.mel_dtype}'s range (MEL_DTYPE={self.config.mel_dtype}): the samples are far outside "
+                "[-1, 1]; send PCM scaled to [-1, 1], or set MEL_DTYPE=float32")
         served = Served(pa.array(flat), (1, *mel.shape))
         if digest:
             self.cache.put((digest, preset.fingerprint), served, flat.nbytes)
@@ -401,13 +518,16 @@ class ReferenceMelService:
         elements = max(p.n_bins * p.n_frames(int(seconds * p.sample_rate)) for p in self.config.presets)
         return pa.array(np.zeros(elements, dtype=self.config.mel_dtype))
 
-    def warm_up(self) -> None:
+    def warm_up(self) -> set[tuple[int, int]]:
         """Run every preset once on 10 s of audio (upstream's longest reference) at its own rates and at
         the common recording rates whose resampling is compiled: MLX builds those kernels (seconds, the
-        first time on a machine; then from its disk cache) and fills its buffer cache before any event."""
+        first time on a machine; then from its disk cache) and fills its buffer cache before any event.
+        Returns the resampling rate pairs whose kernels are now built."""
         rng = np.random.default_rng(0)
+        built = set()
         for preset in self.config.presets:
             for rate in sorted({preset.sample_rate, preset.input_rate, *WARM_RATES}):
+                built.update(p for p in signal.resampling_pairs(rate, preset) if signal.uses_compiled_kernels(*p))
                 samples = (rng.standard_normal((rate * 10, 1)) * 0.1).astype(np.float32)
                 for attempt in range(WARM_UP_ATTEMPTS):
                     try:
@@ -421,6 +541,39 @@ class ReferenceMelService:
                             raise
                         log.warning("warm-up of %s at %d Hz: %s; retrying", preset.name, rate, str(err)[:200])
                         time.sleep(1.0)
+        return built
+
+
+def send_outputs(send, outputs: list[Output], sent: collections.Counter) -> None:
+    """Send each output with dora's `send(output_id, value, metadata)` (the node's and the operator's),
+    counting what went out. Sending never ends the loop: an output dora refuses (metadata it cannot
+    encode, say) is logged and answered by an `internal` error with only its request_id, and a refused
+    text is forwarded with its value and request_id alone, so every event still gets its answer and
+    every text goes on."""
+    for out in outputs:
+        try:
+            send(out.output_id, out.value, out.metadata)
+        except Exception as err:
+            log.exception("dora refused the %s output (%s)", out.output_id, shown(str(err), 200))
+            if out.output_id == LOG_OUTPUT:
+                continue
+            request_id = out.metadata.get("request_id")
+            minimal = {"request_id": request_id} if isinstance(request_id, str) and request_id.isascii() else {}
+            if out.output_id == TEXT_OUTPUT:
+                fallback = (TEXT_OUTPUT, out.value, minimal)
+            else:
+                body = {"error": "internal", "message": f"the node could not send its {out.output_id} answer "
+                        f"({shown(str(err), 200)}); see its log", "voice": None}
+                fallback = (ERROR_OUTPUT, pa.array([json.dumps(body)]), {**minimal, "error": "internal"})
+            try:
+                send(*fallback)
+            except Exception:
+                log.exception("dora refused the fallback %s output too", fallback[0])
+                continue
+            sent[fallback[0]] += 1
+            continue
+        out.sent()
+        sent[out.output_id] += 1
 
 
 def _passthrough(metadata: dict) -> dict:

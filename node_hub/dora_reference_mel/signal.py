@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 import mlx.core as mx
 import numpy as np
 
-from .contract import DTYPES, FRAMES_BINS
+from .contract import DTYPES, FRAMES_BINS, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 from .errors import ReferenceMelError
 from .recipe import (
     FBANK,
@@ -39,7 +39,6 @@ from .recipe import (
     get_preset,
 )
 
-MAX_SAMPLE_RATE = 384_000
 MAX_KERNEL_TAPS = 4_000_000  # 16 MB of kernel; standard rates need at most 0.3M (22.05 kHz -> 32 kHz)
 CPU_FRAMES_PER_GRAPH = 600  # ~12 s of v2 frames: the spectra of one graph stay in cache
 # ~16 ten-second v2 clips: a batch runs as several graphs, so one graph's copies to and from the device
@@ -57,6 +56,10 @@ RESAMPLE_BLOCKS = 32768  # output blocks per compiled piece (65536 samples at 3:
 # that it runs the rest op by op. A phase's taps are therefore summed 8 at a time (8 products, 8 adds
 # with the running sum), each group one compiled kernel.
 TAPS_PER_KERNEL = 8
+# Rate pairs (orig, new) whose compiled resampling kernels may be built when first met; None: any. A
+# build takes seconds, so the node builds its pairs at start and restricts compiling to them
+# (`compile_only`): a clip at any other rate resamples through the strided form, same output, no stall.
+_COMPILED_PAIRS: frozenset[tuple[int, int]] | None = None
 OUTPUT_DTYPES = {name: getattr(mx, name) for name in DTYPES}  # the contract's dtypes, as MLX types
 _INT_SCALE = {np.dtype(np.int16): 32768.0, np.dtype(np.int32): 2147483648.0}
 
@@ -196,9 +199,10 @@ def check_samples(samples: np.ndarray, sample_rate: int) -> np.ndarray:
     """Validate PCM and return it as [n, channels] (float32, or int16/int32 PCM, unscaled)."""
     if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)):
         raise ReferenceMelError("bad_sample_rate", f"sample_rate={sample_rate!r} must be a positive integer in Hz")
-    if not 0 < sample_rate <= MAX_SAMPLE_RATE:
+    if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
         raise ReferenceMelError(
-            "bad_sample_rate", f"sample_rate={sample_rate} must be between 1 and {MAX_SAMPLE_RATE} Hz")
+            "bad_sample_rate", f"sample_rate={sample_rate} must be between {MIN_SAMPLE_RATE} and {MAX_SAMPLE_RATE} "
+            "Hz; resample the audio to a standard rate such as 16000, 24000, 32000 or 48000 Hz")
     samples = np.asarray(samples)
     if samples.dtype not in (np.float32, np.float64, np.int16, np.int32):
         raise ReferenceMelError(
@@ -215,8 +219,22 @@ def check_samples(samples: np.ndarray, sample_rate: int) -> np.ndarray:
             bad = int((~np.isfinite(samples)).sum())
             raise ReferenceMelError(
                 "non_finite_audio", f"{bad} samples are NaN or Inf; send finite PCM in [-1, 1]")
+        if samples.dtype == np.float64:
+            peak = max(float(samples.max()), -float(samples.min()))
+            if peak > float(np.finfo(np.float32).max):
+                raise ReferenceMelError(
+                    "non_finite_audio", f"float64 samples reach {peak:.3g}, beyond float32's range (the recipe "
+                    "computes in float32); send PCM in [-1, 1]")
         samples = samples.astype(np.float32, copy=False)
     return samples
+
+
+def pcm_to_float32(samples: np.ndarray) -> np.ndarray:
+    """Checked [n, channels] PCM as float32: int16 / int32 scaled to [-1, 1] (by 2^15 / 2^31, as
+    torchaudio.load scales), float32 as is."""
+    if samples.dtype == np.float32:
+        return samples
+    return samples.astype(np.float32) / np.float32(_INT_SCALE[samples.dtype])
 
 
 def resampled_length(n_samples: int, sample_rate: int, target_rate: int) -> int:
@@ -260,10 +278,8 @@ def to_mono(clips: Sequence[np.ndarray]) -> list[mx.array]:
     cost per copy), as int16 when they all are (half the bytes), scaled to [-1, 1] on the device.
     """
     as_int16 = all(x.dtype == np.int16 for x in clips)
-    if not as_int16:  # one common dtype for the copy: float32 (check_samples made floats float32 already)
-        clips_f32 = [x if x.dtype == np.float32 else x.astype(np.float32) / np.float32(_INT_SCALE[x.dtype])
-                     for x in clips]
-    flat = [x.reshape(-1) for x in (clips if as_int16 else clips_f32)]
+    # one common dtype for the copy: int16 when all are, else float32 (check_samples made floats float32)
+    flat = [(x if as_int16 else pcm_to_float32(x)).reshape(-1) for x in clips]
     device = mx.array(flat[0] if len(flat) == 1 else np.concatenate(flat))
     if as_int16:
         device = device.astype(mx.float32) / _INT_SCALE[np.dtype(np.int16)]
@@ -282,14 +298,33 @@ def resample_sinc(x: mx.array, orig_freq: int, new_freq: int) -> mx.array:
     orig, new, width, starts, weights = sinc_resample_taps(orig_freq, new_freq)
     n_out = resampled_length(x.shape[0], orig_freq, new_freq)
     n_blocks = -(-n_out // new)
-    if new <= MAX_COMPILED_PHASES and mx.default_device() == mx.cpu and compiler_works():
+    if uses_compiled_kernels(orig_freq, new_freq) and (_COMPILED_PAIRS is None or (orig_freq, new_freq) in _COMPILED_PAIRS):
         return _phases_compiled(x, orig_freq, new_freq, n_blocks).reshape(-1)[:n_out]
     padded = mx.pad(x, [(width, width + orig)])
     # One strided view per phase avoids gathers, which MLX's CPU backend runs at ~6 ns an element; on a
     # GPU, hundreds of phases (44.1k, 22.05k inputs) are better as one banded gather: one launch.
-    strided = new <= 8 or mx.default_device() == mx.cpu
+    strided = new <= MAX_COMPILED_PHASES or mx.default_device() == mx.cpu
     out = (_phases_strided if strided else _phases_gathered)(padded, orig, n_blocks, starts, weights)
     return out.reshape(-1)[:n_out]
+
+
+def uses_compiled_kernels(orig_freq: int, new_freq: int) -> bool:
+    """Whether resampling orig -> new runs through compiled kernels here (on the CPU, few phases, a compiler)."""
+    _, new, _ = sinc_geometry(orig_freq, new_freq)
+    return orig_freq != new_freq and new <= MAX_COMPILED_PHASES and mx.default_device() == mx.cpu and compiler_works()
+
+
+def compile_only(pairs) -> None:
+    """Build compiled resampling kernels only for these (orig, new) rate pairs (None: for any pair)."""
+    global _COMPILED_PAIRS
+    _COMPILED_PAIRS = None if pairs is None else frozenset(pairs)
+
+
+def resampling_pairs(sample_rate: int, preset: Preset) -> list[tuple[int, int]]:
+    """The (orig, new) sinc resampling steps a clip at `sample_rate` takes through the preset."""
+    steps = [(sample_rate, preset.input_rate)] if preset.resampler == "torchaudio" else []
+    steps.append((preset.input_rate, preset.sample_rate))
+    return [(a, b) for a, b in steps if a != b]
 
 
 @functools.cache

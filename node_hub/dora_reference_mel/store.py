@@ -9,9 +9,11 @@ Every decision "may this stored file serve this request?" is `ReferenceStore.loo
 operator and every `reference-mel` command call it and nothing else. It returns a `Stored` value
 (fresh, stale, corrupt or absent, with the reason). The rules it enforces:
 - it opens only regular files (never a FIFO, a device or a directory), without blocking, after
-  resolving links, and only inside the configured roots (the codes directory, the models root, the
-  library's `models_base_path` and REF_AUDIO_ROOTS); each file is bounded in size by what its preset
-  and MAX_REF_SECONDS allow, and read once per lookup;
+  resolving links; each file is bounded in size by what its preset and MAX_REF_SECONDS allow, and
+  read once per lookup. Where a file may lie depends on who named it: voices.json and the codes
+  directory are the owner's configuration, so their paths are read wherever they lead (as the MLX
+  primespeech node reads them); a path that arrives inside an event (VOICE:CUSTOM) is read only
+  inside `event_roots()` (REF_AUDIO_ROOTS, the models root and the library's models_base_path);
 - a pair is checked whole (sidecar, size, data digest, finite values) once per unchanged file: later
   lookups compare the stat stamps of both files (the data's from the descriptor they read) and read
   the data without checking it again; any change to either file, or a stamp too recent to tell, means
@@ -44,9 +46,17 @@ import numpy as np
 import xxhash
 
 from .cache import ByteLRU
-from .contract import FRAMES_BINS, MAX_VOICE_NAME_BYTES
+from .contract import (
+    FRAMES_BINS,
+    MAX_CHANNELS,
+    MAX_PATH_BYTES,
+    MAX_PROMPT_TEXT_BYTES,
+    MAX_SAMPLE_RATE,
+    MAX_VOICE_NAME_BYTES,
+    MIN_SAMPLE_RATE,
+)
 from .errors import ReferenceMelError
-from .recipe import V2_DEFAULT_BINS, Preset
+from .recipe import PRESET_NAMES, V2_DEFAULT_BINS, Preset
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +64,6 @@ SIDECAR_FORMAT = 2  # 2: xxh3-128 digests and full stat stamps (format 1 files a
 CODE_RANGE = (0, 1023)  # SoVITS quantizer codebook
 MAX_SIDECAR_BYTES = 64 * 1024
 MAX_VOICES_JSON_BYTES = 16 * 1024 * 1024
-MAX_CHANNELS = 64
 MAX_RESOLVED_PER_ENTRY = 4  # spellings of one voice remembered (key, display name, aliases)
 TEMP_PREFIX = ".rmel-"  # every temporary file this package writes; older ones are crash leftovers
 LEFTOVER_AGE_S = 600  # a writer finishes in well under this; older temporaries belong to no one
@@ -103,6 +112,28 @@ def check_voice_name(name, *, entry: str | None = None) -> str:
             code, f"{what}={shown} is not a plain name (path separators, a leading dot or surrounding "
             "spaces); use the voice's name as voices.json has it")
     return name
+
+
+def path_problem(text) -> str | None:
+    """Why `text` cannot name a file (empty, not valid Unicode, a NUL, longer than PATH_MAX), or None.
+    Checked before any path is resolved: resolution of a long path costs time quadratic in its length."""
+    if not isinstance(text, str) or not text.strip():
+        return "is empty"
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "is not valid Unicode (a lone surrogate)"
+    if size > MAX_PATH_BYTES:
+        return f"is {size} bytes long; a path holds at most {MAX_PATH_BYTES}"
+    if "\0" in text:
+        return "contains a NUL character"
+    return None
+
+
+def shown(text, limit: int = 160) -> str:
+    """A value as it may appear in a message: printable ASCII, cut to about `limit` characters."""
+    text = ascii(text)[1:-1] if isinstance(text, str) else repr(text)
+    return text if len(text) <= limit else f"{text[:limit - 40]}...{text[-30:]} ({len(text)} characters)"
 
 
 def samples_digest(samples: np.ndarray, sample_rate: int) -> str:
@@ -166,10 +197,6 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def inside(path: Path, roots: Iterable[Path]) -> bool:
-    return _real_inside(os.path.realpath(path), roots)
-
-
 def _real_inside(real: str, roots: Iterable[Path]) -> bool:
     return any(os.path.commonpath([real, root]) == root for root in map(os.path.realpath, roots))
 
@@ -211,30 +238,40 @@ def read_regular(path: Path, roots: Sequence[Path] | None, max_bytes: int) -> tu
     return blob, stamp
 
 
-def read_audio(path: Path, roots: Sequence[Path] | None, max_seconds: float) -> tuple[np.ndarray, int, FileStamp]:
+def read_audio(path: Path, roots: Sequence[Path] | None, max_seconds: float, *,
+               fix: str = "fix the path") -> tuple[np.ndarray, int, FileStamp]:
     """A reference audio file as float32 [n, channels], its rate and stamp; `bad_ref_audio` (or
-    `too_long`) when it cannot serve. The header is checked before any sample is decoded."""
+    `too_long`) when it cannot serve, the message ending with `fix`. The header is checked before any
+    sample is decoded: rate, channels and length bound what decoding may allocate."""
     import soundfile
+
+    def refuse(why: str, code: str = "bad_ref_audio"):
+        return ReferenceMelError(code, f"ref_audio {shown(str(path))} {why}; {fix}")
 
     try:
         with open_regular(path, roots, max_bytes=1 << 40) as (f, stamp):
             try:
                 info = soundfile.info(f)
                 f.seek(0)
-                if info.frames <= 0 or info.samplerate <= 0 or not 0 < info.channels <= MAX_CHANNELS:
-                    raise ReferenceMelError(
-                        "bad_ref_audio", f"ref_audio {path} declares {info.frames} frames of {info.channels} channels "
-                        f"at {info.samplerate} Hz; use 3 to 10 s of mono or stereo speech")
-                if info.frames > max_seconds * info.samplerate:
-                    raise ReferenceMelError(
-                        "too_long", f"ref_audio {path} is {info.frames / info.samplerate:.1f} s, over MAX_REF_SECONDS="
-                        f"{max_seconds:g}; use 3 to 10 s of speech")
-                samples, sample_rate = soundfile.read(f, dtype="float32", always_2d=True)
             except (RuntimeError, OSError, ValueError, TypeError) as err:  # LibsndfileError is a RuntimeError
-                raise ReferenceMelError(
-                    "bad_ref_audio", f"ref_audio {path} is not readable audio ({err}); use WAV, FLAC or OGG") from None
+                raise refuse(f"is not readable audio ({str(err)[:200]}); use WAV, FLAC or OGG") from None
+            if not MIN_SAMPLE_RATE <= info.samplerate <= MAX_SAMPLE_RATE:
+                raise refuse(f"declares {info.samplerate} Hz, outside {MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE} Hz; "
+                             "resample it to a standard rate such as 16000, 24000, 32000 or 48000 Hz", "bad_sample_rate")
+            if info.frames <= 0 or not 0 < info.channels <= MAX_CHANNELS:
+                raise refuse(f"declares {info.frames} frames of {info.channels} channels (at most {MAX_CHANNELS}); "
+                             "use 3 to 10 s of mono or stereo speech")
+            if info.frames > max_seconds * info.samplerate:
+                raise refuse(f"is {info.frames / info.samplerate:.1f} s, over MAX_REF_SECONDS={max_seconds:g} "
+                             "(use 3 to 10 s of speech, or raise MAX_REF_SECONDS)", "too_long")
+            try:
+                samples, sample_rate = soundfile.read(f, dtype="float32", always_2d=True)
+            except (RuntimeError, OSError, ValueError, TypeError, MemoryError) as err:
+                raise refuse(f"is not readable audio ({str(err)[:200]}); use WAV, FLAC or OGG") from None
     except StoreFileError as err:
-        raise ReferenceMelError("bad_ref_audio", f"ref_audio {path} {err.reason}; fix the path") from None
+        raise refuse(err.reason) from None
+    if samples.shape[0] == 0:
+        raise refuse("holds no samples")
     return samples, int(sample_rate), stamp
 
 
@@ -273,28 +310,39 @@ def mel_path_key(preset: Preset) -> str:
     return "mel_path" if preset.name == "v2" else f"mel_{preset.name}_path"
 
 
+MAX_SPEED_FACTOR = 100.0  # far above any real speed_factor (primespeech's are 0.5 to 2); keeps it a float
+
+
 def _check_entry(key, entry) -> None:
-    """Raise `bad_voices_config` naming the entry when it cannot be used as a voice."""
+    """Raise `bad_voices_config` naming the entry and the field to repair when it cannot be used as a voice."""
     check_voice_name(key, entry=str(key))
     if not isinstance(entry, dict):
         raise ReferenceMelError("bad_voices_config", f"voices.json entry {key!r} must be an object")
+
+    def refuse(field: str, why: str):
+        return ReferenceMelError("bad_voices_config", f"voices.json entry {shown(key)}: {field} {why}; fix it in "
+                                 "voices.json (VOICES_CONFIG)")
+
     for field, value in entry.items():
-        if (field in PATH_KEYS or field.startswith("mel_") and field.endswith("path")) and not isinstance(value, str):
-            raise ReferenceMelError("bad_voices_config",
-                                    f"voices.json entry {key!r}: {field}={str(value)[:60]!r} must be a path string")
+        if field in PATH_KEYS or field.startswith("mel_") and field.endswith("path"):
+            problem = "must be a path string" if not isinstance(value, str) else path_problem(value)
+            if problem and value != "":
+                raise refuse(field, f"= {shown(value, 60)} {problem}")
         wanted = VOICE_INFO_KEYS.get(field)
         if wanted and (not isinstance(value, wanted) or isinstance(value, bool)):
-            raise ReferenceMelError("bad_voices_config", f"voices.json entry {key!r}: {field}={str(value)[:60]!r} "
-                                    f"has the wrong type")
+            raise refuse(field, f"= {shown(value, 60)} must be {'text' if wanted is str else 'a number'}")
+        if field == "speed_factor" and not 0 < value <= MAX_SPEED_FACTOR:  # int or float: compared exactly
+            raise refuse(field, f"= {shown(value, 60)} must be a number above 0 and at most {MAX_SPEED_FACTOR:g}")
         if isinstance(value, str):
             try:
-                value.encode("utf-8")
+                size = len(value.encode("utf-8"))
             except UnicodeEncodeError:
-                raise ReferenceMelError("bad_voices_config", f"voices.json entry {key!r}: {field} is not valid "
-                                        "Unicode (a lone surrogate); fix the text") from None
+                raise refuse(field, "is not valid Unicode (a lone surrogate)") from None
+            if size > MAX_PROMPT_TEXT_BYTES:
+                raise refuse(field, f"is {size} bytes long, over {MAX_PROMPT_TEXT_BYTES}")
     aliases = entry.get("aliases", [])
     if not isinstance(aliases, list):
-        raise ReferenceMelError("bad_voices_config", f"voices.json entry {key!r}: aliases must be a list of names")
+        raise refuse("aliases", "must be a list of names")
     for alias in aliases:
         check_voice_name(alias, entry=f"{key}' alias '{alias}" if isinstance(alias, str) else str(key))
 
@@ -310,8 +358,9 @@ def parse_voices_json(blob: bytes, path: Path) -> dict:
         raise ReferenceMelError(
             "bad_voices_config", f'{path} must be an object with a "voices" object (primespeech schema)')
     base = data.get("models_base_path")
-    if base is not None and not isinstance(base, str):
-        raise ReferenceMelError("bad_voices_config", f"{path}: models_base_path={base!r} must be a string")
+    if base is not None and (not isinstance(base, str) or path_problem(base) and base != ""):
+        why = "must be a string" if not isinstance(base, str) else path_problem(base)
+        raise ReferenceMelError("bad_voices_config", f"{path}: models_base_path={shown(base, 60)} {why}; fix it")
     problems = {}
     for key, entry in data["voices"].items():
         try:
@@ -431,21 +480,89 @@ class VoiceLibrary:
                      info=info)
 
     def set_voice_fields(self, updates: dict[str, dict[str, str]]) -> None:
-        """Set fields of voices ({voice key: {field: value}}) and rewrite voices.json atomically, under an
-        exclusive lock on the file, so concurrent writers never lose each other's updates. Every
-        other key, and the order of keys, is kept; entries removed meanwhile are left out."""
+        """Set fields of voices ({voice key: {field: value}}) in voices.json, under an exclusive lock on
+        the file, so concurrent writers never lose each other's updates, and replace it atomically.
+        Only those values change: every other byte (formatting, number spellings, key order) stays as
+        the owner wrote it. Entries removed meanwhile are left out."""
         with self._lock, _locked(self.path) as blob:
-            raw = json.loads(blob)
-            for key, fields in updates.items():
-                if isinstance(raw.get("voices", {}).get(key), dict):
-                    raw["voices"][key].update(fields)
-            try:
-                text = json.dumps(raw, indent=2, ensure_ascii=False) + "\n"
-                blob = text.encode()
-            except UnicodeEncodeError:  # a lone surrogate somewhere: keep it, \u-escaped as it came
-                blob = (json.dumps(raw, indent=2) + "\n").encode()
-            atomic_write(self.path, blob)
+            encoding = json.detect_encoding(blob)
+            text = blob.decode(encoding)
+            atomic_write(self.path, edit_json_fields(text, updates).encode(encoding))
             self._stamp = "unloaded"
+
+
+_JSON_SPACE = " \t\n\r"
+
+
+def _json_members(text: str, start: int) -> tuple[list[tuple[str, int, int, int]], int]:
+    """The members of the JSON object whose `{` is at `start`, as (key, key start, value start, value end),
+    and the index of its closing `}`. The text is JSON that json.loads accepts."""
+    def skip(i: int) -> int:
+        while text[i] in _JSON_SPACE:
+            i += 1
+        return i
+
+    decoder, members, i = json.JSONDecoder(), [], skip(start + 1)
+    if text[i] == "}":
+        return members, i
+    while True:
+        key, after_key = json.decoder.scanstring(text, i + 1)
+        value_start = skip(skip(after_key) + 1)  # past the colon
+        _, value_end = decoder.raw_decode(text, value_start)
+        members.append((key, i, value_start, value_end))
+        i = skip(value_end)
+        if text[i] == "}":
+            return members, i
+        i = skip(i + 1)  # past the comma
+
+
+def edit_json_fields(text: str, updates: dict[str, dict[str, str]]) -> str:
+    """voices.json text with `updates` ({voice key: {field: value}}) applied in place: an existing field's
+    value is replaced, a new field follows the entry's last member with that member's indentation. The
+    rest of the text is untouched. Raises ValueError if the result would not parse to the intended data."""
+    def last(members, key):
+        found = [m for m in members if m[0] == key]  # json.loads keeps the last of duplicate keys
+        return found[-1] if found else None
+
+    def encoded(value) -> str:
+        try:
+            return json.dumps(value, ensure_ascii=False)
+        except UnicodeEncodeError:
+            return json.dumps(value)
+
+    top_start = len(text) - len(text.lstrip(_JSON_SPACE))
+    voices = last(_json_members(text, top_start)[0], "voices")
+    entries = _json_members(text, voices[2])[0] if voices and text[voices[2]] == "{" else []
+    edits = []  # (start, end, replacement), applied from the end
+    for key, fields in updates.items():
+        entry = last(entries, key)
+        if entry is None or text[entry[2]] != "{":
+            continue
+        members, close = _json_members(text, entry[2])
+        added = []
+        for field, value in fields.items():
+            member = last(members, field)
+            if member is None:
+                added.append(f"{json.dumps(field)}: {encoded(value)}")
+            else:
+                edits.append((member[2], member[3], encoded(value)))
+        if added and members:
+            _, key_start, _, value_end = members[-1]
+            separator = text[text.rindex(",", 0, key_start) + 1 if members[:-1] else entry[2] + 1:key_start]
+            separator = separator or (" " if not members[:-1] else "")  # {"ref_audio": ...} on one line
+            edits.append((value_end, value_end, "".join(f",{separator}{item}" for item in added)))
+        elif added:
+            edits.append((entry[2] + 1, close, ", ".join(added)))
+    result = text
+    for start, end, replacement in sorted(edits, reverse=True):
+        result = result[:start] + replacement + result[end:]
+    intended = json.loads(text)
+    for key, fields in updates.items():
+        if isinstance(intended.get("voices"), dict) and isinstance(intended["voices"].get(key), dict):
+            intended["voices"][key].update(fields)
+    if json.dumps(json.loads(result), sort_keys=True) != json.dumps(intended, sort_keys=True):  # NaN-safe
+        raise ValueError("editing voices.json in place gave other data; nothing was written")
+    return result
 
 
 @contextlib.contextmanager
@@ -561,13 +678,15 @@ class ReferenceStore:
         # (path, preset) -> (stamp, sidecar stamp, sidecar) of each pair verified whole: see _reread
         self._verified = ByteLRU(MAX_VERIFIED_FILES)
 
-    def roots(self) -> tuple[Path, ...]:
-        """Folders any file may be read from (after links are resolved)."""
+    def event_roots(self) -> tuple[Path, ...]:
+        """Folders a path that arrives inside an event (VOICE:CUSTOM) may lead into, after links are
+        resolved: REF_AUDIO_ROOTS, the models root, the library's models_base_path and the codes
+        directory. Paths of the owner's configuration (voices.json, the codes directory) are not confined."""
         try:
             base = (self.library.base_path(),)
         except ReferenceMelError:
             base = ()
-        return (self.codes_dir, self.library.model_dir, *base, *self.extra_roots)
+        return tuple(dict.fromkeys((*self.extra_roots, self.library.model_dir, *base, self.codes_dir)))
 
     # -- voices ---------------------------------------------------------------------------------
 
@@ -577,8 +696,10 @@ class ReferenceStore:
         voice = self.library.resolve(name)
         return voice if voice is not None else Voice(name=name)
 
-    def read_audio(self, path: Path) -> tuple[np.ndarray, int, FileStamp]:
-        return read_audio(path, self.roots(), self.max_ref_seconds)
+    def read_audio(self, path: Path, roots: Sequence[Path] | None = None,
+                   fix: str = "fix the path") -> tuple[np.ndarray, int, FileStamp]:
+        """roots: None for the owner's paths (voices.json); event_roots() for a path from an event."""
+        return read_audio(path, roots, self.max_ref_seconds, fix=fix)
 
     # -- codes ----------------------------------------------------------------------------------
 
@@ -594,7 +715,7 @@ class ReferenceStore:
                 memo = self._codes_memo.get(path)
                 if memo is not None and memo[0] == stamp:
                     return memo[1]
-                blob, stamp = read_regular(path, self.roots(), max_bytes)
+                blob, stamp = read_regular(path, None, max_bytes)
                 codes = parse_codes(blob, path.suffix)
             except StoreFileError as err:
                 if err.missing:
@@ -655,9 +776,9 @@ class ReferenceStore:
         pair comes back FRESH (whatever recipe or audio it was made from) and is remembered by its stamps."""
         max_frames = self.max_frames(preset)
         try:
-            blob, stamp = read_regular(path, self.roots(), preset.n_bins * max_frames * 4)
+            blob, stamp = read_regular(path, None, preset.n_bins * max_frames * 4)
             try:
-                side_blob, side_stamp = read_regular(path.with_suffix(".json"), self.roots(), MAX_SIDECAR_BYTES)
+                side_blob, side_stamp = read_regular(path.with_suffix(".json"), None, MAX_SIDECAR_BYTES)
             except StoreFileError as err:
                 if not err.missing:
                     raise
@@ -691,7 +812,7 @@ class ReferenceStore:
         stamp, side_stamp, sidecar = memo
         if FileStamp.of(path.with_suffix(".json")) != side_stamp or FileStamp.of(path) != stamp:
             return None  # replaced, relinked or written since: verify again
-        try:  # no root check: only the very file verified inside them (same inode, unchanged) is used
+        try:
             blob, now = read_regular(path, None, stamp.size)
         except StoreFileError:
             return None
@@ -735,12 +856,28 @@ class ReferenceStore:
         atomic_write(path, blob)
         return path
 
-    def clean_leftovers(self) -> int:
-        """Remove temporary files that crashed writers left in the codes directory (only ours, only
-        regular files, only ones older than any live write). Returns how many."""
-        removed, now = 0, time.time()
+    def stored_voice_names(self) -> set[str]:
+        """Names of the voices that have a spectrogram sidecar in the codes directory (one scan)."""
+        names = set()
         try:
             entries = list(os.scandir(self.codes_dir))
+        except OSError:
+            return names
+        for entry in entries:
+            stem = entry.name[:-len(".json")] if entry.name.endswith(".json") else ""
+            for suffix in ("_mel", *(f"_mel_{name}" for name in PRESET_NAMES if name != "v2")):
+                if stem.endswith(suffix) and len(stem) > len(suffix):
+                    names.add(stem[:-len(suffix)])
+        return names
+
+    def clean_leftovers(self, folder: Path | None = None) -> int:
+        """Remove temporary files that crashed writers left in `folder` (default: the codes directory;
+        precompute also sweeps voices.json's folder, the one other place it writes): only ours, only
+        regular files, only ones older than any live write. Returns how many."""
+        folder = self.codes_dir if folder is None else folder
+        removed, now = 0, time.time()
+        try:
+            entries = list(os.scandir(folder))
         except OSError:
             return 0
         for entry in entries:
@@ -752,7 +889,7 @@ class ReferenceStore:
                     os.unlink(entry.path)
                     removed += 1
         if removed:
-            log.info("removed %d temporary files left by interrupted writes in %s", removed, self.codes_dir)
+            log.info("removed %d temporary files left by interrupted writes in %s", removed, folder)
         return removed
 
 

@@ -1,0 +1,271 @@
+"""Hostile events and voices.json entries never stop, stall or silently drop the node's work.
+
+One real node (`dora-reference-mel`, dora's integration-test mode) replays every case in order; each
+case is checked on its own answers, and the good events between and after them prove the node kept
+serving. Outputs come back without metadata in that mode: what only metadata shows (request ids) is
+checked through the service, the node's one handler."""
+
+import collections
+import json
+import os
+import re
+import struct
+import subprocess
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import soundfile
+
+from dora_reference_mel.config import Config
+from dora_reference_mel.contract import REFERENCE_KEY
+from dora_reference_mel.service import ReferenceMelService, send_outputs
+from helpers import BIN, ROOT, copy_library, node_run_env, run_node
+
+GOOD, RATE = soundfile.read(str(ROOT / "models/voices/basil.wav"), dtype="float32")
+LONG_PATH = "a/" * 1_000_000 + "x.wav"  # 2 MB: path resolution would take minutes
+
+
+def text(value: str) -> dict:
+    return {"type": "Input", "id": "text", "data": [value], "data_type": "Utf8"}
+
+
+def custom(path: str, prompt: str = "Hello there.", lang: str = "en", wrapped: bool = False) -> dict:
+    line = f"VOICE:CUSTOM|{path}|{prompt}|{lang}|A text after a custom switch."
+    return text(json.dumps({"prompt": line}) if wrapped else line)
+
+
+def voice(name: str) -> dict:
+    return {"type": "Input", "id": "voice", "data": [name], "data_type": "Utf8"}
+
+
+def audio(samples, rate: int, **metadata) -> dict:
+    tagged = {"sample_rate": {"Integer": rate}}
+    tagged.update({k: {"Integer": v} if isinstance(v, int) else {"String": v} for k, v in metadata.items()})
+    return {"type": "Input", "id": "reference_audio", "data": list(map(float, samples)), "data_type": "Float32",
+            "metadata": tagged}
+
+
+def sparse_wav(path, rate: int) -> None:
+    """A WAV header that declares `rate` Hz, on a 4 KiB file."""
+    header = b"RIFF" + struct.pack("<I", 36 + 4052) + b"WAVEfmt " + struct.pack("<IHHIIHH", 16, 1, 1, rate,
+                                                                                    rate * 2, 2, 16)
+    path.write_bytes(header + b"data" + struct.pack("<I", 4052) + bytes(4052))
+
+
+def hostile_library(library) -> None:
+    """voices.json entries a user may write by mistake, spelled as raw JSON (numbers beyond int64 and float)."""
+    soundfile.write(str(library["models"] / "voices/long.wav"), np.zeros(16000 * 61, np.float32), 16000)
+    sparse_wav(library["models"] / "voices/fast.wav", 2_000_000_000)
+    text_ = library["voices"].read_text()
+    extra = ('"fast": {"ref_audio": "voices/aria.wav", "speed_factor": 10000000000000000000000}, '
+             '"huge": {"ref_audio": "voices/aria.wav", "speed_factor": 1e400}, '
+             f'"bigint": {{"ref_audio": "voices/aria.wav", "speed_factor": {"9" * 400}}}, '
+             '"nul": {"ref_audio": "voices/aria.wav\\u0000x"}, '
+             '"longref": {"ref_audio": "voices/long.wav"}, ')
+    library["voices"].write_text(text_.replace('"voices": {', '"voices": {' + extra, 1))
+
+
+# name -> (event, the ids of its outputs, the error code expected first, or None)
+CASES = {
+    "surrogate_prompt_text": (custom("voices/basil.wav", prompt="bad \ud800 text", wrapped=True),
+                              ["error", "text"], "bad_text"),
+    "surrogate_language": (custom("voices/basil.wav", lang="\ud800", wrapped=True), ["error", "text"], "bad_text"),
+    "speed_factor_past_int64_by_audio": (audio(GOOD, RATE, voice="fast"), ["mel"], None),
+    "speed_factor_past_float": (voice("huge"), ["error"], "bad_voices_config"),
+    "speed_factor_400_digits": (voice("bigint"), ["error"], "bad_voices_config"),
+    "custom_path_2mb": (custom(LONG_PATH), ["error", "text"], "bad_ref_audio"),
+    "custom_path_unknown_user": (custom("~nosuchuser/voice.wav"), ["error", "text"], "bad_ref_audio"),
+    "custom_path_nul": (custom("voices/basil.wav\x00x", wrapped=True), ["error", "text"], "bad_ref_audio"),
+    "custom_path_surrogate": (custom("voices/\udc80.wav", wrapped=True), ["error", "text"], "bad_ref_audio"),
+    "voices_json_nul_path": (voice("nul"), ["error"], "bad_voices_config"),
+    "empty_audio_huge_channels": (audio([], 16000, channels=2**62), ["error"], "bad_channels"),
+    "ref_audio_over_max_seconds": (voice("longref"), ["error"], "too_long"),
+    "rate_7_hz": (audio([0.1] * 256, 7), ["error"], "bad_sample_rate"),
+    "wav_header_2_ghz": (custom("MODELS/voices/fast.wav"), ["error", "text"], "bad_sample_rate"),
+    "good_text_at_the_end": (text("VOICE:aria|Still serving."), ["mel", "text"], None),
+}
+
+
+@pytest.fixture(scope="module")
+def replay(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("hostile-events")
+    library = copy_library(tmp)
+    hostile_library(library)
+    events = [json.loads(json.dumps(event).replace("MODELS", str(library["models"]))) for event, _, _ in CASES.values()]
+    outputs, log = run_node(tmp, events, {**library["env"], "MAX_REF_SECONDS": "60"})
+    return {"outputs": outputs, "log": log, "library": library}
+
+
+def test_every_case_is_answered_in_order_and_the_node_ends_cleanly(replay):
+    expected = [output for _, outputs, _ in CASES.values() for output in outputs]
+    assert [o["id"] for o in replay["outputs"]] == expected, replay["log"][-3000:]
+    assert "Traceback" not in replay["log"] and "internal" not in replay["log"]
+
+
+def first_output(replay, case: str) -> dict:
+    index = 0
+    for name, (_, outputs, _) in CASES.items():
+        if name == case:
+            return replay["outputs"][index]
+        index += len(outputs)
+    raise KeyError(case)
+
+
+@pytest.mark.parametrize("case", [name for name, (_, _, code) in CASES.items() if code])
+def test_case_answers_its_error(replay, case):
+    body = json.loads(first_output(replay, case)["data"][0])
+    assert body["error"] == CASES[case][2], body
+    assert 20 < len(body["message"]) < 1000, body["message"][:2000]  # a long path is shown cut, once
+
+
+def test_messages_name_the_fix(replay):
+    messages = {name: json.loads(first_output(replay, name)["data"][0])["message"]
+                for name, (_, _, code) in CASES.items() if code}
+    assert "speed_factor" in messages["speed_factor_past_float"] and "VOICES_CONFIG" in messages["speed_factor_past_float"]
+    assert "MAX_REF_SECONDS" in messages["ref_audio_over_max_seconds"]
+    assert "NUL" in messages["custom_path_nul"] and "NUL" in messages["voices_json_nul_path"]
+    assert "2000000000 Hz" in messages["wav_header_2_ghz"]
+    assert "4000" in messages["rate_7_hz"]
+
+
+def test_a_2_ghz_header_allocates_nothing_big(replay):
+    peak = float(re.search(r"peak RSS (\d+) MB", replay["log"]).group(1))
+    assert peak < 1500, peak  # decoding and resampling that clip took 7.5 GiB
+
+
+def test_float16_overflow_is_an_error_not_inf(tmp_path, library):
+    """float PCM at int16 scale: its float32 spectrogram is finite, its float16 one is not."""
+    loud = (GOOD * 30000).astype(np.float32)
+    events = [audio(loud, RATE), audio(loud, RATE), audio(GOOD, RATE)]
+    outputs, _ = run_node(tmp_path, events, {**library["env"], "MEL_DTYPE": "float16"})
+    assert [o["id"] for o in outputs] == ["error", "error", "mel"]  # the second is not served from the cache
+    body = json.loads(outputs[0]["data"][0])
+    assert body["error"] == "non_finite_audio" and "MEL_DTYPE=float32" in body["message"]
+
+
+@pytest.mark.parametrize("startup", ["nul", "huge", "bigint"])
+def test_a_broken_startup_voice_answers_an_error_and_the_node_serves_on(tmp_path, library, startup):
+    hostile_library(library)
+    outputs, log = run_node(tmp_path, [text("VOICE:aria|Hello.")], {**library["env"], "VOICE_CHARACTER": startup})
+    assert [o["id"] for o in outputs] == ["error", "mel", "text"], log[-2000:]
+    assert json.loads(outputs[0]["data"][0])["error"] == "bad_voices_config"
+
+
+def test_precompute_writes_the_good_voices_beside_broken_entries(library):
+    hostile_library(library)
+    result = subprocess.run([str(BIN / "reference-mel"), "precompute"], env={**os.environ, **library["env"]},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert {p.name for p in library["codes_dir"].glob("*_mel.bin")} == {"aria_mel.bin", "basil_mel.bin",
+                                                                        "cleo_mel.bin"}
+    assert "too_long" in result.stdout and "speed_factor" in result.stdout
+
+
+# -- through the service: what only metadata shows --------------------------------------------------
+
+
+def answers(service, value: str, metadata: dict):
+    return [o for o in service.handle("text", pa.array([value]), metadata) if o.output_id != "log"]
+
+
+@pytest.mark.parametrize("request_id", [42, "", True])
+def test_an_unusable_request_id_is_replaced_and_said_so_on_both(library, request_id):
+    service = ReferenceMelService(Config.from_env(library["env"]))
+    mel, forwarded = answers(service, "VOICE:aria|Hi.", {"request_id": request_id})
+    assert mel.metadata["request_id"] == forwarded.metadata["request_id"] != request_id
+    assert mel.metadata["request_id_generated"] is True and forwarded.metadata["request_id_generated"] is True
+
+
+def test_an_internal_error_on_a_text_carries_the_texts_request_id(library, monkeypatch):
+    service = ReferenceMelService(Config.from_env(library["env"]))
+    monkeypatch.setattr(service, "_voice_request", lambda name: 1 / 0)  # a bug, wherever it may be
+    error, forwarded = [o for o in service.answer({"id": "text", "value": pa.array(["VOICE:aria|Hi."]),
+                                                   "metadata": {}}) if o.output_id != "log"]
+    assert json.loads(error.value[0].as_py())["error"] == "internal"
+    assert error.metadata["request_id"] == forwarded.metadata["request_id"]
+
+
+def test_custom_path_spellings_share_one_remembered_file(library):
+    service = ReferenceMelService(Config.from_env(library["env"]))
+    models = library["models"]
+    for i in range(50):
+        path = models / ("voices/../" * i + "voices/basil.wav")
+        mel, _ = answers(service, f"VOICE:CUSTOM|{path}|Hello.|en|Hi.", {})
+        assert mel.output_id == "mel"
+    assert len(service._file_digests) == 1
+
+
+def test_unlisted_voices_written_back_are_bounded(library, monkeypatch):
+    import dora_reference_mel.service as service_module
+
+    monkeypatch.setattr(service_module, "MAX_UNLISTED_VOICES", 3)
+    service = ReferenceMelService(Config.from_env(library["env"]))
+    clip = pa.array(GOOD[: RATE])
+    states = []
+    for i in range(5):
+        samples = pa.array(np.asarray(clip) * (1 - i / 100))  # other samples each time: no cache hit
+        out = service.handle("reference_audio", samples, {"sample_rate": RATE, "voice": f"new{i}"})
+        states.append(out[0].metadata["write_back"])
+    assert states == ["written"] * 3 + ["skipped"] * 2
+    assert len({p.name.split("_")[0] for p in library["codes_dir"].glob("*_mel.json")}) == 3
+    listed = service.handle("voice", pa.array(["cleo"]), {})  # a voice of voices.json is always written back
+    assert listed[0].metadata["write_back"] == "written"
+
+
+def test_float64_beyond_float32_is_named(library):
+    service = ReferenceMelService(Config.from_env(library["env"]))
+    out = service.handle("reference_audio", pa.array(np.full(16000, 1e300)), {"sample_rate": 16000})
+    body = json.loads(out[0].value[0].as_py())
+    assert body["error"] == "non_finite_audio" and "beyond float32's range" in body["message"]
+
+
+def test_a_send_dora_refuses_becomes_an_error_and_the_text_still_goes(library):
+    """Whatever makes dora's send raise, the outputs after it are still sent."""
+    service = ReferenceMelService(Config.from_env(library["env"]))
+    outputs = service.handle("text", pa.array(["VOICE:aria|Hi."]), {"request_id": "r1", "odd": "x"})
+    calls = []
+
+    def send(output_id, value, metadata):
+        calls.append((output_id, dict(metadata)))
+        if output_id == "mel" or "odd" in metadata:
+            raise RuntimeError("could not convert metadata")
+
+    counter = collections.Counter()
+    send_outputs(send, outputs, counter)
+    sent = [(output_id, metadata.get("error")) for output_id, metadata in calls]
+    assert sent == [("mel", None), ("error", "internal"), ("text", None), ("text", None)]
+    assert calls[-1][1] == {"request_id": "r1"} and counter == {"error": 1, "text": 1}
+
+
+def test_texts_name_the_reference_to_speak_them_with(library):
+    service = ReferenceMelService(Config.from_env({**library["env"], "VOICE_CHARACTER": "basil"}))
+    startup = service.startup()[0].metadata["request_id"]
+    plain = answers(service, "Hello.", {})[-1]
+    assert plain.metadata[REFERENCE_KEY] == startup
+    mel, switched = answers(service, "VOICE:cleo|Hi.", {"request_id": "q1"})
+    assert switched.metadata[REFERENCE_KEY] == "q1" == mel.metadata["request_id"]
+    failed = answers(service, "VOICE:Nobody|Still Cleo.", {"request_id": "q2"})
+    assert [o.output_id for o in failed] == ["error", "text"] and failed[-1].metadata[REFERENCE_KEY] == "q1"
+    none = ReferenceMelService(Config.from_env(library["env"]))
+    assert REFERENCE_KEY not in answers(none, "Hello.", {})[-1].metadata  # no reference yet: the TTS's own voice
+
+
+@pytest.mark.parametrize("setting, value", [("MAX_REF_SECONDS", "1e307"), ("MEL_CACHE_MB", "1e303"),
+                                            ("MEL_DEVICE", "gpu")])
+def test_an_absurd_setting_is_one_line_naming_it(tmp_path, library, setting, value):
+    import mlx.core as mx
+
+    if setting == "MEL_DEVICE" and mx.is_available(mx.gpu):
+        pytest.skip("this machine has a GPU")
+    env, _ = node_run_env(tmp_path, [], {**library["env"], setting: value})
+    proc = subprocess.run([str(BIN / "dora-reference-mel")], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert f"bad configuration [bad_config]: {setting}=" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_the_node_forwards_the_texts_of_a_long_replay(tmp_path, library):
+    """100 texts and a Stop: every text is forwarded, the ones after the switches too."""
+    events = [text(f"VOICE:aria|t{i}" if i % 10 == 0 else f"t{i}") for i in range(100)]
+    outputs, _ = run_node(tmp_path, events, library["env"])
+    assert [o["data"][0] for o in outputs if o["id"] == "text"] == [e["data"][0] for e in events]
