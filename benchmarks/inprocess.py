@@ -100,8 +100,8 @@ def mel_filterbank_forms():
 def service_paths():
     from dora_reference_mel.cli import main as cli
     from dora_reference_mel.config import Config
+    from dora_reference_mel.files import SETTLED_NS
     from dora_reference_mel.service import ReferenceMelService
-    from dora_reference_mel.store import SETTLED_NS
 
     samples, rate = soundfile.read(str(ROOT / "models/voices/aria.wav"), dtype="float32")
     with tempfile.TemporaryDirectory() as tmp:

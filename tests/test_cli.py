@@ -1,5 +1,6 @@
 """`reference-mel precompute | verify | inspect` on a real 20-voice library, and concurrent writers."""
 
+import importlib.metadata
 import json
 import multiprocessing
 import os
@@ -14,8 +15,9 @@ import soundfile
 
 from dora_reference_mel import get_preset, reference_mel
 from dora_reference_mel.config import Config
+from dora_reference_mel.library import VoiceLibrary
 from dora_reference_mel.service import ReferenceMelService
-from dora_reference_mel.store import ReferenceStore, VoiceLibrary
+from dora_reference_mel.store import ReferenceStore
 from helpers import BIN, RATES, ROOT, SPEECH, run_node
 
 
@@ -137,6 +139,27 @@ def test_verify_reports_stale_and_corrupt(library20):
     bad = cli("verify", *library20["args"])
     assert bad.returncode == 1 and "verify: 2 stale or corrupt" in bad.stdout
     assert "corrupt  voice02 v2" in bad.stdout and "stale    voice05 v2: made from other audio" in bad.stdout
+
+
+def test_list_and_verify_cover_the_files_of_voices_voices_json_does_not_list(library20):
+    """A reference_audio event's voice is written back without a voices.json entry: the store still
+    lists it, verify checks it, and every sidecar says which package version wrote it."""
+    assert cli("precompute", *library20["args"]).returncode == 0
+    service = ReferenceMelService(Config.from_env(library20["env"]))
+    samples, rate = soundfile.read(str(SPEECH / "mono_16000.wav"), dtype="float32")
+    out = service.handle("reference_audio", pa.array(samples), {"sample_rate": rate, "voice": "visitor"})
+    assert out[0].metadata["write_back"] == "written"
+    listed = json.loads(cli("list", "--json", *library20["args"]).stdout)
+    names = [(v["name"], v["in_library"], v["stored"]["v2"]["state"]) for v in listed["voices"]]
+    assert names == [(f"voice{i:02d}", True, "fresh") for i in range(20)] + [("visitor", False, "fresh")]
+    version = importlib.metadata.version("dora-reference-mel")
+    assert {v["stored"]["v2"]["producer"]["version"] for v in listed["voices"]} == {version}
+    assert cli("verify", *library20["args"]).stdout.count("ok       visitor v2 (not in voices.json)") == 1
+    (library20["codes"] / "visitor_mel.bin").write_bytes(b"\0" * 64)  # damaged: verify says so
+    bad = cli("verify", *library20["args"])
+    assert bad.returncode == 1 and "corrupt  visitor v2 (not in voices.json)" in bad.stdout
+    text = cli("list", *library20["args"]).stdout
+    assert "visitor" in text and "codes dir only  v2=corrupt" in text and "20 voices in voices.json, 1 more" in text
 
 
 def test_inspect_voice_and_file(library20, tmp_path):

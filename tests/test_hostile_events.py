@@ -193,7 +193,7 @@ def test_custom_path_spellings_share_one_remembered_file(library):
         path = models / ("voices/../" * i + "voices/basil.wav")
         mel, _ = answers(service, f"VOICE:CUSTOM|{path}|Hello.|en|Hi.", {})
         assert mel.output_id == "mel"
-    assert len(service._file_digests) == 1
+    assert len(service.store._audio_digests) == 1
 
 
 def test_unlisted_voices_written_back_are_bounded(library, monkeypatch):

@@ -8,17 +8,10 @@ import pytest
 import xxhash
 
 from dora_reference_mel import ReferenceMelError, get_preset
-from dora_reference_mel.store import (
-    ABSENT,
-    CORRUPT,
-    FRESH,
-    STALE,
-    ReferenceStore,
-    Voice,
-    VoiceLibrary,
-    check_voice_name,
-    read_codes,
-)
+from dora_reference_mel.codes import read_codes
+from dora_reference_mel.library import Voice, VoiceLibrary
+from dora_reference_mel.names import check_voice_name
+from dora_reference_mel.store import ABSENT, CORRUPT, FRESH, STALE, ReferenceStore
 
 V2, V4 = get_preset("v2"), get_preset("v4")
 

@@ -21,8 +21,9 @@ from dora_reference_mel import get_preset, reference_mel
 from dora_reference_mel.config import Config
 from dora_reference_mel.contract import ERROR_CODES
 from dora_reference_mel.errors import ReferenceMelError
+from dora_reference_mel.library import Voice, VoiceLibrary
 from dora_reference_mel.service import ReferenceMelService
-from dora_reference_mel.store import CORRUPT, FRESH, STALE, ReferenceStore, Voice, VoiceLibrary
+from dora_reference_mel.store import CORRUPT, FRESH, STALE, ReferenceStore
 from helpers import BIN, ROOT, run_node
 
 V2 = get_preset("v2")
@@ -225,7 +226,8 @@ CRASH = """
 import os, sys
 import numpy as np
 from dora_reference_mel import get_preset
-from dora_reference_mel.store import ReferenceStore, Voice, VoiceLibrary
+from dora_reference_mel.library import Voice, VoiceLibrary
+from dora_reference_mel.store import ReferenceStore
 renames = []
 real_replace = os.replace
 def dying_replace(src, dst):
@@ -348,7 +350,7 @@ def test_any_file_kind_at_the_spectrogram_path(library, kind):
         assert store.lookup(Voice("kind"), V2, digest="d").fresh
 
 
-# -- a pair is checked whole once per unchanged file (store.SETTLED_NS): every later change is still seen --
+# -- a pair is checked whole once per unchanged file (files.SETTLED_NS): every later change is still seen --
 
 
 def _damage(path: Path, outside: Path, store: ReferenceStore, how: str) -> None:
@@ -382,9 +384,9 @@ def test_a_pair_verified_once_still_sees_every_change(library, tmp_path, monkeyp
     """With the racy-stamp window at 0 (the filesystem here stamps in nanoseconds), the second lookup
     takes the once-verified path; after any change its answer is the one a store that never saw the
     pair gives."""
-    import dora_reference_mel.store as store_module
+    import dora_reference_mel.files as files_module
 
-    monkeypatch.setattr(store_module, "SETTLED_NS", 0)
+    monkeypatch.setattr(files_module, "SETTLED_NS", 0)
     store = ReferenceStore(library["codes_dir"], VoiceLibrary(library["voices"]))
     path = store.save_mel(Voice("memo"), V2, np.ones((704, 20), np.float32), source_digest="d", source_sample_rate=1)
     assert store.lookup(Voice("memo"), V2, digest="d").fresh
@@ -406,7 +408,7 @@ def test_a_pair_verified_once_still_sees_every_change(library, tmp_path, monkeyp
 def test_a_pair_younger_than_the_stamp_granularity_is_checked_every_time(library):
     """A write within the timestamp tick of the check can leave the stamps as they were: such a pair is
     verified whole at every lookup until both files are older than SETTLED_NS, then only once."""
-    from dora_reference_mel.store import SETTLED_NS
+    from dora_reference_mel.files import SETTLED_NS
 
     store = ReferenceStore(library["codes_dir"], VoiceLibrary(library["voices"]))
     path = store.save_mel(Voice("young"), V2, np.ones((704, 20), np.float32), source_digest="d", source_sample_rate=1)

@@ -1,4 +1,4 @@
-"""`reference-mel`: precompute, inspect and verify a voice library's reference spectrograms.
+"""`reference-mel`: precompute, verify, list and inspect a voice library's reference spectrograms.
 
 A thin shell over the same functions the node runs (store.py, signal.py). Defaults come from the
 same environment variables as the node (VOICES_CONFIG, CODES_DIR, MEL_PRESET, MEL_RESAMPLER, ...).
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import dataclasses
+import json
 import os
 import sys
 import time
@@ -19,18 +20,11 @@ import numpy as np
 from . import signal
 from .config import Config, select_device
 from .errors import ReferenceMelError
+from .files import FileStamp, read_audio
+from .library import Voice, mel_path_key
+from .names import check_voice_name, samples_digest
 from .recipe import PRESET_NAMES, RESAMPLERS, Preset
-from .store import (
-    ABSENT,
-    FileStamp,
-    ReferenceStore,
-    Stored,
-    Voice,
-    VoiceLibrary,
-    mel_path_key,
-    read_audio,
-    samples_digest,
-)
+from .store import ABSENT, ReferenceStore, Stored
 
 VOICES_PER_CHUNK = 32  # voices read, computed and written together: bounds memory, still few MLX calls
 
@@ -67,12 +61,6 @@ class Progress:
         sys.stderr.flush()
 
 
-def make_store(config: Config) -> ReferenceStore:
-    """The store the node would use with this configuration (same roots, same bounds)."""
-    return ReferenceStore(config.codes_dir, VoiceLibrary(config.voices_config, config.model_dir),
-                          max_ref_seconds=config.max_ref_seconds, extra_roots=config.ref_audio_roots)
-
-
 def _load(store: ReferenceStore, job: Job) -> Job:
     """Read, check and hash the voice's audio (worker threads: I/O and hashing release the GIL)."""
     if job.voice.ref_audio is None:
@@ -99,7 +87,7 @@ def _library_jobs(store: ReferenceStore, preset: Preset) -> tuple[list[Job], lis
 
 
 def precompute(args, config: Config) -> int:
-    store = make_store(config)
+    store = ReferenceStore.from_config(config)
     if store.library.data() is None:
         print(f"error: {store.library.path} does not exist; pass --voices or set VOICES_CONFIG", file=sys.stderr)
         return 2
@@ -215,7 +203,7 @@ def _summary(jobs: list[Job]) -> int:
 
 
 def verify(args, config: Config) -> int:
-    store = make_store(config)
+    store = ReferenceStore.from_config(config)
     voices, failed = _library_jobs(store, config.presets[0])
     bad = len(failed)
     for job in failed:
@@ -232,8 +220,64 @@ def verify(args, config: Config) -> int:
             print(f"{'ok' if found.fresh else found.state:8s} {job.voice.name} {preset.name}"
                   + ("" if found.fresh else f": {found.reason}"))
             bad += not found.fresh
+    for voice in _unlisted(store):  # written back for reference_audio events: no audio to check them against
+        for preset in config.presets:
+            found = store.lookup(voice, preset)
+            if found.state != ABSENT:
+                print(f"{'ok' if found.fresh else found.state:8s} {voice.name} {preset.name} (not in voices.json)"
+                      + ("" if found.fresh else f": {found.reason}"))
+                bad += not found.fresh
     print(f"verify: {bad} stale or corrupt")
     return 1 if bad else 0
+
+
+def _unlisted(store: ReferenceStore) -> list[Voice]:
+    """Voices with spectrograms in the codes directory that voices.json does not list."""
+    listed = {entry.name for entry in store.library.voices() if isinstance(entry, Voice)}
+    names = []
+    for name in sorted(store.stored_voice_names() - listed):
+        try:
+            names.append(Voice(name=check_voice_name(name)))
+        except ReferenceMelError:  # a file name no voice could have written (an undecodable name, say)
+            continue
+    return names
+
+
+def _describe(store: ReferenceStore, voice: Voice, presets, *, in_library: bool) -> dict:
+    """What the store holds for a voice, judged by stat stamps alone (no audio is read)."""
+    stored = {}
+    for preset in presets:
+        found = store.lookup(voice, preset, audio=FileStamp.of(voice.ref_audio) if voice.ref_audio else None)
+        producer = found.sidecar.raw.get("producer") if found.sidecar else None
+        stored[preset.name] = {"state": found.state, "path": str(found.path) if found.path else None,
+                               "reason": found.reason or None, "producer": producer}
+    return {"name": voice.name, "in_library": in_library,
+            "ref_audio": str(voice.ref_audio) if voice.ref_audio else None, "stored": stored}
+
+
+def list_voices(args, config: Config) -> int:
+    """Every voice of voices.json and every voice with stored files that it does not list."""
+    store = ReferenceStore.from_config(config)
+    voices, problems = [], []
+    for entry in store.library.voices():
+        if isinstance(entry, ReferenceMelError):
+            problems.append(entry.message)
+        else:
+            voices.append(_describe(store, entry, config.presets, in_library=True))
+    voices += [_describe(store, voice, config.presets, in_library=False) for voice in _unlisted(store)]
+    if args.json:
+        print(json.dumps({"voices_config": str(store.library.path), "codes_dir": str(store.codes_dir),
+                          "voices": voices, "problems": problems}, indent=1, ensure_ascii=False))
+        return 0
+    for voice in voices:
+        where = "voices.json" if voice["in_library"] else "codes dir only"
+        states = " ".join(f"{name}={item['state']}" for name, item in voice["stored"].items())
+        print(f"{voice['name']:24s} {where:15s} {states}")
+    for problem in problems:
+        print(f"unusable entry: {problem}")
+    print(f"list: {sum(v['in_library'] for v in voices)} voices in voices.json, "
+          f"{sum(not v['in_library'] for v in voices)} more with stored files only")
+    return 0
 
 
 def _origin(found: Stored) -> str:
@@ -245,7 +289,7 @@ def _origin(found: Stored) -> str:
 
 
 def inspect(args, config: Config) -> int:
-    store = make_store(config)
+    store = ReferenceStore.from_config(config)
     preset = config.presets[0]
     target, voice, found = Path(args.target), None, None
     if target.is_file():
@@ -322,6 +366,9 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(run=inspect)
     p = sub.add_parser("verify", parents=[common], help="check every precomputed file against its audio")
     p.set_defaults(run=verify)
+    p = sub.add_parser("list", parents=[common], help="every voice and what the store holds for it")
+    p.add_argument("--json", action="store_true", help="one JSON document")
+    p.set_defaults(run=list_voices)
     args = parser.parse_args(argv)
     env = dict(os.environ)
     for option, variable in OPTION_VARIABLES.items():

@@ -43,19 +43,11 @@ from .contract import (
     parse_voice_switch,
 )
 from .errors import ReferenceMelError
+from .files import FileStamp
+from .library import Voice
+from .names import check_voice_name, path_problem, samples_digest, shown
 from .recipe import Preset
-from .store import (
-    CORRUPT,
-    FileStamp,
-    ReferenceStore,
-    Stored,
-    Voice,
-    VoiceLibrary,
-    check_voice_name,
-    path_problem,
-    samples_digest,
-    shown,
-)
+from .store import CORRUPT, ReferenceStore, Stored
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +59,6 @@ UPSTREAM_SECONDS = (3.0, 10.0)  # GPT-SoVITS refuses references outside this ran
 WARM_RATES = (16000, 24000, 48000)  # recording rates warmed at start (44.1k/22.05k resample uncompiled)
 WARM_UP_ATTEMPTS = 30  # a second apart: another process's build of one kernel takes seconds
 MAX_CHECKED_AUDIO = 4096  # digests of audio that passed the checks, kept beside the cache
-MAX_KNOWN_FILES = 4096  # audio files whose digest is remembered (by real path: spellings do not add entries)
 # Voices that voices.json does not list are written back (so a restart serves them) only while the codes
 # directory holds fewer than this many of them: reference_audio events with ever new names must not fill the disk.
 MAX_UNLISTED_VOICES = 256
@@ -129,12 +120,9 @@ class ReferenceMelService:
     def __init__(self, config: Config, node_name: str = "reference-mel"):
         self.config = config
         self.node_name = node_name
-        self.store = ReferenceStore(config.codes_dir, VoiceLibrary(config.voices_config, config.model_dir),
-                                    max_ref_seconds=config.max_ref_seconds, extra_roots=config.ref_audio_roots)
+        self.store = ReferenceStore.from_config(config)
         self.store.clean_leftovers()
         self.cache = ByteLRU(int(config.cache_mb * 1024 * 1024))
-        # real path of an audio file -> (stamp, digest): a repeated voice switch reaches the cache after one stat.
-        self._file_digests = ByteLRU(MAX_KNOWN_FILES)
         # samples_digest -> the warnings of audio that passed every check: the same samples sent again
         # are hashed, not scanned again (the digest covers the rate, the channels and every sample)
         self._checked_audio = ByteLRU(MAX_CHECKED_AUDIO)
@@ -247,16 +235,13 @@ class ReferenceMelService:
 
     def _voice_request(self, name: str) -> Request:
         voice = self.store.voice(name)
-        if voice.ref_audio is None and not voice.in_library and not self._has_stored(voice):
+        if voice.ref_audio is None and not voice.in_library and not self.store.has_stored(voice, self.config.presets):
             raise ReferenceMelError(
                 "unknown_voice", f"voice {shown(name)} is not in {self.store.library.path} (VOICES_CONFIG) and has no "
                 f"precomputed spectrogram in {self.store.codes_dir} (CODES_DIR); add it to voices.json or send "
                 "reference_audio", voice=name)
         about = [("voice", voice.name)] + [(k, float(v) if k == "speed_factor" else v) for k, v in voice.info]
         return Request(voice, audio_path=voice.ref_audio, about=tuple(about))
-
-    def _has_stored(self, voice: Voice) -> bool:
-        return any(self.store.mel_file(voice, p).exists() for p in self.config.presets)
 
     def _custom_request(self, switch) -> Request:
         """A VOICE:CUSTOM reference: its path arrives in an event, so it must lead into REF_AUDIO_ROOTS,
@@ -383,17 +368,15 @@ class ReferenceMelService:
 
     def _cached_file(self, path: Path | None, stamp: FileStamp | None, preset: Preset) -> Served | None:
         """A voice switch whose audio file is unchanged (same stamp) since it was last hashed: the cache."""
-        known = self._file_digests.get(path)
-        if known is None or known[0] != stamp:
-            return None
-        return self.cache.get((known[1], preset.fingerprint))
+        digest = self.store.known_digest(path, stamp)
+        return self.cache.get((digest, preset.fingerprint)) if digest else None
 
     def _serve_stored(self, found: Stored, request: Request, preset: Preset) -> Resolved:
         """A stored file proven by its audio's stamp. Its sidecar names the samples' digest, so samples
         already served (say as a reference_audio event) answer from the cache, whatever came first."""
         digest = found.sidecar.source_digest if found.sidecar else None
         if digest and found.sidecar.source_audio is not None and request.audio_path is not None:
-            self._file_digests.put(request.audio_path, (found.sidecar.source_audio, digest), 1)  # proven by the stamp
+            self.store.remember_digest(request.audio_path, found.sidecar.source_audio, digest)  # proven by the stamp
         cached = self.cache.get((digest, preset.fingerprint)) if digest else None
         if cached is not None:
             return Resolved(cached, "cache", request)
@@ -413,7 +396,7 @@ class ReferenceMelService:
         samples, sample_rate, stamp = self.store.read_audio(request.audio_path, request.roots, fix)
         samples = signal.check_samples(samples, sample_rate)
         request = request.with_samples(samples, sample_rate, self._audio_warnings(samples, sample_rate), stamp)
-        self._file_digests.put(request.audio_path, (stamp, request.digest), 1)
+        self.store.remember_digest(request.audio_path, stamp, request.digest)
         return request
 
     def _write_back(self, request: Request, mel: np.ndarray, preset: Preset) -> str:

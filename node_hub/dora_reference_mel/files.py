@@ -1,0 +1,196 @@
+"""Reading and writing files safely: only regular files, opened without blocking, bounded in size,
+confined to given folders where the path came from an event; writes by temporary file and rename."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import stat
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .contract import MAX_CHANNELS, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
+from .errors import ReferenceMelError
+from .names import shown
+
+log = logging.getLogger(__name__)
+
+TEMP_PREFIX = ".rmel-"  # every temporary file this package writes; older ones are crash leftovers
+LEFTOVER_AGE_S = 600  # a writer finishes in well under this; older temporaries belong to no one
+SETTLED_NS = 2_000_000_000  # coarser than any file system's timestamp tick (FAT: 2 s)
+
+
+class StoreFileError(Exception):
+    """A file the store may not or cannot read; `missing` when it simply is not there."""
+
+    def __init__(self, path, reason: str, *, missing: bool = False):
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason, self.missing = path, reason, missing
+
+
+
+
+@dataclasses.dataclass(frozen=True)
+class FileStamp:
+    """What fstat says of a file; equal stamps mean the same, unchanged file."""
+
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    inode: int
+    device: int
+
+    @classmethod
+    def of_stat(cls, st: os.stat_result) -> FileStamp:
+        return cls(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
+
+    @classmethod
+    def of(cls, path: Path | None) -> FileStamp | None:
+        try:
+            return cls.of_stat(os.stat(path)) if path is not None else None
+        except (OSError, ValueError):
+            return None
+
+    @classmethod
+    def from_json(cls, value) -> FileStamp | None:
+        if value is None:
+            return None
+        fields = [f.name for f in dataclasses.fields(cls)]
+        if not isinstance(value, dict) or sorted(value) != sorted(fields) or not all(_is_int(v) for v in value.values()):
+            raise ValueError(f"source_audio={str(value)[:80]} is not a stamp of {fields}")
+        return cls(**value)
+
+
+def settled(stamp: FileStamp) -> bool:
+    """Whether a file's stamp is old enough to identify its content. A write within the file system's
+    timestamp granularity of the last stat can leave size, mtime and ctime as they were (git's "racy
+    timestamp" problem), so a stamp younger than SETTLED_NS is not trusted to say "unchanged"."""
+    return time.time_ns() - max(stamp.mtime_ns, stamp.ctime_ns) > SETTLED_NS
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _real_inside(real: str, roots: Iterable[Path]) -> bool:
+    return any(os.path.commonpath([real, root]) == root for root in map(os.path.realpath, roots))
+
+
+@contextlib.contextmanager
+def open_regular(path: Path, roots: Sequence[Path] | None, max_bytes: int):
+    """An open binary file object for `path` and its FileStamp, or StoreFileError.
+
+    Links are resolved first and the target must lie inside one of `roots` (None: anywhere). Opened
+    with O_NONBLOCK, so a FIFO cannot block; then fstat must say regular file and at most max_bytes."""
+    path = Path(path)
+    real = os.path.realpath(path)  # resolved once: the folder check and the open see the same target
+    if roots is not None and not _real_inside(real, roots):
+        raise StoreFileError(path, f"leads outside the allowed folders (to {real}); not read")
+    try:
+        fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise StoreFileError(path, "does not exist", missing=True) from None
+    except (OSError, ValueError) as err:
+        raise StoreFileError(path, f"cannot be opened ({err})") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_size > max_bytes:
+        os.close(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise StoreFileError(path, "is not a regular file (a FIFO, device or folder); not read")
+        raise StoreFileError(path, f"holds {st.st_size} bytes, more than the {max_bytes} this file may hold")
+    with os.fdopen(fd, "rb") as f:
+        yield f, FileStamp.of_stat(st)
+
+
+def read_regular(path: Path, roots: Sequence[Path] | None, max_bytes: int) -> tuple[bytes, FileStamp]:
+    with open_regular(path, roots, max_bytes) as (f, stamp):
+        try:  # the size fstat gave, plus one byte to see growth: asking for max_bytes would allocate it all
+            blob = f.read(stamp.size + 1)
+        except OSError as err:
+            raise StoreFileError(path, f"cannot be read ({err})") from None
+    if len(blob) != stamp.size:
+        raise StoreFileError(path, f"changed while being read ({len(blob)} of {stamp.size} bytes)")
+    return blob, stamp
+
+
+def read_audio(path: Path, roots: Sequence[Path] | None, max_seconds: float, *,
+               fix: str = "fix the path") -> tuple[np.ndarray, int, FileStamp]:
+    """A reference audio file as float32 [n, channels], its rate and stamp; `bad_ref_audio` (or
+    `too_long`) when it cannot serve, the message ending with `fix`. The header is checked before any
+    sample is decoded: rate, channels and length bound what decoding may allocate."""
+    import soundfile
+
+    def refuse(why: str, code: str = "bad_ref_audio"):
+        return ReferenceMelError(code, f"ref_audio {shown(str(path))} {why}; {fix}")
+
+    try:
+        with open_regular(path, roots, max_bytes=1 << 40) as (f, stamp):
+            try:
+                info = soundfile.info(f)
+                f.seek(0)
+            except (RuntimeError, OSError, ValueError, TypeError) as err:  # LibsndfileError is a RuntimeError
+                raise refuse(f"is not readable audio ({str(err)[:200]}); use WAV, FLAC or OGG") from None
+            if not MIN_SAMPLE_RATE <= info.samplerate <= MAX_SAMPLE_RATE:
+                raise refuse(f"declares {info.samplerate} Hz, outside {MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE} Hz; "
+                             "resample it to a standard rate such as 16000, 24000, 32000 or 48000 Hz", "bad_sample_rate")
+            if info.frames <= 0 or not 0 < info.channels <= MAX_CHANNELS:
+                raise refuse(f"declares {info.frames} frames of {info.channels} channels (at most {MAX_CHANNELS}); "
+                             "use 3 to 10 s of mono or stereo speech")
+            if info.frames > max_seconds * info.samplerate:
+                raise refuse(f"is {info.frames / info.samplerate:.1f} s, over MAX_REF_SECONDS={max_seconds:g} "
+                             "(use 3 to 10 s of speech, or raise MAX_REF_SECONDS)", "too_long")
+            try:
+                samples, sample_rate = soundfile.read(f, dtype="float32", always_2d=True)
+            except (RuntimeError, OSError, ValueError, TypeError, MemoryError) as err:
+                raise refuse(f"is not readable audio ({str(err)[:200]}); use WAV, FLAC or OGG") from None
+    except StoreFileError as err:
+        raise refuse(err.reason) from None
+    if samples.shape[0] == 0:
+        raise refuse("holds no samples")
+    return samples, int(sample_rate), stamp
+
+
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see either the old file or the whole new one. The
+    rename replaces whatever `path` named (a link, a FIFO): it never writes through it."""
+    path = Path(path)
+    tmp = path.parent / f"{TEMP_PREFIX}{os.urandom(6).hex()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def remove_leftovers(folder: Path) -> int:
+    """Remove temporary files that crashed writers left in `folder`: only ours, only regular files,
+    only ones older than any live write. Returns how many."""
+    removed, now = 0, time.time()
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return 0
+    for entry in entries:
+        if not (entry.name.startswith(TEMP_PREFIX) and entry.name.endswith(".tmp")):
+            continue
+        with contextlib.suppress(OSError):
+            st = entry.stat(follow_symlinks=False)
+            if stat.S_ISREG(st.st_mode) and now - st.st_mtime > LEFTOVER_AGE_S:
+                os.unlink(entry.path)
+                removed += 1
+    if removed:
+        log.info("removed %d temporary files left by interrupted writes in %s", removed, folder)
+    return removed

@@ -1,0 +1,324 @@
+"""voices.json, the primespeech voice library, as the MLX line reads it: entries checked field by field,
+names resolved as primespeech resolves them, and mel paths recorded in place (every other byte kept)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import json
+import logging
+import os
+import threading
+from pathlib import Path
+
+from .contract import MAX_PROMPT_TEXT_BYTES
+from .errors import ReferenceMelError
+from .files import FileStamp, StoreFileError, atomic_write, open_regular, read_regular
+from .names import check_voice_name, path_problem, shown
+from .recipe import Preset
+
+log = logging.getLogger(__name__)
+
+MAX_VOICES_JSON_BYTES = 16 * 1024 * 1024
+MAX_RESOLVED_PER_ENTRY = 4  # spellings of one voice remembered (key, display name, aliases)
+
+
+
+
+@dataclasses.dataclass(frozen=True)
+class Voice:
+    """A voice resolved from voices.json (or known only by its files in the codes directory)."""
+
+    name: str  # the key in voices.json, or the name as sent
+    ref_audio: Path | None = None
+    codes_path: Path | None = None
+    mel_paths: tuple[tuple[str, Path], ...] = ()  # (voices.json key, path)
+    in_library: bool = False
+    info: tuple[tuple[str, object], ...] = ()  # ref_text, speed_factor, language keys: for the metadata
+
+    def mel_path(self, preset: Preset) -> Path | None:
+        return dict(self.mel_paths).get(mel_path_key(preset))
+
+
+# Entry keys passed on in `mel` metadata when present, with the type they must have.
+VOICE_INFO_KEYS = {"ref_text": str, "speed_factor": (int, float), "text_lang": str, "prompt_lang": str,
+                   "language": str, "lang": str}
+PATH_KEYS = ("ref_audio", "codes_path")
+
+
+def mel_file_stem(voice: str, preset: Preset) -> str:
+    return f"{voice}_mel" if preset.name == "v2" else f"{voice}_mel_{preset.name}"
+
+
+def mel_path_key(preset: Preset) -> str:
+    """The voices.json key naming a voice's file for this preset (`mel_path` for v2)."""
+    return "mel_path" if preset.name == "v2" else f"mel_{preset.name}_path"
+
+
+MAX_SPEED_FACTOR = 100.0  # far above any real speed_factor (primespeech's are 0.5 to 2); keeps it a float
+
+
+def _check_entry(key, entry) -> None:
+    """Raise `bad_voices_config` naming the entry and the field to repair when it cannot be used as a voice."""
+    check_voice_name(key, entry=str(key))
+    if not isinstance(entry, dict):
+        raise ReferenceMelError("bad_voices_config", f"voices.json entry {key!r} must be an object")
+
+    def refuse(field: str, why: str):
+        return ReferenceMelError("bad_voices_config", f"voices.json entry {shown(key)}: {field} {why}; fix it in "
+                                 "voices.json (VOICES_CONFIG)")
+
+    for field, value in entry.items():
+        if field in PATH_KEYS or field.startswith("mel_") and field.endswith("path"):
+            problem = "must be a path string" if not isinstance(value, str) else path_problem(value)
+            if problem and value != "":
+                raise refuse(field, f"= {shown(value, 60)} {problem}")
+        wanted = VOICE_INFO_KEYS.get(field)
+        if wanted and (not isinstance(value, wanted) or isinstance(value, bool)):
+            raise refuse(field, f"= {shown(value, 60)} must be {'text' if wanted is str else 'a number'}")
+        if field == "speed_factor" and not 0 < value <= MAX_SPEED_FACTOR:  # int or float: compared exactly
+            raise refuse(field, f"= {shown(value, 60)} must be a number above 0 and at most {MAX_SPEED_FACTOR:g}")
+        if isinstance(value, str):
+            try:
+                size = len(value.encode("utf-8"))
+            except UnicodeEncodeError:
+                raise refuse(field, "is not valid Unicode (a lone surrogate)") from None
+            if size > MAX_PROMPT_TEXT_BYTES:
+                raise refuse(field, f"is {size} bytes long, over {MAX_PROMPT_TEXT_BYTES}")
+    aliases = entry.get("aliases", [])
+    if not isinstance(aliases, list):
+        raise refuse("aliases", "must be a list of names")
+    for alias in aliases:
+        check_voice_name(alias, entry=f"{key}' alias '{alias}" if isinstance(alias, str) else str(key))
+
+
+def parse_voices_json(blob: bytes, path: Path) -> dict:
+    """The parsed file: {"data": raw dict, "problems": {key: error}}; `bad_voices_config` when unusable."""
+    try:
+        data = json.loads(blob)
+    except (ValueError, RecursionError) as err:  # JSONDecodeError, bad UTF-8, 5000-digit ints, deep nesting
+        raise ReferenceMelError("bad_voices_config", f"{path} is not usable JSON ({str(err)[:120]}); fix or "
+                                "remove it") from None
+    if not isinstance(data, dict) or not isinstance(data.get("voices"), dict):
+        raise ReferenceMelError(
+            "bad_voices_config", f'{path} must be an object with a "voices" object (primespeech schema)')
+    base = data.get("models_base_path")
+    if base is not None and (not isinstance(base, str) or path_problem(base) and base != ""):
+        why = "must be a string" if not isinstance(base, str) else path_problem(base)
+        raise ReferenceMelError("bad_voices_config", f"{path}: models_base_path={shown(base, 60)} {why}; fix it")
+    problems = {}
+    for key, entry in data["voices"].items():
+        try:
+            _check_entry(key, entry)
+        except ReferenceMelError as err:
+            problems[key] = err
+            log.warning("%s", err.message)
+    return {"data": data, "problems": problems, "resolved": {}}  # resolved: lowercased name -> Voice
+
+
+class VoiceLibrary:
+    """voices.json as the MLX primespeech line reads it; re-read when the file changes on disk.
+
+    Lookup: the name lowercased as a key, then lowercased with spaces removed (the Python node's
+    display names: "Luo Xiang" is "luoxiang"), then among aliases, compared lowercased. Relative
+    paths join `models_base_path`, which defaults to the models root (PRIMESPEECH_MODEL_DIR)."""
+
+    def __init__(self, path: Path, model_dir: Path | None = None):
+        self.path = Path(path)
+        self.model_dir = Path(model_dir) if model_dir is not None else self.path.parent
+        self._stamp: object = "unloaded"  # FileStamp of what is loaded; None: no file
+        self._parsed: dict | None = None
+        self._error: ReferenceMelError | None = None
+        self._lock = threading.Lock()
+
+    def _load(self) -> None:
+        stamp = FileStamp.of(self.path)
+        if stamp == self._stamp and stamp is not None:
+            return
+        if stamp is None:
+            self._stamp, self._parsed, self._error = None, None, None
+            return
+        try:
+            blob, stamp = read_regular(self.path, None, MAX_VOICES_JSON_BYTES)
+            self._parsed, self._error = parse_voices_json(blob, self.path), None
+        except StoreFileError as err:
+            self._parsed, self._error = None, ReferenceMelError(
+                "bad_voices_config", f"voices.json {err.path} {err.reason}; fix it or point VOICES_CONFIG elsewhere")
+        except ReferenceMelError as err:
+            self._parsed, self._error = None, err
+        if self._error is not None:
+            log.warning("%s", self._error.message)
+        self._stamp = stamp  # the error stays until the file changes: every event is told, not just one
+
+    def parsed(self) -> dict | None:
+        """{"data", "problems"}; None when the file does not exist; raises `bad_voices_config` when unusable."""
+        with self._lock:
+            self._load()
+            if self._error is not None:
+                raise self._error
+            return self._parsed
+
+    def data(self) -> dict | None:
+        parsed = self.parsed()
+        return None if parsed is None else parsed["data"]
+
+    def base_path(self, data: dict | None = None) -> Path:
+        """`models_base_path` (`~` expanded; a relative value is taken from the working directory, as
+        the MLX node does), or the models root when absent."""
+        data = self.data() if data is None else data
+        base = (data or {}).get("models_base_path")
+        return Path(os.path.abspath(os.path.expanduser(base))) if base else self.model_dir
+
+    def resolve(self, name: str) -> Voice | None:
+        """The voice called `name` (key, display name or alias), or None; `ambiguous_voice` when two match."""
+        parsed = self.parsed()
+        if parsed is None:
+            return None
+        voices, lower = parsed["data"]["voices"], name.lower()
+        found = parsed["resolved"].get(lower)  # this file's earlier answer to the same name
+        if found is not None:
+            return found
+        how = "keys"
+        for wanted in dict.fromkeys((lower, lower.replace(" ", ""))):
+            keys = [k for k in voices if isinstance(k, str) and k.lower() == wanted]
+            if keys:
+                break
+        else:
+            how, keys = "aliases", [k for k, e in voices.items() if isinstance(e, dict) and isinstance(
+                e.get("aliases"), list) and any(isinstance(a, str) and a.lower() == lower for a in e["aliases"])]
+        if not keys:
+            return None
+        found = self._pick(keys, name, parsed, how)
+        if len(parsed["resolved"]) < MAX_RESOLVED_PER_ENTRY * (len(voices) + 1):  # bounded: names come from events
+            parsed["resolved"][lower] = found
+        return found
+
+    def _pick(self, keys: list[str], name: str, parsed: dict, how: str) -> Voice:
+        if len(keys) > 1:
+            raise ReferenceMelError(
+                "ambiguous_voice", f"voice {ascii(name)} matches {len(keys)} voices of {self.path} by {how} "
+                f"({', '.join(map(ascii, keys[:5]))}); make names and aliases unique")
+        key = keys[0]
+        if key in parsed["problems"]:
+            raise parsed["problems"][key]
+        return self._voice(key, parsed["data"]["voices"][key], self.base_path(parsed["data"]))
+
+    def voices(self) -> list[Voice | ReferenceMelError]:
+        """Every entry: a Voice, or the error that keeps it from being one."""
+        parsed = self.parsed() or {"data": {"voices": {}}, "problems": {}}
+        base = self.base_path(parsed["data"])
+        return [parsed["problems"].get(k) or self._voice(k, e, base) for k, e in parsed["data"]["voices"].items()]
+
+    @staticmethod
+    def _voice(key: str, entry: dict, base: Path) -> Voice:
+        def path(field: str) -> Path | None:
+            value = entry.get(field)
+            if not value:
+                return None
+            value = os.path.expanduser(value)
+            return Path(value) if os.path.isabs(value) else base / value
+
+        mel_keys = [k for k in entry if k.startswith("mel_") and k.endswith("path")]
+        info = tuple((k, entry[k]) for k in VOICE_INFO_KEYS if k in entry)
+        return Voice(name=key, ref_audio=path("ref_audio"), codes_path=path("codes_path"),
+                     mel_paths=tuple((k, p) for k in mel_keys if (p := path(k)) is not None), in_library=True,
+                     info=info)
+
+    def set_voice_fields(self, updates: dict[str, dict[str, str]]) -> None:
+        """Set fields of voices ({voice key: {field: value}}) in voices.json, under an exclusive lock on
+        the file, so concurrent writers never lose each other's updates, and replace it atomically.
+        Only those values change: every other byte (formatting, number spellings, key order) stays as
+        the owner wrote it. Entries removed meanwhile are left out."""
+        with self._lock, _locked(self.path) as blob:
+            encoding = json.detect_encoding(blob)
+            text = blob.decode(encoding)
+            atomic_write(self.path, edit_json_fields(text, updates).encode(encoding))
+            self._stamp = "unloaded"
+
+
+_JSON_SPACE = " \t\n\r"
+
+
+def _json_members(text: str, start: int) -> tuple[list[tuple[str, int, int, int]], int]:
+    """The members of the JSON object whose `{` is at `start`, as (key, key start, value start, value end),
+    and the index of its closing `}`. The text is JSON that json.loads accepts."""
+    def skip(i: int) -> int:
+        while text[i] in _JSON_SPACE:
+            i += 1
+        return i
+
+    decoder, members, i = json.JSONDecoder(), [], skip(start + 1)
+    if text[i] == "}":
+        return members, i
+    while True:
+        key, after_key = json.decoder.scanstring(text, i + 1)
+        value_start = skip(skip(after_key) + 1)  # past the colon
+        _, value_end = decoder.raw_decode(text, value_start)
+        members.append((key, i, value_start, value_end))
+        i = skip(value_end)
+        if text[i] == "}":
+            return members, i
+        i = skip(i + 1)  # past the comma
+
+
+def edit_json_fields(text: str, updates: dict[str, dict[str, str]]) -> str:
+    """voices.json text with `updates` ({voice key: {field: value}}) applied in place: an existing field's
+    value is replaced, a new field follows the entry's last member with that member's indentation. The
+    rest of the text is untouched. Raises ValueError if the result would not parse to the intended data."""
+    def last(members, key):
+        found = [m for m in members if m[0] == key]  # json.loads keeps the last of duplicate keys
+        return found[-1] if found else None
+
+    def encoded(value) -> str:
+        try:
+            return json.dumps(value, ensure_ascii=False)
+        except UnicodeEncodeError:
+            return json.dumps(value)
+
+    top_start = len(text) - len(text.lstrip(_JSON_SPACE))
+    voices = last(_json_members(text, top_start)[0], "voices")
+    entries = _json_members(text, voices[2])[0] if voices and text[voices[2]] == "{" else []
+    edits = []  # (start, end, replacement), applied from the end
+    for key, fields in updates.items():
+        entry = last(entries, key)
+        if entry is None or text[entry[2]] != "{":
+            continue
+        members, close = _json_members(text, entry[2])
+        added = []
+        for field, value in fields.items():
+            member = last(members, field)
+            if member is None:
+                added.append(f"{json.dumps(field)}: {encoded(value)}")
+            else:
+                edits.append((member[2], member[3], encoded(value)))
+        if added and members:
+            _, key_start, _, value_end = members[-1]
+            separator = text[text.rindex(",", 0, key_start) + 1 if members[:-1] else entry[2] + 1:key_start]
+            separator = separator or (" " if not members[:-1] else "")  # {"ref_audio": ...} on one line
+            edits.append((value_end, value_end, "".join(f",{separator}{item}" for item in added)))
+        elif added:
+            edits.append((entry[2] + 1, close, ", ".join(added)))
+    result = text
+    for start, end, replacement in sorted(edits, reverse=True):
+        result = result[:start] + replacement + result[end:]
+    intended = json.loads(text)
+    for key, fields in updates.items():
+        if isinstance(intended.get("voices"), dict) and isinstance(intended["voices"].get(key), dict):
+            intended["voices"][key].update(fields)
+    if json.dumps(json.loads(result), sort_keys=True) != json.dumps(intended, sort_keys=True):  # NaN-safe
+        raise ValueError("editing voices.json in place gave other data; nothing was written")
+    return result
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """The bytes of `path`, read while holding flock on it. A writer replaces the file by rename, so
+    after the lock is granted the path must still name the locked file; otherwise lock the new one."""
+    while True:
+        with open_regular(path, None, MAX_VOICES_JSON_BYTES) as (f, stamp):
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            if FileStamp.of(path) != FileStamp.of_stat(os.fstat(f.fileno())):
+                continue  # replaced while we waited: lock the file that is there now
+            yield f.read()
+            return
