@@ -21,18 +21,7 @@ import soundfile
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))
-
-
-def median_ms(fn, repeats=20):
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        if isinstance(out, mx.array):
-            mx.eval(out)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+from timing import median_ms  # noqa: E402  (benchmarks/ is not a package)
 
 
 def primitives():
@@ -78,12 +67,13 @@ def mel_filterbank_forms():
     """v4's filterbank over 10 s of spectra: as shipped (runs of bands, each padded to its own width)
     against all bands padded to the widest one."""
     from dora_reference_mel import get_preset
-    from dora_reference_mel.signal import _nonzero_bands, apply_filterbank, slaney_mel_filterbank
+    from dora_reference_mel.signal import apply_filterbank
+    from dora_reference_mel.tables import nonzero_bands, slaney_mel_filterbank
 
     preset = get_preset("v4")
     fmax = preset.fmax if preset.fmax is not None else preset.sample_rate / 2
     bank = slaney_mel_filterbank(preset.sample_rate, preset.n_fft, preset.n_mels, preset.fmin, fmax)
-    starts, weights = _nonzero_bands(bank, bank != 0)
+    starts, weights = nonzero_bands(bank, bank != 0)
     index = (mx.array(starts)[:, None] + mx.arange(weights.shape[1], dtype=mx.int32)[None, :]).reshape(-1)
     spectra = mx.random.uniform(shape=(bank.shape[1], 1000))
     mx.eval(spectra)
@@ -97,7 +87,8 @@ def mel_filterbank_forms():
           f"all padded to the widest {median_ms(one_width):.2f} ms; identical: {same}")
 
 
-def service_paths():
+def service_paths(repeats: int = 300) -> dict:
+    """The service's paths on 10 s at 48 kHz, and its memory; returns the figures (ms, MB)."""
     from dora_reference_mel.cli import main as cli
     from dora_reference_mel.config import Config
     from dora_reference_mel.files import SETTLED_NS
@@ -123,18 +114,20 @@ def service_paths():
             start = time.perf_counter()
             assert cached.handle("reference_audio", clip, {"sample_rate": rate})[0].metadata["source"] == "computed"
             computed.append((time.perf_counter() - start) * 1e3)
-        hit = median_ms(lambda: cached.handle("reference_audio", arrow, {"sample_rate": rate}), repeats=300)
+        hit = median_ms(lambda: cached.handle("reference_audio", arrow, {"sample_rate": rate}), repeats=repeats)
         stored = median_ms(lambda: nocache.handle("reference_audio", arrow, {"sample_rate": rate, "voice": "aria"}),
-                           repeats=300)
+                           repeats=repeats)
         assert nocache.handle("reference_audio", arrow, {"sample_rate": rate, "voice": "aria"})[0].metadata[
             "source"] == "precomputed"
-        switch = median_ms(lambda: cached.handle("voice", pa.array(["aria"]), {}), repeats=300)  # first call: stored
+        switch = median_ms(lambda: cached.handle("voice", pa.array(["aria"]), {}), repeats=repeats)  # 1st: stored
         assert cached.handle("voice", pa.array(["aria"]), {})[0].metadata["source"] == "cache"
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"service, 10 s at 48 kHz: cache hit {hit:.2f} ms, precomputed {stored:.2f} ms, computed "
               f"{statistics.median(computed):.2f} ms; `voice` event from the cache {switch:.2f} ms")
         print(f"memory: peak RSS after warm-up {idle:.0f} MB; after 60 distinct computed clips with "
               f"MEL_CACHE_MB=64 ({cached.cache.nbytes / 2**20:.1f} MB cached) {peak:.0f} MB")
+    return {"cache_hit_ms": hit, "precomputed_hit_ms": stored, "voice_hit_ms": switch,
+            "computed_ms": statistics.median(computed), "idle_rss_mb": idle, "full_cache_rss_mb": peak}
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import mlx.core as mx
 import numpy as np
 import soundfile
 
-from dora_reference_mel import get_preset, signal
+from dora_reference_mel import get_preset, resample, signal
 
 VOICE = Path(__file__).resolve().parent.parent / "models" / "voices" / "aria.wav"
 
@@ -32,7 +32,7 @@ def main():
     stages = {
         "check (host)": lambda s: signal.check_samples(samples, rate),
         "host->device + mono": lambda s: signal.to_mono([samples])[0],
-        "resample": lambda s: signal.resample_sinc(s["mono"], rate, preset.sample_rate),
+        "resample": lambda s: resample.resample_sinc(s["mono"], rate, preset.sample_rate),
         "frame (reflect pad)": lambda s: signal.frame_signals([s["resample"]], preset)[0],
         "window + rfft + |.|, bins first": lambda s: signal.magnitude(s["frame (reflect pad)"], preset, n_bins),
         "mel (v3/v4)": lambda s: (signal.log_mel(mx.contiguous(s["window + rfft + |.|, bins first"]), preset)

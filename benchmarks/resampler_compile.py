@@ -8,7 +8,7 @@ length's first call (the pieces keep one graph for every length).
 """
 
 import argparse
-import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -16,19 +16,12 @@ import mlx.core as mx
 import numpy as np
 import soundfile
 
-from dora_reference_mel.signal import _phases_compiled, _phases_strided, resampled_length, sinc_resample_taps
+sys.path.insert(0, str(Path(__file__).parent))
+from dora_reference_mel.resample import _phases_compiled, _phases_strided, resampled_length
+from dora_reference_mel.tables import device_sinc_taps, sinc_resample_taps
+from timing import median_ms  # noqa: E402  (benchmarks/ is not a package)
 
 VOICE = Path(__file__).resolve().parent.parent / "models" / "voices" / "aria.wav"
-
-
-def median_ms(fn, repeats=20) -> float:
-    mx.eval(fn())
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        mx.eval(fn())
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
 
 
 def first_ms(fn) -> float:
@@ -39,12 +32,13 @@ def first_ms(fn) -> float:
 
 def measure(rate: int, samples: np.ndarray) -> str:
     orig, new, width, starts, weights = sinc_resample_taps(rate, 32000)
+    _, device_weights = device_sinc_taps(rate, 32000)
     x = mx.array(np.resize(samples, rate * 10))
     n_blocks = -(-resampled_length(x.shape[0], rate, 32000) // new)
     mx.eval(x)
 
     def strided():
-        return _phases_strided(mx.pad(x, [(width, width + orig)]), orig, n_blocks, starts, weights)
+        return _phases_strided(mx.pad(x, [(width, width + orig)]), orig, n_blocks, starts, device_weights)
 
     def compiled(y=x, blocks=n_blocks):
         return _phases_compiled(y, rate, 32000, blocks)

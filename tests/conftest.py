@@ -13,6 +13,15 @@ def library(tmp_path) -> dict:
     return copy_library(tmp_path)
 
 
+@pytest.fixture
+def store(library):
+    """The store over that copy."""
+    from dora_reference_mel.library import VoiceLibrary
+    from dora_reference_mel.store import ReferenceStore
+
+    return ReferenceStore(library["codes_dir"], VoiceLibrary(library["voices"]))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def shipped_models_stay_untouched():
     """No test (nor anything it runs) may write into the shipped models/ folder."""

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from dora_reference_mel import reference_mel
 from dora_reference_mel.config import Config
-from dora_reference_mel.contract import ERROR_CODES
+from dora_reference_mel.errors import ERROR_CODES
 from dora_reference_mel.service import ReferenceMelService
 from helpers import SPEECH, run_node
 

@@ -8,9 +8,9 @@ import tomllib
 import pytest
 import yaml
 
-from dora_reference_mel.config import ENV_VARS, Config
-from dora_reference_mel.contract import ERROR_CODES, INPUTS, MEL_METADATA, OUTPUTS
-from dora_reference_mel.errors import ReferenceMelError
+from dora_reference_mel.config import ENV_VARS
+from dora_reference_mel.contract import INPUTS, MEL_METADATA, OUTPUTS
+from dora_reference_mel.errors import ERROR_CODES, ReferenceMelError
 from helpers import ROOT
 
 README = (ROOT / "README.md").read_text()
@@ -56,7 +56,7 @@ def test_mel_contract_table_matches_code():
 
 def test_error_code_table_matches_code_and_no_unlisted_code_can_be_raised():
     assert {row[0]: row[1] for row in readme_table("contract:errors")} == ERROR_CODES
-    with pytest.raises(KeyError, match="not in contract.ERROR_CODES"):
+    with pytest.raises(KeyError, match="not in ERROR_CODES"):
         ReferenceMelError("bad_thing", "a code nobody documented")
 
 
@@ -82,31 +82,7 @@ def test_python_dash_m_and_contract_import_without_mlx():
     assert outside.returncode != 0 and "Could not initiate node" in outside.stderr, outside.stderr[-2000:]
 
 
-def test_node_with_bad_configuration_says_what_to_fix():
-    from helpers import BIN
-
-    result = subprocess.run([str(BIN / "dora-reference-mel")], capture_output=True, text=True, timeout=120,
-                            env={"PATH": "/usr/bin:/bin", "MEL_PRESET": "v9"})
-    assert result.returncode != 0
-    assert result.stderr.strip().splitlines()[-1].startswith("dora-reference-mel: bad configuration [bad_preset]")
-    assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("env, fragment", [
-    ({"MEL_PRESET": "v9"}, "preset='v9'"), ({"MEL_PRESET": "v2,v2"}, "distinct"),
-    ({"MEL_BINS": "abc"}, "MEL_BINS='abc'"), ({"MEL_CACHE_MB": "-1"}, "MEL_CACHE_MB='-1'"),
-    ({"MEL_DEVICE": "tpu"}, "MEL_DEVICE='tpu'"), ({"MEL_RESAMPLER": "sinc"}, "resampler='sinc'"),
-    ({"MEL_WRITE_BACK": "maybe"}, "MEL_WRITE_BACK='maybe'"), ({"MAX_REF_SECONDS": "nan"}, "MAX_REF_SECONDS"),
-    ({"MEL_CACHE_MB": "inf"}, "MEL_CACHE_MB='inf'"), ({"LOG_LEVEL": "bogus"}, "LOG_LEVEL='bogus'"),
-])
-def test_bad_configuration_names_the_variable(env, fragment):
-    with pytest.raises(ReferenceMelError) as err:
-        Config.from_env(env)
-    assert fragment in err.value.message and err.value.code in ("bad_config", "bad_preset")
 
 
-def test_default_paths():
-    config = Config.from_env({"PRIMESPEECH_MODEL_DIR": "/m"})
-    assert str(config.codes_dir) == "/m/gpt-sovits-mlx/codes" and str(config.voices_config) == "/m/voices.json"
-    config = Config.from_env({"CODES_DIR": "/c", "VOICES_CONFIG": "/v.json"})
-    assert (str(config.codes_dir), str(config.voices_config)) == ("/c", "/v.json")

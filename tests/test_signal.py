@@ -2,20 +2,12 @@
 
 import math
 
-import mlx.core as mx
 import numpy as np
 import pytest
 import soundfile
 
 import oracle
 from dora_reference_mel import ReferenceMelError, get_preset, reference_mel, reference_mel_batch
-from dora_reference_mel.signal import (
-    hann_window,
-    kaldi_mel_filterbank,
-    povey_window,
-    sinc_resample_taps,
-    slaney_mel_filterbank,
-)
 from helpers import RATES, ROOT, speech
 
 LINEAR_MAX_ABS = 1e-3  # docs/recipe.md, "Tolerances": values reach several hundred
@@ -103,19 +95,6 @@ def test_batch_equals_one_by_one():
             np.testing.assert_allclose(out, single, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("rate", [44100, 22050, 48000])
-def test_both_resampler_strategies_agree(rate):
-    """A GPU uses the gathered form for 44.1k and 22.05k; check it here against the strided one."""
-    import mlx.core as mx
-
-    from dora_reference_mel.signal import _phases_gathered, _phases_strided, sinc_resample_taps
-
-    orig, new, width, starts, weights = sinc_resample_taps(rate, 32000)
-    padded = mx.pad(mx.array(speech("mono", rate)[0]), [(width, width + orig)])
-    n_blocks = (padded.shape[0] - 2 * width - orig) // orig
-    strided = np.array(_phases_strided(padded, orig, n_blocks, starts, weights))
-    gathered = np.array(_phases_gathered(padded, orig, n_blocks, starts, weights))
-    np.testing.assert_allclose(strided, gathered, rtol=0, atol=1e-6)
 
 
 def test_sv_peak_normalises_at_32k_like_v2():
@@ -130,15 +109,6 @@ def test_sv_peak_normalises_at_32k_like_v2():
         assert abs(float(np.median(shift)) - 2 * math.log(amplitude)) < 1e-3, (gain, np.median(shift))
 
 
-def test_sv_fbank_tables_are_kaldis():
-    """Povey window = symmetric Hann ** 0.85 (zero at both ends); the mel bank's bands are unnormalised
-    triangles (height 1 at their centre) and its Nyquist column is empty."""
-    window = povey_window(400)
-    assert window[0] == 0 and window[-1] == 0 and abs(float(window[200]) - 1) < 1e-4
-    bank = kaldi_mel_filterbank(16000, 512, 80, 20.0, 8000.0)
-    assert bank.shape == (80, 257) and not bank[:, 256].any() and not bank[:, 0].any()
-    peaks = bank.max(axis=1)  # narrow low bands fall between bins; wide high ones reach ~1 (no area norm)
-    assert np.all(peaks > 0.4) and np.all(peaks <= 1) and np.all(peaks[60:] > 0.8)
 
 
 @pytest.mark.parametrize("n, frames", [(400, 1), (559, 1), (560, 2), (16000, 98)])
@@ -165,22 +135,8 @@ def test_float16_is_the_float32_result_rounded_once(preset):
         reference_mel(clips[1], 16000, dtype="float64")
 
 
-def test_stored_files_of_earlier_versions_keep_their_fingerprint():
-    """Adding a preset must not invalidate every store: v2/v3/v4 fingerprints as earlier versions wrote them."""
-    assert [get_preset(name).fingerprint for name in ("v2", "v3", "v4")] == \
-        ["f396867c55e7e598", "3cf3a7293e0fb3c5", "725d2713479a4647"]
-    assert len({get_preset(name).fingerprint for name in ("v2", "v3", "v4", "sv")}) == 4
 
 
-def test_v1_bins_and_preset_errors():
-    samples, sr = speech("mono", 32000)
-    full = reference_mel(samples, sr, preset=get_preset("v2", v2_bins=1025))
-    assert full.shape[1] == 1025
-    np.testing.assert_array_equal(full[:, :704], reference_mel(samples, sr))
-    with pytest.raises(ReferenceMelError, match="preset='v9'"):
-        reference_mel(samples, sr, preset="v9")
-    with pytest.raises(ReferenceMelError, match="MEL_BINS=2000"):
-        get_preset("v2", v2_bins=2000)
 
 
 @pytest.mark.parametrize("n, code", [(0, "empty_audio"), (1, "too_short"), (1000, "too_short")])
@@ -190,58 +146,13 @@ def test_too_short_is_a_clear_error(n, code):
     assert err.value.code == code
 
 
-@pytest.mark.parametrize("rate", [161193, 47999, 384000 - 1])
-def test_rates_without_a_small_ratio_are_refused_not_allocated(rate):
-    """torchaudio's kernel for 161193 -> 32000 Hz would be 32000 x 161255 taps (38 GiB in float64)."""
-    with pytest.raises(ReferenceMelError) as err:
-        reference_mel(np.zeros(rate, np.float32), rate)
-    assert err.value.code == "bad_sample_rate" and f"sample_rate={rate}" in err.value.message
 
 
-def test_every_common_rate_is_accepted():
-    for rate in (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 88200, 96000, 192000, 384000):
-        for preset in ("v2", "v3"):
-            assert reference_mel(np.zeros(rate // 2, np.float32), rate, preset=preset).shape[1] > 0
 
 
-def test_cached_tables_cannot_be_poisoned():
-    for table in (hann_window(2048), slaney_mel_filterbank(32000, 1280, 100, 0.0, 16000.0),
-                  sinc_resample_taps(44100, 32000)[4], povey_window(400),
-                  kaldi_mel_filterbank(16000, 512, 80, 20.0, 8000.0)):
-        with pytest.raises(ValueError):
-            table *= 0
 
 
-def test_periodic_window_and_reflect_padding_are_upstreams():
-    """Two mistakes of earlier ports (docs/recipe.md, "Mistakes earlier ports made") would each move the output far off."""
-    window = hann_window(8)
-    np.testing.assert_allclose(window, 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(8) / 8), atol=1e-7)
-    samples, sr = speech("mono", 32000)
-    ours = reference_mel(samples, sr)[0].astype(np.float64)
-    centered = oracle.magnitude(np.pad(samples.astype(np.float64), 1024), 2048, 640)[:704]  # center=True style
-    assert centered.shape[1] != ours.shape[1] or np.abs(centered - ours).mean() > 1e-2
 
 
-def test_without_a_compiler_the_cpu_resamples_uncompiled_with_the_same_output(tmp_path):
-    """MLX builds CPU kernels with g++ from PATH and, without one, silently runs compiled functions op
-    by op; then the strided form serves, and the output is the same as with the compiled kernel."""
-    import os
-    import subprocess
-    import sys
 
-    if mx.default_device() != mx.cpu:
-        pytest.skip("the compiled resampler is the CPU's; a GPU resamples with the strided form")
-    samples, rate = speech("mono", 48000)
-    code = ("import sys, numpy as np; from dora_reference_mel import signal, reference_mel; "
-            "x = np.load(sys.argv[1]); print(signal.compiler_works()); np.save(sys.argv[2], reference_mel(x, 48000))")
-    np.save(tmp_path / "in.npy", samples)
-    env = {"PATH": os.path.dirname(sys.executable), "HOME": str(tmp_path), "TMPDIR": str(tmp_path),
-           **{k: v for k, v in os.environ.items() if k == "PYTHONPATH"}}  # where the package is not installed
-    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "in.npy"), str(tmp_path / "out.npy")],
-                          env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip() == "False"
-    from dora_reference_mel import signal
 
-    assert signal.compiler_works()  # here, with g++: the compiled kernel
-    np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), reference_mel(samples, rate))

@@ -19,8 +19,7 @@ from hypothesis import strategies as st
 
 from dora_reference_mel import get_preset, reference_mel
 from dora_reference_mel.config import Config
-from dora_reference_mel.contract import ERROR_CODES
-from dora_reference_mel.errors import ReferenceMelError
+from dora_reference_mel.errors import ERROR_CODES, ReferenceMelError
 from dora_reference_mel.library import Voice, VoiceLibrary
 from dora_reference_mel.service import ReferenceMelService
 from dora_reference_mel.store import CORRUPT, FRESH, STALE, ReferenceStore

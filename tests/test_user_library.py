@@ -15,7 +15,7 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from dora_reference_mel import reference_mel, signal
+from dora_reference_mel import reference_mel, resample
 from dora_reference_mel.config import Config
 from dora_reference_mel.service import ReferenceMelService
 from helpers import BIN, DORA_LINES, ROOT, dora, run_node
@@ -229,19 +229,19 @@ def test_no_kernel_is_built_on_the_event_path(library):
     """After the start-up warm-up, a clip at a rate that was not warmed resamples uncompiled."""
     service = ReferenceMelService(Config.from_env(library["env"]))
     try:
-        signal.compile_only(service.warm_up())
-        built = signal._piece_kernels.cache_info().currsize
+        resample.compile_only(service.warm_up())
+        built = resample._piece_kernels.cache_info().currsize
         clip = np.random.default_rng(0).standard_normal(12000 * 3).astype(np.float32) * 0.1
         served = service.handle("reference_audio", pa.array(clip), {"sample_rate": 12000})[0]
-        assert signal._piece_kernels.cache_info().currsize == built
+        assert resample._piece_kernels.cache_info().currsize == built
     finally:
-        signal.compile_only(None)
+        resample.compile_only(None)
     np.testing.assert_allclose(served.value.to_numpy(), reference_mel(clip, 12000).reshape(-1), atol=1e-4)
 
 
 def test_the_first_start_says_what_it_builds(tmp_path, library):
     _, log = run_node(tmp_path, [], library["env"])
-    if signal.compiler_works():
+    if resample.compiler_works():
         assert "building MLX's CPU kernels" in log and "later starts load them" in log
 
 

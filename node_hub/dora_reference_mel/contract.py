@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 
 import numpy as np
 import pyarrow as pa
+
+from .errors import ReferenceMelError
 
 # Every input and output id of the node, defined once (the node, the CLI, the demo nodes and the tests import these).
 INPUT_AUDIO, INPUT_VOICE, INPUT_TEXT = "reference_audio", "voice", "text"
@@ -82,33 +85,6 @@ ERROR_METADATA = {
     "error": ("str", True, "the stable error code"),
     "request_id": ("str", True, "the input's request_id, or one the node generated"),
     "preset": ("str", False, "the preset that failed, when only one did"),
-}
-# Every code an `error` event (or a configuration error) can carry, with what it means.
-ERROR_CODES = {
-    "empty_audio": "reference_audio has no samples",
-    "too_short": "the clip gives no spectrogram frame at the preset's rate",
-    "too_long": "the clip (or a voice's ref_audio) is longer than MAX_REF_SECONDS",
-    "non_finite_audio": "NaN or Inf among the samples, or samples so large the spectrogram overflows float32 "
-                        "(float16 with MEL_DTYPE=float16)",
-    "null_samples": "nulls inside the Arrow array",
-    "bad_dtype": "the Arrow array is not float32, float64, int16 or int32 PCM (strings, booleans, structs, ...)",
-    "bad_shape": "samples that are not [n] or [n, channels]",
-    "bad_sample_rate": "sample_rate missing, not an integer, below 4000, above 384000, or of no small ratio to 32 kHz",
-    "bad_channels": "channels not an integer, below 1, above 64, or not dividing the sample count",
-    "bad_voice": "voice not a string, empty, over 200 UTF-8 bytes, or not a plain name (separators, leading dot, controls)",
-    "bad_text": "a text event that is not one string, a VOICE: line without its '|' parts, or a CUSTOM prompt text "
-                "or language that is not valid Unicode or longer than 16 KiB",
-    "unknown_voice": "a voice name neither in voices.json nor in the codes directory",
-    "ambiguous_voice": "a voice name that matches two voices of voices.json",
-    "no_ref_audio": "a voice with neither a ref_audio nor a usable precomputed spectrogram",
-    "bad_ref_audio": "the voice's (or a CUSTOM) ref_audio is missing, not readable audio, or (CUSTOM only) outside "
-                     "REF_AUDIO_ROOTS",
-    "bad_codes": "the voice's codes file is truncated, of a non-integer dtype, or has values outside 0..1023",
-    "bad_voices_config": "voices.json (or one entry of it) is unreadable, not JSON, or of the wrong shape",
-    "unknown_input": "an event on an input the node does not have",
-    "bad_config": "an environment variable or command-line option has a value the node cannot use",
-    "bad_preset": "a preset name that is not v2, v3, v4 or sv",
-    "internal": "a bug in the node; it logged a traceback and keeps serving",
 }
 SOURCES = ("cache", "precomputed", "computed")
 # Voice names become file-name prefixes: <name>_mel_v4.json must fit the 255 bytes of a file name.
@@ -260,3 +236,89 @@ def parse_voice_switch(value: str) -> VoiceSwitch | None:
     if not sep or not name.strip():
         raise ContractError(f"text {text[:80]!r} starts with VOICE: but is not VOICE:<name>|<text>")
     return VoiceSwitch(name.strip(), rest)
+
+
+# ---------------------------------------------------------------------------------------------
+# The wire format the node writes and reads: Arrow values and dora metadata (decode_* read it back)
+# ---------------------------------------------------------------------------------------------
+
+# Arrow types a reference_audio event may carry, with the numpy type each arrives as.
+ARROW_PCM = {pa.float32(): np.float32, pa.float64(): np.float64, pa.int16(): np.int16, pa.int32(): np.int32}
+
+
+def int_metadata(metadata: dict, key: str, *, required: bool = False, default: int | None = None) -> int:
+    """An integer metadata value of reference_audio (sample_rate, channels), or its error."""
+    code = {"sample_rate": "bad_sample_rate", "channels": "bad_channels"}[key]
+    value = metadata.get(key)
+    if value is None:
+        if required:
+            raise ReferenceMelError(code, f"metadata {key} is missing; send it as an int with every reference_audio event")
+        return default
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ReferenceMelError(code, f"metadata {key}={str(value)[:60]!r} must be an integer")
+    return value
+
+
+def pcm_from_arrow(value) -> np.ndarray:
+    """A flat PCM array from an Arrow array (zero-copy where Arrow allows), or a clear error."""
+    if isinstance(value, pa.ChunkedArray):
+        value = value.combine_chunks()
+    if not isinstance(value, pa.Array):
+        raise ReferenceMelError("bad_dtype", f"reference_audio must be an Arrow array, got {type(value).__name__}")
+    if value.type not in ARROW_PCM:
+        raise ReferenceMelError(
+            "bad_dtype", f"reference_audio of Arrow type {value.type} is not PCM; send float32, float64, int16 "
+            "or int32 samples, interleaved when multichannel")
+    if value.null_count:
+        raise ReferenceMelError(
+            "null_samples", f"reference_audio has {value.null_count} null samples; send a dense array")
+    return value.to_numpy(zero_copy_only=True)
+
+
+def one_string(value, what: str) -> str:
+    """The one string of a `voice` or `text` event."""
+    code = "bad_voice" if what == "voice" else "bad_text"
+    if isinstance(value, pa.ChunkedArray):
+        value = value.combine_chunks()
+    if not isinstance(value, pa.Array) or not (pa.types.is_string(value.type) or pa.types.is_large_string(value.type)):
+        raise ReferenceMelError(
+            code, f"a {what} event must be an Arrow string array with one string, got {getattr(value, 'type', value)}")
+    if len(value) != 1 or value.null_count:
+        raise ReferenceMelError(code, f"a {what} event must hold exactly one non-null string, got {len(value)} values")
+    return value[0].as_py()
+
+
+def mel_metadata(passthrough: dict, recipe: dict, *, shape, dtype: str, source: str, about=(), codes=None,
+                 codes_status: str | None = None, write_back: str | None = None, warnings=(),
+                 elapsed_ms: float) -> dict:
+    """A `mel` event's metadata (MEL_METADATA): the input's keys, then the recipe's (preset, layout,
+    sample_rate, n_fft, hop_length, fingerprint, n_mels), the voice's (`about`: voice, ref_text, ...) and
+    what this answer was. Every value is a type dora carries (int, float, str, lists of them)."""
+    metadata = dict(passthrough)
+    metadata.update(recipe, shape=list(shape), dtype=dtype, source=source)
+    metadata.update(about)
+    if write_back:
+        metadata["write_back"] = write_back
+    if codes is not None:
+        metadata["codes"] = codes.tolist()
+    elif codes_status:
+        metadata["codes_status"] = codes_status
+    if warnings:
+        metadata["warnings"] = list(warnings)
+    metadata["elapsed_ms"] = float(elapsed_ms)
+    return metadata
+
+
+def error_value(code: str, message: str, voice: str | None, preset: str | None = None) -> pa.Array:
+    """An `error` event's value: one JSON string {"error", "message", "voice"[, "preset"]}."""
+    body = {"error": code, "message": message, "voice": voice}
+    if preset is not None:
+        body["preset"] = preset
+    return pa.array([json.dumps(body)])
+
+
+def log_value(level: str, message: str, node: str) -> pa.Array:
+    """A line for MoFA's system log (dora-common's send_log): {"level", "message", "timestamp", "node"}."""
+    return pa.array([json.dumps({"level": level, "message": message, "timestamp": time.time(), "node": node})])

@@ -10,7 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import signal
+from . import resample
 from .config import Config, select_device
 from .contract import ERROR_OUTPUT, MEL_OUTPUT, TEXT_OUTPUT, WARMUP_OUTPUT
 from .errors import ReferenceMelError
@@ -26,12 +26,12 @@ def build_service(config: Config) -> ReferenceMelService:
     device = select_device(config.device)
     service = ReferenceMelService(config)
     start = time.perf_counter()
-    if device == "cpu" and signal.compiler_works():
+    if device == "cpu" and resample.compiler_works():
         log.info("building MLX's CPU kernels for presets %s: the first start on a machine compiles them (about 15 s "
                  "on 2 cores), later starts load them from MLX's cache in %s (under a second)",
                  ",".join(p.name for p in config.presets), Path(tempfile.gettempdir()) / "mlx")
     # No event waits for a kernel build: clips at rates not warmed here resample uncompiled (same output).
-    signal.compile_only(service.warm_up())
+    resample.compile_only(service.warm_up())
     log.info("ready on %s: presets %s, codes %s, warm-up %.0f ms, idle RSS %.0f MB", device,
              ",".join(p.name for p in config.presets), config.codes_dir, (time.perf_counter() - start) * 1e3,
              peak_rss_mb())

@@ -118,6 +118,12 @@ class Preset:
                           spec_min=SPEC_MIN, spec_max=SPEC_MAX)
         return params
 
+    def metadata(self) -> dict:
+        """What a `mel` event says of its recipe (contract.MEL_METADATA)."""
+        keys = dict(preset=self.name, layout=self.layout, sample_rate=self.sample_rate, n_fft=self.n_fft,
+                    hop_length=self.hop_length, fingerprint=self.fingerprint)
+        return {**keys, "n_mels": self.n_mels} if self.n_mels else keys
+
     @functools.cached_property  # hashed once per preset, not once per event
     def fingerprint(self) -> str:
         text = json.dumps(self.recipe(), sort_keys=True)

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from . import signal
+from . import resample, signal
 from .cache import ByteLRU
 from .config import Config
 from .contract import (
@@ -40,7 +40,13 @@ from .contract import (
     REFERENCE_KEY,
     TEXT_OUTPUT,
     ContractError,
+    error_value,
+    int_metadata,
+    log_value,
+    mel_metadata,
+    one_string,
     parse_voice_switch,
+    pcm_from_arrow,
 )
 from .errors import ReferenceMelError
 from .files import FileStamp
@@ -62,7 +68,6 @@ MAX_CHECKED_AUDIO = 4096  # digests of audio that passed the checks, kept beside
 # Voices that voices.json does not list are written back (so a restart serves them) only while the codes
 # directory holds fewer than this many of them: reference_audio events with ever new names must not fill the disk.
 MAX_UNLISTED_VOICES = 256
-ARROW_DTYPES = {pa.float32(): np.float32, pa.float64(): np.float64, pa.int16(): np.int16, pa.int32(): np.int32}
 
 
 @dataclasses.dataclass
@@ -168,7 +173,7 @@ class ReferenceMelService:
         if input_id == INPUT_AUDIO:
             return self._respond(lambda: self._audio_request(value, metadata), passthrough)
         if input_id == INPUT_VOICE:
-            return self._respond(lambda: self._voice_request(_one_string(value, "voice")), passthrough)
+            return self._respond(lambda: self._voice_request(check_voice_name(one_string(value, "voice"))), passthrough)
         err = ReferenceMelError("unknown_input", f"input {shown(input_id)} is not known; wire reference_audio, voice "
                                 "or text")
         return self._error(err, passthrough, None)
@@ -203,7 +208,7 @@ class ReferenceMelService:
         the text names none."""
         outputs, switch = [], None
         try:
-            switch = parse_voice_switch(_one_string(value, "text"))
+            switch = parse_voice_switch(one_string(value, "text"))
         except (ReferenceMelError, ContractError) as err:
             if isinstance(err, ContractError):
                 err = ReferenceMelError("bad_text", f"{err}; it is forwarded as is")
@@ -278,8 +283,8 @@ class ReferenceMelService:
         return Request(None, audio_path=Path(real), about=tuple(about), roots=roots)
 
     def _audio_request(self, value, metadata: dict) -> Request:
-        sample_rate = _int_metadata(metadata, "sample_rate", required=True)
-        channels = _int_metadata(metadata, "channels", default=1)
+        sample_rate = int_metadata(metadata, "sample_rate", required=True)
+        channels = int_metadata(metadata, "channels", default=1)
         voice, warnings = None, []
         if metadata.get("voice") is not None:
             try:
@@ -292,7 +297,7 @@ class ReferenceMelService:
                 warnings.append(err.message)
         if not 1 <= channels <= MAX_CHANNELS:
             raise ReferenceMelError("bad_channels", f"channels={shown(channels)} must be between 1 and {MAX_CHANNELS}")
-        flat = _pcm_from_arrow(value)
+        flat = pcm_from_arrow(value)
         if flat.size % channels:
             raise ReferenceMelError(
                 "bad_channels", f"{flat.size} samples do not split into channels={channels}; "
@@ -454,46 +459,27 @@ class ReferenceMelService:
 
     def _mel_output(self, resolved: Resolved, preset: Preset, passthrough: dict, start: float) -> Output:
         request = resolved.request
-        metadata = dict(passthrough)
-        metadata.update(
-            shape=list(resolved.served.shape), layout=preset.layout, dtype=self.config.mel_dtype, preset=preset.name,
-            sample_rate=preset.sample_rate, n_fft=preset.n_fft, hop_length=preset.hop_length,
-            source=resolved.source, fingerprint=preset.fingerprint,
-        )
-        if preset.n_mels:
-            metadata["n_mels"] = preset.n_mels
-        metadata.update(request.about)
-        if resolved.write_back:
-            metadata["write_back"] = resolved.write_back
-        if request.voice is not None:
-            codes = self.store.load_codes(request.voice)
-            if codes is None:
-                metadata["codes_status"] = "missing"
-            else:
-                metadata["codes"] = codes.tolist()
-        elif request.about:  # CUSTOM: no codes; the consumer extracts them
-            metadata["codes_status"] = "missing"
-        if request.warnings:
-            metadata["warnings"] = list(request.warnings)
-        metadata["elapsed_ms"] = (time.perf_counter() - start) * 1000.0
+        codes = self.store.load_codes(request.voice) if request.voice is not None else None
+        named = request.voice is not None or bool(request.about)  # a CUSTOM clip has no codes: the consumer extracts them
+        metadata = mel_metadata(
+            passthrough, preset.metadata(), shape=resolved.served.shape, dtype=self.config.mel_dtype,
+            source=resolved.source, about=request.about, codes=codes, codes_status="missing" if named else None,
+            write_back=resolved.write_back, warnings=request.warnings, elapsed_ms=(time.perf_counter() - start) * 1e3)
         note = (f"mel voice={metadata.get('voice')} preset={preset.name} source={resolved.source} "
                 f"shape={metadata['shape']} request_id={metadata['request_id']} elapsed_ms={metadata['elapsed_ms']:.2f}")
         return Output(MEL_OUTPUT, resolved.served.array, metadata, note)
 
     def _error(self, err: ReferenceMelError, passthrough: dict, voice, preset: Preset | None = None) -> list[Output]:
-        body = err.to_dict()
-        body["voice"] = body["voice"] or (voice if isinstance(voice, str) else None)
+        voice = err.voice or (voice if isinstance(voice, str) else None)
         metadata = dict(passthrough, error=err.code)
         if preset is not None:
-            metadata["preset"] = body["preset"] = preset.name
+            metadata["preset"] = preset.name
         log.warning("error code=%s request_id=%s: %s", err.code, passthrough.get("request_id"), err.message)
-        return [Output(ERROR_OUTPUT, pa.array([json.dumps(body)]), metadata),
+        return [Output(ERROR_OUTPUT, error_value(err.code, err.message, voice, preset and preset.name), metadata),
                 self._log("ERROR", f"[{err.code}] {err.message}")]
 
     def _log(self, level: str, message: str) -> Output:
-        """A line for MoFA's system log: {"level", "message", "timestamp", "node"} as one JSON string."""
-        line = {"level": level, "message": message, "timestamp": time.time(), "node": self.node_name}
-        return Output(LOG_OUTPUT, pa.array([json.dumps(line)]), {})
+        return Output(LOG_OUTPUT, log_value(level, message, self.node_name), {})
 
     def largest_answer(self) -> pa.Array:
         """Zeros the size of the largest `mel` this node sends for a reference of upstream's longest length."""
@@ -510,7 +496,7 @@ class ReferenceMelService:
         built = set()
         for preset in self.config.presets:
             for rate in sorted({preset.sample_rate, preset.input_rate, *WARM_RATES}):
-                built.update(p for p in signal.resampling_pairs(rate, preset) if signal.uses_compiled_kernels(*p))
+                built.update(p for p in resample.resampling_pairs(rate, preset) if resample.uses_compiled_kernels(*p))
                 samples = (rng.standard_normal((rate * 10, 1)) * 0.1).astype(np.float32)
                 for attempt in range(WARM_UP_ATTEMPTS):
                     try:
@@ -566,48 +552,3 @@ def _passthrough(metadata: dict) -> dict:
         passthrough["request_id"] = uuid.uuid4().hex
         passthrough["request_id_generated"] = True
     return passthrough
-
-
-def _int_metadata(metadata: dict, key: str, *, required: bool = False, default: int | None = None) -> int:
-    code = {"sample_rate": "bad_sample_rate", "channels": "bad_channels"}[key]
-    value = metadata.get(key)
-    if value is None:
-        if required:
-            raise ReferenceMelError(code, f"metadata {key} is missing; send it as an int with every reference_audio event")
-        return default
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ReferenceMelError(code, f"metadata {key}={value!r} must be an integer")
-    return value
-
-
-def _pcm_from_arrow(value) -> np.ndarray:
-    """A flat PCM array from an Arrow array (zero-copy where Arrow allows), or a clear error."""
-    if isinstance(value, pa.ChunkedArray):
-        value = value.combine_chunks()
-    if not isinstance(value, pa.Array):
-        raise ReferenceMelError("bad_dtype", f"reference_audio must be an Arrow array, got {type(value).__name__}")
-    dtype = ARROW_DTYPES.get(value.type)
-    if dtype is None:
-        raise ReferenceMelError(
-            "bad_dtype", f"reference_audio of Arrow type {value.type} is not PCM; send float32, float64, int16 "
-            "or int32 samples, interleaved when multichannel")
-    if value.null_count:
-        raise ReferenceMelError(
-            "null_samples", f"reference_audio has {value.null_count} null samples; send a dense array")
-    return value.to_numpy(zero_copy_only=True)
-
-
-def _one_string(value, what: str) -> str:
-    """The one string of a `voice` (checked as a name) or `text` event."""
-    code = "bad_voice" if what == "voice" else "bad_text"
-    if isinstance(value, pa.ChunkedArray):
-        value = value.combine_chunks()
-    if not isinstance(value, pa.Array) or not (pa.types.is_string(value.type) or pa.types.is_large_string(value.type)):
-        raise ReferenceMelError(
-            code, f"a {what} event must be an Arrow string array with one string, got {getattr(value, 'type', value)}")
-    if len(value) != 1 or value.null_count:
-        raise ReferenceMelError(code, f"a {what} event must hold exactly one non-null string, got {len(value)} values")
-    text = value[0].as_py()
-    return check_voice_name(text) if what == "voice" else text
