@@ -17,7 +17,6 @@ import argparse
 import concurrent.futures
 import json
 import os
-import platform
 import re
 import shutil
 import statistics
@@ -32,25 +31,17 @@ import soundfile
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))
+from timing import environment, median_of  # noqa: E402  (benchmarks/ is not a package)
+
 VOICE = ROOT / "models" / "voices" / "aria.wav"  # 10 s of speech at 48 kHz
 
 
 def machine() -> str:
-    import mlx.core as mx
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    gpu = ""
-    if mx.is_available(mx.gpu):
-        gpu = f", GPU {mx.device_info().get('device_name', 'gpu')}" if hasattr(mx, "device_info") else ", GPU"
-    return f"{cpu}, {os.cpu_count()} cores{gpu}; MLX {mx.__version__}, Python {platform.python_version()}"
-
-
-def median_ms(values: list[float]) -> float:
-    return statistics.median(values) * 1e3
+    """One line for the printed header: the machine and versions of timing.environment()."""
+    env = environment()
+    gpu = f", GPU {env['machine']['gpu']}" if env["machine"]["gpu"] else ""
+    versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items())
+    return f"{env['machine']['cpu']}, {env['machine']['cores']} cores{gpu}; {versions}; commit {env['commit']}"
 
 
 def timed(fn) -> float:
@@ -105,11 +96,11 @@ def bench_compute(device: str, repeats: int) -> list[dict]:
                 for n in thread_counts:
                     torch.set_num_threads(n)
                     torch_times[n].append(timed(peer))
-            best = min(thread_counts, key=lambda n: median_ms(torch_times[n]))
+            best = min(thread_counts, key=lambda n: median_of(torch_times[n]))
             rows.append({"part": "compute", "device": device, "preset": preset, "seconds": seconds,
-                         "mlx_ms": median_ms(mlx_times), "torch_ms": median_ms(torch_times[best]),
-                         "ratio": median_ms(mlx_times) / median_ms(torch_times[best]), "max_abs_diff": diff,
-                         "torch_threads": best, "torch_ms_by_threads": {n: median_ms(t) for n, t in torch_times.items()},
+                         "mlx_ms": median_of(mlx_times), "torch_ms": median_of(torch_times[best]),
+                         "ratio": median_of(mlx_times) / median_of(torch_times[best]), "max_abs_diff": diff,
+                         "torch_threads": best, "torch_ms_by_threads": {n: median_of(t) for n, t in torch_times.items()},
                          "repeats": repeats})
             print(f"compute {device} {preset} {seconds:2d} s: MLX {rows[-1]['mlx_ms']:8.3f} ms  torch "
                   f"{rows[-1]['torch_ms']:8.3f} ms ({best} thr)  ratio {rows[-1]['ratio']:.2f}  |diff| {diff:.1e}",
@@ -340,7 +331,7 @@ def main(argv=None) -> int:
     if args.part in ("node", "all"):
         rows += median_over_runs([bench_node(args.requests, args.log_level) for _ in range(args.runs)])
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": machine(), "date": time.strftime("%Y-%m-%d"), "peer": peer,
+        Path(args.json).write_text(json.dumps({"benchmark": f"bench {args.part}", **environment(), "peer": peer,
                                                "rows": rows}, indent=1))
     return 0
 
