@@ -3,13 +3,17 @@ each line, and the real node run in dora's integration-test mode (DORA_TEST_WITH
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import soundfile
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,3 +95,148 @@ def run_node(tmp_path: Path, events: list[dict], env: dict, name: str = "run",
     return read_outputs(outputs, keep_logs), proc.stderr
 
 
+# -- a primespeech user's library and dataflow ---------------------------------------------------------
+
+VOICES = ROOT / "models" / "voices"
+# The switches a prompt source sends to a user_home library, and the voice and codes each text must be
+# spoken with.
+PROMPTS = [
+    ("Before any switch: the startup voice.", "doubao", 500),
+    ("VOICE:absolute|Recorded outside the models folder, named by an absolute path.", "absolute", 295),
+    ("VOICE:Tilde|Named by a path under ~, found by its alias.", "tilde", 244),
+    ("VOICE:linked|A symlink in the models folder to a recording elsewhere.", "linked", 295),
+    ('{"prompt": "VOICE:罗翔|你好，这是一个中文的名字。"}', "luoxiang", 500),
+    ("VOICE:CUSTOM|~/.dora/models/primespeech/voices/doubao.wav|Good morning.|en|A custom clip in the models root.",
+     "CUSTOM", "none"),
+    ("VOICE:CUSTOM|/etc/hostname|x|en|Outside REF_AUDIO_ROOTS: refused, the voice before it speaks.", "CUSTOM", "none"),
+    ("VOICE:Nobody|An unknown voice: the voice before it speaks.", "CUSTOM", "none"),
+]
+
+
+def codes(path, n: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes((np.arange(n) % 1024).astype("<i4").tobytes())
+
+
+def user_home(tmp_path) -> dict:
+    """$HOME with a primespeech library as users keep it, and recordings elsewhere."""
+    home = tmp_path / "home"
+    models = home / ".dora" / "models" / "primespeech"
+    (models / "voices").mkdir(parents=True)
+    recordings, elsewhere = home / "recordings", tmp_path / "elsewhere"
+    recordings.mkdir()
+    elsewhere.mkdir()
+    (models / "voices" / "doubao.wav").write_bytes((VOICES / "aria.wav").read_bytes())
+    (tmp_path / "me.wav").write_bytes((VOICES / "basil.wav").read_bytes())
+    (recordings / "tilde.wav").write_bytes((VOICES / "cleo.wav").read_bytes())
+    (elsewhere / "kept.wav").write_bytes((VOICES / "basil.wav").read_bytes())
+    (models / "voices" / "linked.wav").symlink_to(elsewhere / "kept.wav")
+    codes_dir = models / "gpt-sovits-mlx" / "codes"
+    codes(codes_dir / "doubao_codes.bin", 500)
+    codes(tmp_path / "me_codes.bin", 295)
+    codes(recordings / "tilde_codes.bin", 244)
+    codes(codes_dir / "linked_codes.bin", 295)
+    codes(codes_dir / "luoxiang_codes.bin", 500)
+    library = {
+        "default_voice": "doubao",
+        "voices": {
+            "doubao": {"ref_audio": "voices/doubao.wav", "ref_text": "Good morning.", "aliases": ["Doubao"]},
+            "absolute": {"ref_audio": str(tmp_path / "me.wav"), "ref_text": "Hello there.",
+                         "codes_path": str(tmp_path / "me_codes.bin")},
+            "tilde": {"ref_audio": "~/recordings/tilde.wav", "ref_text": "And I am the stereo voice.",
+                      "codes_path": "~/recordings/tilde_codes.bin", "aliases": ["Tilde"]},
+            "linked": {"ref_audio": "voices/linked.wav", "ref_text": "Hello there."},
+            "luoxiang": {"ref_audio": "voices/doubao.wav", "ref_text": "你好。", "aliases": ["罗翔"],
+                         "speed_factor": 1.1},
+        },
+    }
+    (models / "voices.json").write_text(json.dumps(library, ensure_ascii=False, indent=2), encoding="utf-8")
+    return {"home": home, "models": models, "codes_dir": codes_dir, "env": {"HOME": str(home)}}
+
+
+def with_stand_ins(nodes: list[dict], prompts: list[str], transcripts: dict[str, Path]) -> list[dict]:
+    """A primespeech dataflow's nodes with MoFA's dynamic prompt node and each `dora-primespeech` TTS node
+    replaced by the demo's scripted prompt source and TTS stand-in (absolute paths; transcripts by node id)."""
+    for node in nodes:
+        if node.get("path") == "dynamic":
+            node["path"] = str(ROOT / "node_hub/demo_nodes/prompt_source.py")
+            node.setdefault("inputs", {})["tick"] = "dora/timer/millis/150"
+            node["env"] = {"OUTPUT": "control", "PROMPTS": json.dumps(prompts)}
+        elif node.get("path") == "dora-primespeech":
+            node["path"] = str(ROOT / "node_hub/demo_nodes/tts_standin.py")
+            node["outputs"] = []
+            node["env"] = {**node.get("env", {}), "TRANSCRIPT": str(transcripts[node["id"]])}
+    return nodes
+
+
+def spoken(transcript: Path) -> list[dict]:
+    """The texts a TTS stand-in spoke, one dict each, in order."""
+    lines = transcript.read_text().splitlines() if transcript.exists() else []
+    return [entry for entry in map(json.loads, lines) if "text" in entry]
+
+
+# -- several dora daemons on loopback -------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def cluster(line: str, folder: Path, machines=("a", "b"), env: dict | None = None):
+    """A coordinator and one daemon per machine id, of one dora line, on loopback only (free ports; 1.1's
+    zenoh peers meet at one fixed endpoint, no multicast). Yields `start(flow)`, which runs a dataflow on
+    them with `dora start --attach` and returns the finished process (wait=False: the running Popen)."""
+    venv = DORA_LINES[line]
+    dora_bin = str(venv / "bin" / "dora")
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("DORA_")}
+    full_env.update(env or {}, PATH=f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}", VIRTUAL_ENV=str(venv))
+    port = free_port()
+    if line == "1.1":
+        zenoh = free_port()
+        coordinator = [dora_bin, "coordinator", "--port", str(port), "--store", "memory"]
+        daemon_args = ["--coordinator-port", str(port), "--zenoh-peer", f"tcp/127.0.0.1:{zenoh}"]
+        start_args = ["--coordinator-port", str(port)]
+    else:
+        control = free_port()
+        coordinator = [dora_bin, "coordinator", "--port", str(port), "--control-port", str(control)]
+        daemon_args = ["--coordinator-addr", "127.0.0.1", "--coordinator-port", str(port)]
+        start_args = ["--coordinator-port", str(control)]
+    folder.mkdir(parents=True, exist_ok=True)
+    processes = []
+
+    def spawn(args, cwd: Path, name: str):
+        cwd.mkdir(exist_ok=True)
+        log = open(folder / f"{name}.log", "w")
+        processes.append(subprocess.Popen(args, cwd=cwd, env=full_env, stdout=log, stderr=subprocess.STDOUT))
+
+    def start(flow, wait: bool = True, timeout: float = 300):
+        args = [dora_bin, "start", str(flow), *start_args, "--attach"]
+        if not wait:
+            return subprocess.Popen(args, cwd=folder, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    text=True)
+        return subprocess.run(args, cwd=folder, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+    try:
+        spawn(coordinator, folder, "coordinator")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # the coordinator listens before any daemon may register
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.1)
+        for machine in machines:
+            spawn([dora_bin, "daemon", "--machine-id", machine, "--local-listen-port", str(free_port()), *daemon_args],
+                  folder / machine, f"daemon-{machine}")
+        time.sleep(3)  # the daemons register with the coordinator
+        yield start
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()

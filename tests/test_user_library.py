@@ -18,78 +18,14 @@ import yaml
 from dora_reference_mel import reference_mel, resample
 from dora_reference_mel.config import Config
 from dora_reference_mel.service import ReferenceMelService
-from helpers import BIN, DORA_LINES, ROOT, dora, run_node
-
-VOICES = ROOT / "models" / "voices"
-# The switches the prompt source sends, and the voice and codes each text must be spoken with.
-PROMPTS = [
-    ("Before any switch: the startup voice.", "doubao", 500),
-    ("VOICE:absolute|Recorded outside the models folder, named by an absolute path.", "absolute", 295),
-    ("VOICE:Tilde|Named by a path under ~, found by its alias.", "tilde", 244),
-    ("VOICE:linked|A symlink in the models folder to a recording elsewhere.", "linked", 295),
-    ('{"prompt": "VOICE:罗翔|你好，这是一个中文的名字。"}', "luoxiang", 500),
-    ("VOICE:CUSTOM|~/.dora/models/primespeech/voices/doubao.wav|Good morning.|en|A custom clip in the models root.",
-     "CUSTOM", "none"),
-    ("VOICE:CUSTOM|/etc/hostname|x|en|Outside REF_AUDIO_ROOTS: refused, the voice before it speaks.", "CUSTOM", "none"),
-    ("VOICE:Nobody|An unknown voice: the voice before it speaks.", "CUSTOM", "none"),
-]
-
-
-def codes(path, n: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes((np.arange(n) % 1024).astype("<i4").tobytes())
-
-
-def user_home(tmp_path) -> dict:
-    """$HOME with a primespeech library as users keep it, and recordings elsewhere."""
-    home = tmp_path / "home"
-    models = home / ".dora" / "models" / "primespeech"
-    (models / "voices").mkdir(parents=True)
-    recordings, elsewhere = home / "recordings", tmp_path / "elsewhere"
-    recordings.mkdir()
-    elsewhere.mkdir()
-    (models / "voices" / "doubao.wav").write_bytes((VOICES / "aria.wav").read_bytes())
-    (tmp_path / "me.wav").write_bytes((VOICES / "basil.wav").read_bytes())
-    (recordings / "tilde.wav").write_bytes((VOICES / "cleo.wav").read_bytes())
-    (elsewhere / "kept.wav").write_bytes((VOICES / "basil.wav").read_bytes())
-    (models / "voices" / "linked.wav").symlink_to(elsewhere / "kept.wav")
-    codes_dir = models / "gpt-sovits-mlx" / "codes"
-    codes(codes_dir / "doubao_codes.bin", 500)
-    codes(tmp_path / "me_codes.bin", 295)
-    codes(recordings / "tilde_codes.bin", 244)
-    codes(codes_dir / "linked_codes.bin", 295)
-    codes(codes_dir / "luoxiang_codes.bin", 500)
-    library = {
-        "default_voice": "doubao",
-        "voices": {
-            "doubao": {"ref_audio": "voices/doubao.wav", "ref_text": "Good morning.", "aliases": ["Doubao"]},
-            "absolute": {"ref_audio": str(tmp_path / "me.wav"), "ref_text": "Hello there.",
-                         "codes_path": str(tmp_path / "me_codes.bin")},
-            "tilde": {"ref_audio": "~/recordings/tilde.wav", "ref_text": "And I am the stereo voice.",
-                      "codes_path": "~/recordings/tilde_codes.bin", "aliases": ["Tilde"]},
-            "linked": {"ref_audio": "voices/linked.wav", "ref_text": "Hello there."},
-            "luoxiang": {"ref_audio": "voices/doubao.wav", "ref_text": "你好。", "aliases": ["罗翔"],
-                         "speed_factor": 1.1},
-        },
-    }
-    (models / "voices.json").write_text(json.dumps(library, ensure_ascii=False, indent=2), encoding="utf-8")
-    return {"home": home, "models": models, "codes_dir": codes_dir, "env": {"HOME": str(home)}}
+from helpers import BIN, DORA_LINES, PROMPTS, ROOT, dora, run_node, user_home, with_stand_ins
 
 
 def readme_wiring(tmp_path, transcript) -> str:
     """The README's "After" wiring, with the two stand-ins for MoFA's dynamic node and its TTS node."""
     readme = (ROOT / "README.md").read_text()
     block = re.search(r"<!-- wiring:after -->\n```yaml\n(.*?)```", readme, re.S).group(1)
-    nodes = yaml.safe_load(block)
-    for node in nodes:
-        if node["path"] == "dynamic":
-            node["path"] = str(ROOT / "node_hub/demo_nodes/prompt_source.py")
-            node.setdefault("inputs", {})["tick"] = "dora/timer/millis/150"
-            node["env"] = {"OUTPUT": "control", "PROMPTS": json.dumps([p for p, _, _ in PROMPTS])}
-        elif node["path"] == "dora-primespeech":
-            node["path"] = str(ROOT / "node_hub/demo_nodes/tts_standin.py")
-            node["outputs"] = []
-            node["env"] = {**node.get("env", {}), "TRANSCRIPT": str(transcript)}
+    nodes = with_stand_ins(yaml.safe_load(block), [p for p, _, _ in PROMPTS], {"primespeech-tts": transcript})
     path = tmp_path / "flow.yml"
     path.write_text(yaml.safe_dump({"nodes": nodes}, allow_unicode=True))
     assert {n["id"] for n in nodes} == {"mofa-prompt-input", "reference-mel", "primespeech-tts"}

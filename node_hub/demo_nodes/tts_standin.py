@@ -10,14 +10,15 @@ own voice). dora keeps each input in order, but not the order between `text` and
 text whose reference has not arrived yet is held until it has. For each text it prepares GPT-SoVITS's
 inputs (refer [1, 704, T], prompt codes [1, 1, N], prompt text) and prints one line, in order.
 Exits 1 if a text was never spoken or a reference broke the contract. With TRANSCRIPT set, it also
-writes one JSON line per startup voice and spoken text to that file, for tests to read without
-parsing dora's captured log.
+writes one JSON line per startup voice and spoken text to that file (with the xxh3-64 digest of the
+reference's bytes), for tests to read without parsing dora's captured log.
 """
 
 import json
 import os
 import sys
 
+import xxhash
 from dora import Node
 
 from dora_reference_mel.contract import REFERENCE_KEY, ContractError, decode_error_event, decode_mel_event
@@ -27,7 +28,8 @@ def summary(ref) -> dict:
     """What speaking needs of a reference. Kept instead of the event, whose value is dora's shared
     memory: holding it would keep the sender waiting for that memory back when the dataflow ends."""
     return {"voice": ref.voice, "refer": list(ref.spectrogram.shape), "source": ref.source,
-            "codes": "none" if ref.codes is None else ref.codes.shape[-1], "ref_text": ref.metadata.get("ref_text")}
+            "codes": "none" if ref.codes is None else ref.codes.shape[-1], "ref_text": ref.metadata.get("ref_text"),
+            "digest": xxhash.xxh3_64_hexdigest(ref.spectrogram.tobytes())}
 
 
 def main() -> int:
@@ -69,7 +71,7 @@ def main() -> int:
         while pending and (pending[0][0] is None or pending[0][0] in references):  # speak, in order
             wanted, text, question_id = pending.pop(0)
             current = references.get(wanted) or {"voice": None, "refer": None, "source": None, "codes": "none",
-                                                 "ref_text": None}
+                                                 "ref_text": None, "digest": None}
             spoken += 1
             print(f"tts: speak #{spoken} voice={current['voice']} refer={current['refer']} codes={current['codes']} "
                   f"ref_text={current['ref_text']!r} question_id={question_id} text={text!r}")

@@ -114,7 +114,17 @@ def parse_voices_json(blob: bytes, path: Path) -> dict:
         except ReferenceMelError as err:
             problems[key] = err
             log.warning("%s", err.message)
-    return {"data": data, "problems": problems, "resolved": {}}  # resolved: lowercased name -> Voice
+    # The names' index, built once per file: a switch looks its name up, whatever the library's size.
+    by_key, by_alias = {}, {}
+    for key, entry in data["voices"].items():
+        if isinstance(key, str):
+            by_key.setdefault(key.lower(), []).append(key)
+        aliases = entry.get("aliases") if isinstance(entry, dict) else None
+        for alias in aliases if isinstance(aliases, list) else ():
+            if isinstance(alias, str) and key not in by_alias.setdefault(alias.lower(), []):
+                by_alias[alias.lower()].append(key)
+    return {"data": data, "problems": problems, "by_key": by_key, "by_alias": by_alias,
+            "resolved": {}}  # resolved: lowercased name -> Voice
 
 
 class VoiceLibrary:
@@ -179,14 +189,9 @@ class VoiceLibrary:
         found = parsed["resolved"].get(lower)  # this file's earlier answer to the same name
         if found is not None:
             return found
-        how = "keys"
-        for wanted in dict.fromkeys((lower, lower.replace(" ", ""))):
-            keys = [k for k in voices if isinstance(k, str) and k.lower() == wanted]
-            if keys:
-                break
-        else:
-            how, keys = "aliases", [k for k, e in voices.items() if isinstance(e, dict) and isinstance(
-                e.get("aliases"), list) and any(isinstance(a, str) and a.lower() == lower for a in e["aliases"])]
+        how, keys = "keys", parsed["by_key"].get(lower) or parsed["by_key"].get(lower.replace(" ", ""))
+        if not keys:
+            how, keys = "aliases", parsed["by_alias"].get(lower)
         if not keys:
             return None
         found = self._pick(keys, name, parsed, how)

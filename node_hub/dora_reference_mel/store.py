@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 SIDECAR_FORMAT = 2  # 2: xxh3-128 digests and full stat stamps (format 1 files are stale, then rewritten)
 MAX_SIDECAR_BYTES = 64 * 1024
 MAX_VERIFIED_FILES = 4096
+MAX_CODES_MEMO_BYTES = 32 * 2**20  # parsed codes kept: 10,000 voices of 10 s (500 codes each) take 48 MB
 MAX_KNOWN_AUDIO = 4096  # audio files whose samples' digest is remembered (by the path asked with)
 
 FRESH, STALE, CORRUPT, ABSENT = "fresh", "stale", "corrupt", "absent"
@@ -139,7 +140,7 @@ class ReferenceStore:
         self.library = library
         self.max_ref_seconds = max_ref_seconds
         self.extra_roots = tuple(Path(p) for p in extra_roots)
-        self._codes_memo: dict[Path, tuple[FileStamp, np.ndarray]] = {}
+        self._codes_memo = ByteLRU(MAX_CODES_MEMO_BYTES)  # path -> (stamp, codes): parsed once per unchanged file
         # audio file -> (stamp, samples_digest): a repeated voice switch knows its samples after one stat
         self._audio_digests = ByteLRU(MAX_KNOWN_AUDIO)
         # (path, preset) -> (stamp, sidecar stamp, sidecar) of each pair verified whole: see _reread
@@ -206,7 +207,7 @@ class ReferenceStore:
             except ValueError as err:
                 reason = str(err)
             else:
-                self._codes_memo[path] = (stamp, codes)
+                self._codes_memo.put(path, (stamp, codes), codes.nbytes + 200)  # + the entry's own few objects
                 return codes
             raise ReferenceMelError(
                 "bad_codes", f"codes file {path} of voice {voice.name!r} is unusable ({reason}); "

@@ -1,0 +1,139 @@
+"""A library of many voices: precompute throughput and memory, a precompute killed and resumed, the
+node's start, and voice switches to random voices (first touches included), in one run.
+
+    python benchmarks/library_scale.py [--voices 10000] [--switches 2000] [--kill-after 20]
+                                       [--out benchmarks/results/cpu/library_scale.json]
+
+The first precompute is killed after --kill-after seconds; the second resumes it, and its throughput
+is the figure (the voices it computes over its time).
+
+Each voice is its own 1 s clip at 16 kHz (seeded noise, so every clip differs) with one alias and its
+codes; the library is built in a temporary folder and removed afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import resource
+import shutil
+import signal as signals
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import soundfile
+
+sys.path.insert(0, str(Path(__file__).parent))
+from timing import ROOT, metric, write_result  # noqa: E402  (benchmarks/ is not a package)
+
+TOOL = Path(sys.executable).parent / "reference-mel"
+
+
+def build_library(folder: Path, n: int) -> dict:
+    audio, codes = folder / "audio", folder / "codes"
+    audio.mkdir(parents=True)
+    codes.mkdir()
+    rng = np.random.default_rng(0)
+    voices = {}
+    for i in range(n):
+        name = f"voice{i:05d}"
+        soundfile.write(str(audio / f"{name}.wav"), (rng.standard_normal(16000) * 0.1).astype(np.float32), 16000,
+                        subtype="PCM_16")
+        (codes / f"{name}_codes.bin").write_bytes(rng.integers(0, 1024, 50).astype("<i4").tobytes())
+        voices[name] = {"ref_audio": f"audio/{name}.wav", "ref_text": "x", "aliases": [f"Voice {i}"]}
+    (folder / "voices.json").write_text(json.dumps({"models_base_path": str(folder), "voices": voices}, indent=1))
+    return {"PRIMESPEECH_MODEL_DIR": str(folder), "VOICES_CONFIG": str(folder / "voices.json"),
+            "CODES_DIR": str(codes)}
+
+
+def precompute(env: dict, kill_after: float | None = None) -> tuple[float, str, int]:
+    """(seconds, stdout, peak RSS MB of the run); killed with SIGKILL after kill_after seconds when given."""
+    start = time.perf_counter()
+    proc = subprocess.Popen([str(TOOL), "precompute"], env={**os.environ, **env}, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    if kill_after is not None:
+        time.sleep(kill_after)
+        os.kill(proc.pid, signals.SIGKILL)  # not proc.kill(): its poll() would reap the child before wait4
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak RSS (KiB on Linux)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return time.perf_counter() - start, out, int(usage.ru_maxrss / 1024)
+
+
+def node_start_and_switches(env: dict, n: int, switches: int) -> dict:
+    """In-process, as the node starts: configuration, service, warm-up, the library's first load; then
+    `voice` events by alias to random voices (most of them first touches of their stored files)."""
+    import mlx.core as mx
+
+    from dora_reference_mel.config import Config
+    from dora_reference_mel.main import build_service
+
+    os.environ.update(env)
+    mx.set_default_device(mx.cpu)
+    start = time.perf_counter()
+    service = build_service(Config.from_env())
+    first = service.handle("voice", pa.array(["Voice 0"]), {})
+    started = time.perf_counter() - start
+    assert first[0].metadata["source"] == "precomputed", first[0].metadata
+    rng = random.Random(0)
+    times, sources = [], {}
+    for _ in range(switches):
+        name = f"Voice {rng.randrange(n)}"
+        t = time.perf_counter()
+        out = service.handle("voice", pa.array([name]), {})
+        times.append(time.perf_counter() - t)
+        sources[out[0].metadata.get("source", out[0].output_id)] = sources.get(
+            out[0].metadata.get("source", out[0].output_id), 0) + 1
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"start_s": started, "switch_p50_ms": float(np.median(times)) * 1e3,
+            "switch_p99_ms": float(np.percentile(times, 99)) * 1e3, "sources": sources, "rss_mb": rss}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--voices", type=int, default=10_000)
+    parser.add_argument("--switches", type=int, default=2000)
+    parser.add_argument("--kill-after", type=float, default=20.0, help="seconds before the first precompute is killed")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/cpu/library_scale.json")
+    args = parser.parse_args(argv)
+    folder = Path(tempfile.mkdtemp(prefix="library-scale-"))
+    try:
+        env = build_library(folder, args.voices)
+        killed_after = args.kill_after
+        _, out, _ = precompute(env, kill_after=killed_after)  # killed part way: files are written voice by voice
+        done_before = len(list(Path(env["CODES_DIR"]).glob("*_mel.json")))
+        seconds, out, peak = precompute(env)
+        summary = re.search(r"precompute: (\d+) computed, (\d+) up to date, (\d+) failed", out)
+        computed, up_to_date, failed = map(int, summary.groups())
+        print(f"precompute of {args.voices} voices, killed after {killed_after:.0f} s with {done_before} written, "
+              f"then resumed: {computed} computed, {up_to_date} up to date, {failed} failed in {seconds:.1f} s "
+              f"({computed / seconds:.0f} voices/s), peak RSS {peak} MB")
+        node = node_start_and_switches(env, args.voices, args.switches)
+        print(f"node start (config, warm-up, first switch): {node['start_s']:.2f} s; {args.switches} switches to "
+              f"random voices of {args.voices}: p50 {node['switch_p50_ms']:.2f} ms, p99 {node['switch_p99_ms']:.2f} "
+              f"ms, sources {node['sources']}; RSS {node['rss_mb']:.0f} MB")
+        write_result(args.out, "library_scale", {
+            "precompute_voices_per_s": metric(computed / seconds, "voices/s", "higher"),
+            "precompute_peak_rss_mb": metric(peak, "MB"),
+            "node_start_s": metric(node["start_s"], "s"),
+            "switch_p50_ms": metric(node["switch_p50_ms"], "ms"),
+            "switch_p99_ms": metric(node["switch_p99_ms"], "ms"),
+            "node_rss_mb": metric(node["rss_mb"], "MB"),
+        }, voices=args.voices, switches=args.switches, resumed={"written_before_kill": done_before,
+                                                                "computed": computed, "up_to_date": up_to_date,
+                                                                "failed": failed}, sources=node["sources"])
+        return 0 if failed == 0 and computed + up_to_date == args.voices else 1
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
