@@ -69,9 +69,9 @@ def test_dora_up_start_attach():
 
 
 def test_demo_wiring_matches_node_manifest():
-    """tts.yml wires exactly the inputs and outputs dora-node.yml declares."""
+    """Every shipped dataflow wires exactly the inputs and outputs dora-node.yml declares."""
     manifest = yaml.safe_load((ROOT / "node_hub/dora_reference_mel/dora-node.yml").read_text())
-    for path in DATAFLOWS.glob("*.yml"):
+    for path in DATAFLOWS.rglob("*.yml"):
         for node in yaml.safe_load(path.read_text())["nodes"]:
             if node.get("path") == "dora-reference-mel":
                 assert set(node["outputs"]) <= set(manifest["outputs"]), path
@@ -140,7 +140,7 @@ def test_readme_before_and_after_validate(tmp_path):
 def test_every_shipped_input_uses_backpressure():
     """dora's default queue policy silently drops messages under load (docs/delivery.md); every
     input of a shipped dataflow carries events that must arrive."""
-    for path in DATAFLOWS.glob("*.yml"):
+    for path in DATAFLOWS.rglob("*.yml"):
         for node in yaml.safe_load(path.read_text())["nodes"]:
             inputs = node.get("inputs") or node.get("operator", {}).get("inputs") or {}
             for name, spec in inputs.items():
