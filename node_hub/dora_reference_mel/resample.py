@@ -10,6 +10,7 @@ import functools
 import logging
 import math
 import operator
+import os
 import shutil
 
 import mlx.core as mx
@@ -34,6 +35,7 @@ TAPS_PER_KERNEL = 8
 # build takes seconds, so the node builds its pairs at start and restricts compiling to them
 # (`compile_only`): a clip at any other rate resamples through the strided form, same output, no stall.
 _COMPILED_PAIRS: frozenset[tuple[int, int]] | None = None
+MAX_CPU_STREAMS = 4  # CPU streams (threads) that independent parts of a graph are spread over
 
 
 def resampled_length(n_samples: int, sample_rate: int, target_rate: int) -> int:
@@ -112,7 +114,20 @@ def _phases_compiled(x: mx.array, orig_freq: int, new_freq: int, n_blocks: int) 
     length = -(-reach // orig) * orig  # whole blocks of `orig` input samples
     padded = mx.pad(x, [(width, max(0, (n_pieces - 1) * step + length - width - x.shape[0]))])
     piece_phases = _piece_kernels(orig_freq, new_freq)
-    return mx.concatenate([piece_phases(padded[j * step: j * step + length]) for j in range(n_pieces)])
+    streams = cpu_streams()
+    pieces = []
+    for j in range(n_pieces):  # pieces are independent: round robin over the CPU streams, one thread each
+        with mx.stream(streams[j % len(streams)]):
+            pieces.append(piece_phases(padded[j * step: j * step + length]))
+    return mx.concatenate(pieces)
+
+
+@functools.cache
+def cpu_streams() -> tuple:
+    """One MLX CPU stream per core, up to MAX_CPU_STREAMS (made once: each stream is a thread). MLX runs
+    each stream on its own thread, and its CPU kernels (the FFT, compiled kernels) on one thread each, so
+    independent parts of a graph put on different streams run in parallel on a multi-core CPU."""
+    return tuple(mx.new_stream(mx.cpu) for _ in range(min(os.cpu_count() or 1, MAX_CPU_STREAMS)))
 
 
 @functools.lru_cache(maxsize=64)
