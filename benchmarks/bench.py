@@ -1,6 +1,7 @@
 """Benchmarks for BENCHMARKS.md: one process per part, interleaved with the peer, medians and ratios.
 
-    python benchmarks/bench.py compute [--device cpu|gpu]   MLX reference_mel vs the torch recipe
+    python benchmarks/bench.py compute [--device cpu|gpu] [--settle-ms 50]
+                                                            MLX reference_mel vs the torch recipe
     python benchmarks/bench.py batch   [--device cpu|gpu] [--frames-per-graph N]
                                                             64 ten-second clips: read + reference_mel_batch
     python benchmarks/bench.py node [--runs N]              real dataflow: latency per source vs transport
@@ -65,7 +66,10 @@ def use_device(device: str):
     return "cpu"
 
 
-def bench_compute(device: str, repeats: int) -> list[dict]:
+def bench_compute(device: str, repeats: int, settle_s: float = 0.0) -> list[dict]:
+    """settle_s: a pause before each timed call, so neither side runs while the other's threads still
+    spin (torch's OpenMP threads keep spinning for a while after a call, libgomp's default wait
+    policy); each call then starts from an idle machine, as a voice switch does in a node."""
     import torch
     import torch_recipe
 
@@ -92,9 +96,11 @@ def bench_compute(device: str, repeats: int) -> list[dict]:
             thread_counts = (1, 2) if device == "cpu" else (torch.get_num_threads(),)
             mlx_times, torch_times = [], {n: [] for n in thread_counts}
             for _ in range(repeats):  # interleaved: all see the same machine noise
+                time.sleep(settle_s)
                 mlx_times.append(timed(ours))
                 for n in thread_counts:
                     torch.set_num_threads(n)
+                    time.sleep(settle_s)
                     torch_times[n].append(timed(peer))
             best = min(thread_counts, key=lambda n: median_of(torch_times[n]))
             rows.append({"part": "compute", "device": device, "preset": preset, "seconds": seconds,
@@ -306,6 +312,7 @@ def main(argv=None) -> int:
     parser.add_argument("--clips", type=int, default=64)
     parser.add_argument("--requests", type=int, default=60)
     parser.add_argument("--frames-per-graph", type=int, help="batch: at most this many frames per MLX graph")
+    parser.add_argument("--settle-ms", type=float, default=0.0, help="compute: pause before each timed call")
     parser.add_argument("--runs", type=int, default=1, help="node: dataflow runs; each row the median over runs")
     parser.add_argument("--log-level", help="node: LOG_LEVEL of the mel nodes (default: theirs, INFO)")
     parser.add_argument("--json", help="write every row here")
@@ -325,7 +332,7 @@ def main(argv=None) -> int:
     print(f"machine: {machine()}; {peer}; {line}")
     rows = []
     if args.part in ("compute", "all"):
-        rows += bench_compute(args.device, args.repeats)
+        rows += bench_compute(args.device, args.repeats, args.settle_ms / 1e3)
     if args.part in ("batch", "all"):
         rows += bench_batch(args.device, args.clips, max(3, args.repeats // 6), args.frames_per_graph)
     if args.part in ("node", "all"):
