@@ -21,6 +21,7 @@ FIXTURES = ROOT / "tests" / "fixtures"
 SPEECH = FIXTURES / "speech"
 EVENTS = FIXTURES / "events"
 RATES = (16000, 22050, 24000, 32000, 44100, 48000)
+LINEAR_MAX_ABS = 1e-3  # docs/recipe.md, "Tolerances": v2 values reach several hundred
 BIN = Path(sys.executable).parent
 # The two dora lines a dataflow may run on, each in its own environment (scripts/setup.sh makes both):
 # a node must register with the daemon of its own line.

@@ -12,9 +12,7 @@ from dora_reference_mel.tables import (
     sinc_resample_taps,
     slaney_mel_filterbank,
 )
-from helpers import speech
-
-LINEAR_MAX_ABS = 1e-3  # docs/recipe.md, "Tolerances"
+from helpers import LINEAR_MAX_ABS, speech
 
 
 def test_sv_fbank_tables_are_kaldis():

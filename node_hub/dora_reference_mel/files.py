@@ -90,7 +90,7 @@ def open_regular(path: Path, roots: Sequence[Path] | None, max_bytes: int):
     path = Path(path)
     real = os.path.realpath(path)  # resolved once: the folder check and the open see the same target
     if roots is not None and not _real_inside(real, roots):
-        raise StoreFileError(path, f"leads outside the allowed folders (to {real}); not read")
+        raise StoreFileError(path, f"leads outside REF_AUDIO_ROOTS and the models folders (to {real}); not read")
     try:
         fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:

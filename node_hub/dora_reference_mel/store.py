@@ -1,6 +1,7 @@
-"""Storage: voices.json, semantic codes, precomputed spectrograms and their sidecars.
+"""The store: precomputed spectrograms, their sidecars, and the one lookup (voices.json is library.py,
+codes are codes.py, safe file access is files.py).
 
-Layout of the codes directory (docs/recipe.md, "Where files live"):
+Layout of the codes directory (docs/store.md, "Store layout"):
   <voice>_codes.bin | <voice>_codes.npy     semantic codes, int32 LE (npy: dtype honoured)
   <voice>_mel.bin,  <voice>_mel.json         v2 spectrogram, float32 LE C-order [n_bins, n_frames] + sidecar
   <voice>_mel_<preset>.bin / .json           the other presets (v3, v4; sv frames first: [n_frames, 80])
@@ -13,7 +14,8 @@ operator and every `reference-mel` command call it and nothing else. It returns 
   read once per lookup. Where a file may lie depends on who named it: voices.json and the codes
   directory are the owner's configuration, so their paths are read wherever they lead (as the MLX
   primespeech node reads them); a path that arrives inside an event (VOICE:CUSTOM) is read only
-  inside `event_roots()` (REF_AUDIO_ROOTS, the models root and the library's models_base_path);
+  inside `event_roots()` (REF_AUDIO_ROOTS, the models root, the library's models_base_path and the codes
+  directory);
 - a pair is checked whole (sidecar, size, data digest, finite values) once per unchanged file: later
   lookups compare the stat stamps of both files (the data's from the descriptor they read) and read
   the data without checking it again; any change to either file, or a stamp too recent to tell, means
