@@ -186,6 +186,14 @@ def test_an_internal_error_on_a_text_carries_the_texts_request_id(library, monke
     assert error.metadata["request_id"] == forwarded.metadata["request_id"]
 
 
+def test_a_refused_text_carries_the_request_id_of_its_error(library):
+    service = ReferenceMelService(Config.from_env(library["env"]))
+    error, forwarded = answers(service, "VOICE:a broken switch without its bar", {})
+    assert json.loads(error.value[0].as_py())["error"] == "bad_text"
+    assert error.metadata["request_id"] == forwarded.metadata["request_id"]
+    assert forwarded.metadata["request_id_generated"] is True
+
+
 def test_custom_path_spellings_share_one_remembered_file(library):
     service = ReferenceMelService(Config.from_env(library["env"]))
     models = library["models"]

@@ -206,15 +206,16 @@ class ReferenceMelService:
         startup voice or an earlier switch), as the TTS nodes keep their voice when a switch fails. So a TTS
         node needs no `error` input: it waits for the named reference, or speaks with its own voice when
         the text names none."""
-        outputs, switch = [], None
+        outputs, switch, passthrough = [], None, None
         try:
             switch = parse_voice_switch(one_string(value, "text"))
         except (ReferenceMelError, ContractError) as err:
             if isinstance(err, ContractError):
                 err = ReferenceMelError("bad_text", f"{err}; it is forwarded as is")
-            outputs = self._error(err, _passthrough(metadata), None)
-        passthrough = _passthrough(metadata) if switch is not None else None
+            passthrough = _passthrough(metadata)  # the error and the forwarded text carry one request_id
+            outputs = self._error(err, passthrough, None)
         if switch is not None:
+            passthrough = _passthrough(metadata)
             if switch.name == CUSTOM_VOICE:
                 outputs += self._respond(lambda: self._custom_request(switch), passthrough)
             else:
@@ -229,8 +230,8 @@ class ReferenceMelService:
             self.reference_request_id = passthrough["request_id"]
 
     def _forwarded(self, metadata: dict, passthrough: dict | None) -> dict:
-        """A text's metadata as forwarded: unchanged, but for the request_id a switching text gets when it
-        has no usable one (and request_id_generated), and REFERENCE_KEY."""
+        """A text's metadata as forwarded: unchanged, but for the request_id a switching (or refused) text
+        gets when it has no usable one (and request_id_generated), and REFERENCE_KEY."""
         forwarded = {k: v for k, v in metadata.items() if k not in DORA_KEYS}
         if passthrough is not None and passthrough.get("request_id_generated"):
             forwarded.update(request_id=passthrough["request_id"], request_id_generated=True)
