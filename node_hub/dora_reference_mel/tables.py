@@ -171,6 +171,12 @@ def device_filterbank(preset: Preset) -> tuple[tuple[mx.array, mx.array, int, in
 
 
 @functools.lru_cache(maxsize=64)
+def device_sinc_weights(orig_freq: int, new_freq: int) -> mx.array:
+    """sinc_resample_taps's weights [new, taps] as one MLX array (the gathered and CUDA forms read it whole)."""
+    return mx.array(sinc_resample_taps(orig_freq, new_freq)[4])
+
+
+@functools.lru_cache(maxsize=64)
 def device_sinc_taps(orig_freq: int, new_freq: int) -> tuple[mx.array, list[mx.array]]:
     """sinc_resample_taps on the device: starts [new] (int32) and each phase's weights [taps]."""
     _, _, _, starts, weights = sinc_resample_taps(orig_freq, new_freq)
