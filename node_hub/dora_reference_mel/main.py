@@ -30,6 +30,8 @@ def build_service(config: Config) -> ReferenceMelService:
         log.info("building MLX's CPU kernels for presets %s: the first start on a machine compiles them (about 15 s "
                  "on 2 cores), later starts load them from MLX's cache in %s (under a second)",
                  ",".join(p.name for p in config.presets), Path(tempfile.gettempdir()) / "mlx")
+    elif device == "gpu" and resample.cuda_resampler() is not None:
+        log.info("compiling the CUDA resampling kernel (about 3 s on an H200, once per start; it serves every rate)")
     # No event waits for a kernel build: clips at rates not warmed here resample uncompiled (same output).
     resample.compile_only(service.warm_up())
     log.info("ready on %s: presets %s, codes %s, warm-up %.0f ms, idle RSS %.0f MB", device,
