@@ -13,11 +13,11 @@ import tempfile
 
 WARM = """
 import time
+from dora_reference_mel import signal
 from dora_reference_mel.config import Config
-from dora_reference_mel.service import ReferenceMelService
-service = ReferenceMelService(Config.from_env({"MEL_PRESET": %r, "CODES_DIR": %r}))
+config = Config.from_env({"MEL_PRESET": %r, "CODES_DIR": %r})
 start = time.perf_counter()
-service.warm_up()
+signal.warm_up(config.presets)
 print(f"{time.perf_counter() - start:.1f}")
 """
 

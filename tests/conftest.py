@@ -32,11 +32,9 @@ def shipped_models_stay_untouched():
 
 
 @pytest.fixture(scope="session", autouse=True)
-def mlx_kernels_built(tmp_path_factory):
+def mlx_kernels_built():
     """MLX builds each compiled kernel once per machine (seconds on a Linux CPU, with the system C++
     compiler) and keeps it on disk: build them all before tests start nodes under time limits."""
-    from dora_reference_mel.config import Config
-    from dora_reference_mel.service import ReferenceMelService
+    from dora_reference_mel import get_preset, signal
 
-    codes = tmp_path_factory.mktemp("warm-codes")
-    ReferenceMelService(Config.from_env({"MEL_PRESET": "v2,v3,v4,sv", "CODES_DIR": str(codes)})).warm_up()
+    signal.warm_up([get_preset(name) for name in ("v2", "v3", "v4", "sv")])

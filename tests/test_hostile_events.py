@@ -19,7 +19,8 @@ import soundfile
 
 from dora_reference_mel.config import Config
 from dora_reference_mel.contract import REFERENCE_KEY
-from dora_reference_mel.service import ReferenceMelService, send_outputs
+from dora_reference_mel.main import send_outputs
+from dora_reference_mel.service import ReferenceMelService
 from helpers import BIN, ROOT, copy_library, node_run_env, run_node
 
 GOOD, RATE = soundfile.read(str(ROOT / "models/voices/basil.wav"), dtype="float32")
@@ -205,9 +206,9 @@ def test_custom_path_spellings_share_one_remembered_file(library):
 
 
 def test_unlisted_voices_written_back_are_bounded(library, monkeypatch):
-    import dora_reference_mel.service as service_module
+    import dora_reference_mel.store as store_module
 
-    monkeypatch.setattr(service_module, "MAX_UNLISTED_VOICES", 3)
+    monkeypatch.setattr(store_module, "MAX_UNLISTED_VOICES", 3)
     service = ReferenceMelService(Config.from_env(library["env"]))
     clip = pa.array(GOOD[: RATE])
     states = []

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from dora_reference_mel import reference_mel, resample
+from dora_reference_mel import reference_mel, resample, signal
 from dora_reference_mel.config import Config
 from dora_reference_mel.service import ReferenceMelService
 from helpers import BIN, DORA_LINES, PROMPTS, ROOT, dora, run_node, user_home, with_stand_ins
@@ -165,7 +165,7 @@ def test_no_kernel_is_built_on_the_event_path(library):
     """After the start-up warm-up, a clip at a rate that was not warmed resamples uncompiled."""
     service = ReferenceMelService(Config.from_env(library["env"]))
     try:
-        resample.compile_only(service.warm_up())
+        resample.compile_only(signal.warm_up(service.config.presets))
         built = resample._piece_kernels.cache_info().currsize
         clip = np.random.default_rng(0).standard_normal(12000 * 3).astype(np.float32) * 0.1
         served = service.handle("reference_audio", pa.array(clip), {"sample_rate": 12000})[0]

@@ -231,6 +231,15 @@ def parse_voice_switch(value: str) -> VoiceSwitch | None:
         parts = head[len(CUSTOM_VOICE) + 1:].split("|", 3)
         if len(parts) != 4 or not parts[0].strip():
             raise ContractError(f"text {text[:80]!r} is not VOICE:CUSTOM|<ref_audio_path>|<prompt_text>|<lang>|<text>")
+        for what, part in (("prompt text", parts[1]), ("language", parts[2])):  # both reach `mel` metadata
+            try:
+                size = len(part.encode("utf-8"))
+            except UnicodeEncodeError:
+                raise ContractError(f"the VOICE:CUSTOM {what} {ascii(part[:60])} is not valid Unicode (a lone "
+                                    "surrogate, as a JSON \\ud800 escape gives); send UTF-8 text") from None
+            if size > MAX_PROMPT_TEXT_BYTES:
+                raise ContractError(f"the VOICE:CUSTOM {what} is {size} bytes, over {MAX_PROMPT_TEXT_BYTES}; send "
+                                    "the prompt text of a 3 to 10 s clip")
         return VoiceSwitch(CUSTOM_VOICE, parts[3], ref_audio=parts[0].strip(), ref_text=parts[1], lang=parts[2])
     name, sep, rest = head.partition("|")
     if not sep or not name.strip():

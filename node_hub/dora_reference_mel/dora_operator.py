@@ -9,8 +9,7 @@ import collections
 
 from dora import DoraStatus
 
-from dora_reference_mel.main import configured_service, log_stop
-from dora_reference_mel.service import send_outputs
+from dora_reference_mel.main import configured_service, log_stop, send_outputs
 
 
 class Operator:

@@ -61,7 +61,7 @@ class FileStamp:
         if value is None:
             return None
         fields = [f.name for f in dataclasses.fields(cls)]
-        if not isinstance(value, dict) or sorted(value) != sorted(fields) or not all(_is_int(v) for v in value.values()):
+        if not isinstance(value, dict) or sorted(value) != sorted(fields) or not all(is_int(v) for v in value.values()):
             raise ValueError(f"source_audio={str(value)[:80]} is not a stamp of {fields}")
         return cls(**value)
 
@@ -73,11 +73,12 @@ def settled(stamp: FileStamp) -> bool:
     return time.time_ns() - max(stamp.mtime_ns, stamp.ctime_ns) > SETTLED_NS
 
 
-def _is_int(value) -> bool:
+def is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _real_inside(real: str, roots: Iterable[Path]) -> bool:
+def real_inside(real: str, roots: Iterable[Path]) -> bool:
+    """Whether the resolved path `real` lies in one of `roots` (resolved too)."""
     return any(os.path.commonpath([real, root]) == root for root in map(os.path.realpath, roots))
 
 
@@ -89,7 +90,7 @@ def open_regular(path: Path, roots: Sequence[Path] | None, max_bytes: int):
     with O_NONBLOCK, so a FIFO cannot block; then fstat must say regular file and at most max_bytes."""
     path = Path(path)
     real = os.path.realpath(path)  # resolved once: the folder check and the open see the same target
-    if roots is not None and not _real_inside(real, roots):
+    if roots is not None and not real_inside(real, roots):
         raise StoreFileError(path, f"leads outside REF_AUDIO_ROOTS and the models folders (to {real}); not read")
     try:
         fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))

@@ -10,11 +10,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import resample
+import numpy as np
+import pyarrow as pa
+
+from . import resample, signal
 from .config import Config, select_device
-from .contract import ERROR_OUTPUT, MEL_OUTPUT, TEXT_OUTPUT, WARMUP_OUTPUT
+from .contract import ERROR_OUTPUT, LOG_OUTPUT, MEL_OUTPUT, TEXT_OUTPUT, WARMUP_OUTPUT, error_value
 from .errors import ReferenceMelError
-from .service import ReferenceMelService, send_outputs
+from .names import shown
+from .service import UPSTREAM_SECONDS, Output, ReferenceMelService
 
 log = logging.getLogger("dora_reference_mel")
 
@@ -33,7 +37,7 @@ def build_service(config: Config) -> ReferenceMelService:
     elif device == "gpu" and resample.cuda_resampler() is not None:
         log.info("compiling the CUDA resampling kernel (about 3 s on an H200, once per start; it serves every rate)")
     # No event waits for a kernel build: clips at rates not warmed here resample uncompiled (same output).
-    resample.compile_only(service.warm_up())
+    resample.compile_only(signal.warm_up(config.presets))
     log.info("ready on %s: presets %s, codes %s, warm-up %.0f ms, idle RSS %.0f MB", device,
              ",".join(p.name for p in config.presets), config.codes_dir, (time.perf_counter() - start) * 1e3,
              peak_rss_mb())
@@ -82,7 +86,7 @@ def prewarm_transport(node, service: ReferenceMelService) -> None:
     if WARMUP_OUTPUT in declared:
         start = time.perf_counter()
         try:
-            node.send_output(WARMUP_OUTPUT, service.largest_answer(), {})
+            node.send_output(WARMUP_OUTPUT, largest_answer(service.config), {})
         except Exception as err:  # an optimisation only: the node serves without it
             log.warning("warm-up output not sent: %s", err)
             return
@@ -99,6 +103,44 @@ def peak_rss_mb() -> float:
     """Peak resident memory of this process (ru_maxrss is KiB on Linux, bytes on macOS)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+
+def largest_answer(config: Config) -> pa.Array:
+    """Zeros the size of the largest `mel` the node sends for a reference of upstream's longest length."""
+    elements = max(p.n_bins * p.n_frames(int(UPSTREAM_SECONDS[1] * p.sample_rate)) for p in config.presets)
+    return pa.array(np.zeros(elements, dtype=config.mel_dtype))
+
+
+def send_outputs(send, outputs: list[Output], sent: collections.Counter) -> None:
+    """Send each output with dora's `send(output_id, value, metadata)` (the node's and the operator's),
+    counting what went out. Sending never ends the loop: an output dora refuses (metadata it cannot
+    encode, say) is logged and answered by an `internal` error with only its request_id, and a refused
+    text is forwarded with its value and request_id alone, so every event still gets its answer and
+    every text goes on."""
+    for out in outputs:
+        try:
+            send(out.output_id, out.value, out.metadata)
+        except Exception as err:
+            log.exception("dora refused the %s output (%s)", out.output_id, shown(str(err), 200))
+            if out.output_id == LOG_OUTPUT:
+                continue
+            request_id = out.metadata.get("request_id")
+            minimal = {"request_id": request_id} if isinstance(request_id, str) and request_id.isascii() else {}
+            if out.output_id == TEXT_OUTPUT:
+                fallback = (TEXT_OUTPUT, out.value, minimal)
+            else:
+                message = f"the node could not send its {out.output_id} answer ({shown(str(err), 200)}); see its log"
+                fallback = (ERROR_OUTPUT, error_value("internal", message, None), {**minimal, "error": "internal"})
+            try:
+                send(*fallback)
+            except Exception:
+                log.exception("dora refused the fallback %s output too", fallback[0])
+                continue
+            sent[fallback[0]] += 1
+            continue
+        out.sent()
+        sent[out.output_id] += 1
 
 
 if __name__ == "__main__":

@@ -11,11 +11,8 @@ Resolution per preset: memory cache -> the store's lookup (precomputed file) -> 
 
 from __future__ import annotations
 
-import collections
 import dataclasses
-import json
 import logging
-import os
 import time
 import uuid
 from pathlib import Path
@@ -23,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from . import resample, signal
+from . import signal
 from .cache import ByteLRU
 from .config import Config
 from .contract import (
@@ -34,7 +31,6 @@ from .contract import (
     INPUT_VOICE,
     LOG_OUTPUT,
     MAX_CHANNELS,
-    MAX_PROMPT_TEXT_BYTES,
     MEL_METADATA,
     MEL_OUTPUT,
     REFERENCE_KEY,
@@ -51,7 +47,7 @@ from .contract import (
 from .errors import ReferenceMelError
 from .files import FileStamp
 from .library import Voice
-from .names import check_voice_name, path_problem, samples_digest, shown
+from .names import check_voice_name, samples_digest, shown
 from .recipe import Preset
 from .store import CORRUPT, ReferenceStore, Stored
 
@@ -62,12 +58,7 @@ OWN_KEYS = frozenset(MEL_METADATA) - {"request_id"} | {"channels", "error"}
 # dora stamps every message it carries: an input's `timestamp` is not forwarded (dora 0.4 cannot send it back).
 DORA_KEYS = frozenset({"timestamp"})
 UPSTREAM_SECONDS = (3.0, 10.0)  # GPT-SoVITS refuses references outside this range for code extraction
-WARM_RATES = (16000, 24000, 48000)  # recording rates warmed at start (44.1k/22.05k resample uncompiled)
-WARM_UP_ATTEMPTS = 30  # a second apart: another process's build of one kernel takes seconds
 MAX_CHECKED_AUDIO = 4096  # digests of audio that passed the checks, kept beside the cache
-# Voices that voices.json does not list are written back (so a restart serves them) only while the codes
-# directory holds fewer than this many of them: reference_audio events with ever new names must not fill the disk.
-MAX_UNLISTED_VOICES = 256
 
 
 @dataclasses.dataclass
@@ -132,7 +123,6 @@ class ReferenceMelService:
         # are hashed, not scanned again (the digest covers the rate, the channels and every sample)
         self._checked_audio = ByteLRU(MAX_CHECKED_AUDIO)
         self._write_failures_logged: set[str] = set()
-        self._unlisted_written: set[str] | None = None  # unlisted voices with files in the codes dir, once counted
         self.reference_request_id: str | None = None  # the reference texts are spoken with: see _text
 
     # -- entry points ---------------------------------------------------------------------------
@@ -246,42 +236,15 @@ class ReferenceMelService:
                 "unknown_voice", f"voice {shown(name)} is not in {self.store.library.path} (VOICES_CONFIG) and has no "
                 f"precomputed spectrogram in {self.store.codes_dir} (CODES_DIR); add it to voices.json or send "
                 "reference_audio", voice=name)
-        about = [("voice", voice.name)] + [(k, float(v) if k == "speed_factor" else v) for k, v in voice.info]
-        return Request(voice, audio_path=voice.ref_audio, about=tuple(about))
+        return Request(voice, audio_path=voice.ref_audio, about=_about(voice))
 
     def _custom_request(self, switch) -> Request:
-        """A VOICE:CUSTOM reference: its path arrives in an event, so it must lead into REF_AUDIO_ROOTS,
-        checked here, before any cache or file is consulted (the same answer whatever was served before)."""
-        for what, text in (("prompt text", switch.ref_text), ("language", switch.lang)):
-            try:
-                size = len(text.encode("utf-8"))
-            except UnicodeEncodeError:
-                raise ReferenceMelError("bad_text", f"the VOICE:CUSTOM {what} {shown(text, 60)} is not valid Unicode "
-                                        "(a lone surrogate, as a JSON \\ud800 escape gives); send UTF-8 text") from None
-            if size > MAX_PROMPT_TEXT_BYTES:
-                raise ReferenceMelError("bad_text", f"the VOICE:CUSTOM {what} is {size} bytes, over "
-                                        f"{MAX_PROMPT_TEXT_BYTES}; send the prompt text of a 3 to 10 s clip")
-        given = switch.ref_audio
-        problem = path_problem(given)
-        if problem:
-            raise ReferenceMelError("bad_ref_audio", f"VOICE:CUSTOM ref_audio {shown(given)} {problem}; send the "
-                                    "path of a WAV, FLAC or OGG file")
-        path = os.path.abspath(os.path.expanduser(given))  # relative: from the node's working folder, as primespeech
-        real = os.path.realpath(path)
-        relative = "" if os.path.isabs(os.path.expanduser(given)) else (
-            f" (a relative path is taken from the node's working folder {os.getcwd()})")
-        if not os.path.lexists(real):
-            raise ReferenceMelError("bad_ref_audio", f"VOICE:CUSTOM ref_audio {shown(given)} does not exist{relative}; "
-                                    "send an absolute path")
-        roots = self.store.event_roots()
-        if not any(os.path.commonpath([real, root]) == root for root in map(os.path.realpath, roots)):
-            raise ReferenceMelError(
-                "bad_ref_audio", f"VOICE:CUSTOM ref_audio {shown(given)} leads to {shown(real)}, outside the folders "
-                f"a CUSTOM path may name (REF_AUDIO_ROOTS: {', '.join(map(str, roots))}){relative}; add its folder "
-                "to REF_AUDIO_ROOTS on the reference-mel node, or move the clip into one of them")
+        """A VOICE:CUSTOM reference: its path arrives in an event, so the store confines it to REF_AUDIO_ROOTS
+        here, before any cache or file is consulted (the same answer whatever was served before)."""
+        real = self.store.event_audio_path(switch.ref_audio)
         about = [("voice", CUSTOM_VOICE), ("ref_text", switch.ref_text)]
         about += [("prompt_lang", switch.lang)] if switch.lang else []
-        return Request(None, audio_path=Path(real), about=tuple(about), roots=roots)
+        return Request(None, audio_path=real, about=tuple(about), roots=self.store.event_roots())
 
     def _audio_request(self, value, metadata: dict) -> Request:
         sample_rate = int_metadata(metadata, "sample_rate", required=True)
@@ -303,9 +266,7 @@ class ReferenceMelService:
             raise ReferenceMelError(
                 "bad_channels", f"{flat.size} samples do not split into channels={channels}; "
                 "send interleaved frames, all channels of each")
-        about = (("voice", voice.name),) + tuple((k, float(v) if k == "speed_factor" else v)
-                                                 for k, v in voice.info) if voice else ()
-        request = Request(voice, about=about, warnings=tuple(warnings))
+        request = Request(voice, about=_about(voice) if voice else (), warnings=tuple(warnings))
         samples = flat.reshape(-1, channels)
         # float32 is already canonical: hash first, and skip the checks for audio that passed them before
         digest = samples_digest(samples, sample_rate) if samples.dtype == np.float32 and samples.size else None
@@ -408,7 +369,7 @@ class ReferenceMelService:
     def _write_back(self, request: Request, mel: np.ndarray, preset: Preset) -> str:
         if not self.config.write_back:
             return "off"
-        if not request.voice.in_library and not self._may_store_unlisted(request.voice.name):
+        if not request.voice.in_library and not self.store.may_store_unlisted(request.voice.name):
             return "skipped"
         try:
             self.store.save_mel(request.voice, preset, mel, source_digest=request.digest,
@@ -420,28 +381,6 @@ class ReferenceMelService:
                 self._write_failures_logged.add(folder)
                 log.error("cannot write precomputed spectrograms to %s (%s); serving from memory only", folder, err)
             return "failed"
-
-    def _may_store_unlisted(self, name: str) -> bool:
-        """Whether a voice voices.json does not list may get files in the codes directory: one that has
-        some already, or a new one while fewer than MAX_UNLISTED_VOICES have."""
-        if self._unlisted_written is None:
-            try:
-                listed = {v.name for v in self.store.library.voices() if isinstance(v, Voice)}
-            except ReferenceMelError:  # an unusable voices.json lists nothing
-                listed = set()
-            self._unlisted_written = self.store.stored_voice_names() - listed
-        if name in self._unlisted_written:
-            return True
-        if len(self._unlisted_written) >= MAX_UNLISTED_VOICES:
-            if "unlisted" not in self._write_failures_logged:
-                self._write_failures_logged.add("unlisted")
-                log.warning("%s holds spectrograms of %d voices that voices.json does not list; computed spectrograms "
-                            "of further unlisted voices are served from memory, not written (add the voices to "
-                            "voices.json, or remove files of voices no longer used)", self.store.codes_dir,
-                            len(self._unlisted_written))
-            return False
-        self._unlisted_written.add(name)
-        return True
 
     def _remember(self, mel: np.ndarray, digest: str | None, preset: Preset) -> Served:
         """The spectrogram as sent (MEL_DTYPE), checked finite in that type, and cached."""
@@ -482,68 +421,11 @@ class ReferenceMelService:
     def _log(self, level: str, message: str) -> Output:
         return Output(LOG_OUTPUT, log_value(level, message, self.node_name), {})
 
-    def largest_answer(self) -> pa.Array:
-        """Zeros the size of the largest `mel` this node sends for a reference of upstream's longest length."""
-        seconds = UPSTREAM_SECONDS[1]
-        elements = max(p.n_bins * p.n_frames(int(seconds * p.sample_rate)) for p in self.config.presets)
-        return pa.array(np.zeros(elements, dtype=self.config.mel_dtype))
 
-    def warm_up(self) -> set[tuple[int, int]]:
-        """Run every preset once on 10 s of audio (upstream's longest reference) at its own rates and at
-        the common recording rates whose resampling is compiled: MLX builds those kernels (seconds, the
-        first time on a machine; then from its disk cache) and fills its buffer cache before any event.
-        Returns the resampling rate pairs whose kernels are now built."""
-        rng = np.random.default_rng(0)
-        built = set()
-        for preset in self.config.presets:
-            for rate in sorted({preset.sample_rate, preset.input_rate, *WARM_RATES}):
-                built.update(p for p in resample.resampling_pairs(rate, preset) if resample.uses_compiled_kernels(*p))
-                samples = (rng.standard_normal((rate * 10, 1)) * 0.1).astype(np.float32)
-                for attempt in range(WARM_UP_ATTEMPTS):
-                    try:
-                        signal.reference_mel(samples, rate, preset=preset)
-                        break
-                    except RuntimeError as err:
-                        # MLX's kernel cache on disk is shared by every process on the machine, and it is
-                        # not written atomically: a node starting beside another that is building the same
-                        # kernel can find a half-written library. Once the other is done, it loads.
-                        if attempt == WARM_UP_ATTEMPTS - 1:
-                            raise
-                        log.warning("warm-up of %s at %d Hz: %s; retrying", preset.name, rate, str(err)[:200])
-                        time.sleep(1.0)
-        return built
-
-
-def send_outputs(send, outputs: list[Output], sent: collections.Counter) -> None:
-    """Send each output with dora's `send(output_id, value, metadata)` (the node's and the operator's),
-    counting what went out. Sending never ends the loop: an output dora refuses (metadata it cannot
-    encode, say) is logged and answered by an `internal` error with only its request_id, and a refused
-    text is forwarded with its value and request_id alone, so every event still gets its answer and
-    every text goes on."""
-    for out in outputs:
-        try:
-            send(out.output_id, out.value, out.metadata)
-        except Exception as err:
-            log.exception("dora refused the %s output (%s)", out.output_id, shown(str(err), 200))
-            if out.output_id == LOG_OUTPUT:
-                continue
-            request_id = out.metadata.get("request_id")
-            minimal = {"request_id": request_id} if isinstance(request_id, str) and request_id.isascii() else {}
-            if out.output_id == TEXT_OUTPUT:
-                fallback = (TEXT_OUTPUT, out.value, minimal)
-            else:
-                body = {"error": "internal", "message": f"the node could not send its {out.output_id} answer "
-                        f"({shown(str(err), 200)}); see its log", "voice": None}
-                fallback = (ERROR_OUTPUT, pa.array([json.dumps(body)]), {**minimal, "error": "internal"})
-            try:
-                send(*fallback)
-            except Exception:
-                log.exception("dora refused the fallback %s output too", fallback[0])
-                continue
-            sent[fallback[0]] += 1
-            continue
-        out.sent()
-        sent[out.output_id] += 1
+def _about(voice: Voice) -> tuple[tuple[str, object], ...]:
+    """What a `mel` event says of its voice: the name, then voices.json's ref_text, speed_factor (a float
+    on the wire) and language keys."""
+    return (("voice", voice.name),) + tuple((k, float(v) if k == "speed_factor" else v) for k, v in voice.info)
 
 
 def _passthrough(metadata: dict) -> dict:

@@ -13,7 +13,9 @@ exact on every device whatever MLX_ENABLE_TF32 says, and cheaper too, since both
 from __future__ import annotations
 
 import functools
+import logging
 import math
+import time
 from collections.abc import Iterator, Sequence
 
 import mlx.core as mx
@@ -33,7 +35,15 @@ from .recipe import (
     Preset,
     get_preset,
 )
-from .resample import MAX_KERNEL_TAPS, cpu_streams, resample_sinc, resample_soxr_hq, resampled_length
+from .resample import (
+    MAX_KERNEL_TAPS,
+    cpu_streams,
+    resample_sinc,
+    resample_soxr_hq,
+    resampled_length,
+    resampling_pairs,
+    uses_compiled_kernels,
+)
 from .tables import device_filterbank, device_hann, device_povey, sinc_geometry
 
 CPU_FRAMES_PER_GRAPH = 600  # ~12 s of v2 frames: the spectra of one graph stay in cache
@@ -345,3 +355,34 @@ def reference_mel(
     fbank [1, n_frames, 80] at 16 kHz, frames first (n_frames = 1 + (n_resampled - 400) // 160).
     """
     return reference_mel_batch([samples], sample_rate, preset=preset, resampler=resampler, dtype=dtype)[0]
+
+
+WARM_RATES = (16000, 24000, 48000)  # recording rates warmed at start (44.1k/22.05k resample uncompiled)
+WARM_UP_ATTEMPTS = 30  # a second apart: another process's build of one kernel takes seconds
+WARM_UP_SECONDS = 10  # upstream's longest reference
+
+
+def warm_up(presets: Sequence[Preset]) -> set[tuple[int, int]]:
+    """Run every preset once on 10 s of audio at its own rates and at the common recording rates whose
+    resampling is compiled: MLX builds those kernels (seconds, the first time on a machine; then from its
+    disk cache) and fills its buffer cache. Returns the resampling rate pairs whose kernels are now built."""
+    rng = np.random.default_rng(0)
+    built = set()
+    for preset in presets:
+        for rate in sorted({preset.sample_rate, preset.input_rate, *WARM_RATES}):
+            built.update(p for p in resampling_pairs(rate, preset) if uses_compiled_kernels(*p))
+            samples = (rng.standard_normal((rate * WARM_UP_SECONDS, 1)) * 0.1).astype(np.float32)
+            for attempt in range(WARM_UP_ATTEMPTS):
+                try:
+                    reference_mel(samples, rate, preset=preset)
+                    break
+                except RuntimeError as err:
+                    # MLX's kernel cache on disk is shared by every process on the machine, and it is not
+                    # written atomically: a node starting beside another that is building the same kernel
+                    # can find a half-written library. Once the other is done, it loads.
+                    if attempt == WARM_UP_ATTEMPTS - 1:
+                        raise
+                    logging.getLogger(__name__).warning("warm-up of %s at %d Hz: %s; retrying", preset.name, rate,
+                                                        str(err)[:200])
+                    time.sleep(1.0)
+    return built

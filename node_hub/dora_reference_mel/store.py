@@ -45,9 +45,19 @@ from .cache import ByteLRU
 from .codes import parse_codes
 from .contract import FRAMES_BINS
 from .errors import ReferenceMelError
-from .files import FileStamp, StoreFileError, _is_int, atomic_write, read_audio, read_regular, remove_leftovers, settled
+from .files import (
+    FileStamp,
+    StoreFileError,
+    atomic_write,
+    is_int,
+    read_audio,
+    read_regular,
+    real_inside,
+    remove_leftovers,
+    settled,
+)
 from .library import Voice, VoiceLibrary, mel_file_stem
-from .names import check_voice_name, data_digest
+from .names import check_voice_name, data_digest, path_problem, shown
 from .recipe import PRESET_NAMES, V2_DEFAULT_BINS, Preset
 
 log = logging.getLogger(__name__)
@@ -56,7 +66,10 @@ SIDECAR_FORMAT = 2  # 2: xxh3-128 digests and full stat stamps (format 1 files a
 MAX_SIDECAR_BYTES = 64 * 1024
 MAX_VERIFIED_FILES = 4096
 MAX_CODES_MEMO_BYTES = 32 * 2**20  # parsed codes kept: 10,000 voices of 10 s (500 codes each) take 48 MB
-MAX_KNOWN_AUDIO = 4096  # audio files whose samples' digest is remembered (by the path asked with)
+MAX_KNOWN_AUDIO = 4096
+# Voices that voices.json does not list get files here (so a restart serves them) only while the codes
+# directory holds fewer than this many of them: reference_audio events with ever new names must not fill the disk.
+MAX_UNLISTED_VOICES = 256  # audio files whose samples' digest is remembered (by the path asked with)
 
 FRESH, STALE, CORRUPT, ABSENT = "fresh", "stale", "corrupt", "absent"
 
@@ -96,7 +109,7 @@ class Sidecar:
         if not isinstance(raw, dict) or raw.get("format") != SIDECAR_FORMAT:
             raise ValueError(f"not a sidecar of format {SIDECAR_FORMAT}")
         shape = raw.get("shape")
-        frames = preset.frames_in(shape) if isinstance(shape, list) and all(_is_int(n) for n in shape) else None
+        frames = preset.frames_in(shape) if isinstance(shape, list) and all(is_int(n) for n in shape) else None
         if frames is None or not 0 < frames <= max_frames:
             frames_bins = preset.layout == FRAMES_BINS
             wanted = f"[1..{max_frames}, {preset.n_bins}]" if frames_bins else f"[{preset.n_bins}, 1..{max_frames}]"
@@ -104,7 +117,7 @@ class Sidecar:
         texts = {k: raw.get(k) for k in ("fingerprint", "source_digest", "data_digest")}
         if not all(isinstance(v, str) and 0 < len(v) <= 64 for v in texts.values()):
             raise ValueError("fingerprint, source_digest and data_digest must be short strings")
-        if not _is_int(raw.get("source_sample_rate")):
+        if not is_int(raw.get("source_sample_rate")):
             raise ValueError("source_sample_rate must be an integer")
         return cls((shape[0], shape[1]), texts["fingerprint"], texts["source_digest"], raw["source_sample_rate"],
                    FileStamp.from_json(raw.get("source_audio")), texts["data_digest"], raw)
@@ -145,8 +158,33 @@ class ReferenceStore:
         self._codes_memo = ByteLRU(MAX_CODES_MEMO_BYTES)  # path -> (stamp, codes): parsed once per unchanged file
         # audio file -> (stamp, samples_digest): a repeated voice switch knows its samples after one stat
         self._audio_digests = ByteLRU(MAX_KNOWN_AUDIO)
+        self._unlisted: set[str] | None = None  # voices with files here that voices.json does not list, once counted
+        self._unlisted_full_logged = False
         # (path, preset) -> (stamp, sidecar stamp, sidecar) of each pair verified whole: see _reread
         self._verified = ByteLRU(MAX_VERIFIED_FILES)
+
+    def event_audio_path(self, given: str) -> Path:
+        """The resolved path of an audio file named inside an event (VOICE:CUSTOM), or `bad_ref_audio`
+        naming the fix: the path checked as text first, `~` expanded, a relative one taken from the
+        working folder (as primespeech takes it), then it must exist and lead into event_roots()."""
+        problem = path_problem(given)
+        if problem:
+            raise ReferenceMelError("bad_ref_audio", f"VOICE:CUSTOM ref_audio {shown(given)} {problem}; send the "
+                                    "path of a WAV, FLAC or OGG file")
+        expanded = os.path.expanduser(given)  # os.path's: Path.expanduser raises on ~nosuchuser
+        real = os.path.realpath(os.path.abspath(expanded))
+        relative = "" if os.path.isabs(expanded) else (
+            f" (a relative path is taken from the node's working folder {os.getcwd()})")
+        if not os.path.lexists(real):
+            raise ReferenceMelError("bad_ref_audio", f"VOICE:CUSTOM ref_audio {shown(given)} does not exist{relative}; "
+                                    "send an absolute path")
+        roots = self.event_roots()
+        if not real_inside(real, roots):
+            raise ReferenceMelError(
+                "bad_ref_audio", f"VOICE:CUSTOM ref_audio {shown(given)} leads to {shown(real)}, outside the folders "
+                f"a CUSTOM path may name (REF_AUDIO_ROOTS: {', '.join(map(str, roots))}){relative}; add its folder "
+                "to REF_AUDIO_ROOTS on the reference-mel node, or move the clip into one of them")
+        return Path(real)
 
     @classmethod
     def from_config(cls, config) -> ReferenceStore:
@@ -365,6 +403,27 @@ class ReferenceStore:
     def stored_voice_names(self) -> set[str]:
         """Names of the voices that have a spectrogram pair in the codes directory."""
         return {voice for voice, _, _ in self.stored_files()}
+
+    def may_store_unlisted(self, name: str) -> bool:
+        """Whether a voice voices.json does not list may get files here: one that has some already, or a
+        new one while fewer than MAX_UNLISTED_VOICES have (counted by one scan, then kept up to date)."""
+        if self._unlisted is None:
+            try:
+                listed = {v.name for v in self.library.voices() if isinstance(v, Voice)}
+            except ReferenceMelError:  # an unusable voices.json lists nothing
+                listed = set()
+            self._unlisted = self.stored_voice_names() - listed
+        if name in self._unlisted:
+            return True
+        if len(self._unlisted) >= MAX_UNLISTED_VOICES:
+            if self._unlisted_full_logged is False:
+                self._unlisted_full_logged = True
+                log.warning("%s holds spectrograms of %d voices that voices.json does not list; computed spectrograms "
+                            "of further unlisted voices are served from memory, not written (add the voices to "
+                            "voices.json, or remove files of voices no longer used)", self.codes_dir, len(self._unlisted))
+            return False
+        self._unlisted.add(name)
+        return True
 
     def clean_leftovers(self, folder: Path | None = None) -> int:
         """Remove crash leftovers in `folder` (default: the codes directory; precompute also sweeps
