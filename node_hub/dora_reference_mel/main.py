@@ -105,7 +105,6 @@ def peak_rss_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
-
 def largest_answer(config: Config) -> pa.Array:
     """Zeros the size of the largest `mel` the node sends for a reference of upstream's longest length."""
     elements = max(p.n_bins * p.n_frames(int(UPSTREAM_SECONDS[1] * p.sample_rate)) for p in config.presets)
