@@ -2,6 +2,8 @@
 
     python benchmarks/bench.py compute [--device cpu|gpu] [--settle-ms 50]
                                                             MLX reference_mel vs the torch recipe
+    python benchmarks/bench.py resident [--device cpu|gpu]  the device graph alone: samples already on the
+                                                            device, the result left there (both sides)
     python benchmarks/bench.py batch   [--device cpu|gpu] [--frames-per-graph N]
                                                             64 ten-second clips: read + reference_mel_batch
     python benchmarks/bench.py node [--runs N]              real dataflow: latency per source vs transport
@@ -114,6 +116,48 @@ def bench_compute(device: str, repeats: int, settle_s: float = 0.0) -> list[dict
     return rows
 
 
+def bench_resident(device: str, repeats: int) -> list[dict]:
+    """The graph alone: mono samples already on the device (and touched there once), the features left on
+    it. MLX: `signal.features_mx` and `mx.eval`; torch: the recipe and `torch.cuda.synchronize`."""
+    import mlx.core as mx
+    import torch
+    import torch_recipe
+
+    from dora_reference_mel import get_preset
+    from dora_reference_mel.signal import features_mx
+
+    torch_device = use_device(device)
+    samples, rate = soundfile.read(str(VOICE), dtype="float32")
+    rows = []
+    for preset in ("v2", "v3", "v4"):
+        for seconds in (3, 10):
+            ours_in = mx.array(samples[: seconds * rate])
+            mx.eval(ours_in * 1)  # the first touch moves the pages onto the device
+            peer_in = torch.from_numpy(samples[: seconds * rate]).to(torch_device)
+            recipe = get_preset(preset)
+
+            def ours(x=ours_in, p=recipe):
+                mx.eval(features_mx([x], [rate], p)[0])
+
+            def peer(x=peer_in, p=preset):
+                torch_recipe.reference_feature(x, rate, p)
+                if torch_device == "cuda":
+                    torch.cuda.synchronize()
+
+            for _ in range(5):
+                ours(), peer()
+            mlx_times, torch_times = [], []
+            for _ in range(repeats):  # interleaved
+                mlx_times.append(timed(ours))
+                torch_times.append(timed(peer))
+            rows.append({"part": "resident", "device": device, "preset": preset, "seconds": seconds,
+                         "mlx_ms": median_of(mlx_times), "torch_ms": median_of(torch_times),
+                         "ratio": median_of(mlx_times) / median_of(torch_times), "repeats": repeats})
+            print(f"resident {device} {preset} {seconds:2d} s: MLX {rows[-1]['mlx_ms']:7.3f} ms  torch "
+                  f"{rows[-1]['torch_ms']:7.3f} ms  ratio {rows[-1]['ratio']:.2f}", flush=True)
+    return rows
+
+
 def bench_batch(device: str, clips: int, repeats: int, frames_per_graph: int | None = None) -> list[dict]:
     """frames_per_graph: the most frames reference_mel_batch puts in one MLX graph (default: the
     library's); smaller graphs let one graph's copies overlap the next one's compute."""
@@ -148,6 +192,11 @@ def bench_batch(device: str, clips: int, repeats: int, frames_per_graph: int | N
         def ours_half():  # float16 out: half the bytes back from the device
             return ours("float16")
 
+        in_memory = read_all()
+
+        def ours_in_memory():  # the clips already read: the copies and the compute alone
+            return reference_mel_batch(in_memory, rate, preset="v2", dtype="float16")
+
         def ours_overlapped(dtype="float16", per_chunk=16):  # as `precompute` does: read chunk k + 1 meanwhile
             chunks = [paths[i:i + per_chunk] for i in range(0, len(paths), per_chunk)]
             out = []
@@ -163,12 +212,13 @@ def bench_batch(device: str, clips: int, repeats: int, frames_per_graph: int | N
             return [torch_recipe.reference_feature(torch.from_numpy(x).to(torch_device).float() / 32768, rate,
                                                    "v2").cpu().numpy() for x in read_all()]
 
-        ours(), ours_half(), ours_overlapped(), peer()
-        mlx_times, half_times, overlapped_times, torch_times = [], [], [], []
+        ours(), ours_half(), ours_overlapped(), ours_in_memory(), peer()
+        mlx_times, half_times, overlapped_times, in_memory_times, torch_times = [], [], [], [], []
         for _ in range(repeats):
             mlx_times.append(timed(ours))
             half_times.append(timed(ours_half))
             overlapped_times.append(timed(ours_overlapped))
+            in_memory_times.append(timed(ours_in_memory))
             torch_times.append(timed(peer))
         budget = signal.CPU_FRAMES_PER_GRAPH if device == "cpu" else signal.GPU_FRAMES_PER_GRAPH
         row = {"part": "batch", "device": device, "clips": clips, "clip_seconds": 10, "repeats": repeats,
@@ -176,12 +226,14 @@ def bench_batch(device: str, clips: int, repeats: int, frames_per_graph: int | N
                "mlx_clips_per_s": clips / statistics.median(mlx_times),
                "mlx_float16_clips_per_s": clips / statistics.median(half_times),
                "mlx_float16_overlapped_clips_per_s": clips / statistics.median(overlapped_times),
+               "mlx_float16_in_memory_clips_per_s": clips / statistics.median(in_memory_times),
                "torch_clips_per_s": clips / statistics.median(torch_times),
                "read_only_clips_per_s": clips / statistics.median([timed(read_all) for _ in range(3)])}
         print(f"batch {device}: {clips} clips of 10 s, at most {budget} frames per graph, files read included: "
               f"MLX {row['mlx_clips_per_s']:.0f}/s "
               f"(float16 out {row['mlx_float16_clips_per_s']:.0f}/s; float16, chunks of 16 read while the previous "
-              f"computes {row['mlx_float16_overlapped_clips_per_s']:.0f}/s), "
+              f"computes {row['mlx_float16_overlapped_clips_per_s']:.0f}/s; float16, clips already read "
+              f"{row['mlx_float16_in_memory_clips_per_s']:.0f}/s), "
               f"torch one by one {row['torch_clips_per_s']:.0f}/s (reading alone {row['read_only_clips_per_s']:.0f}/s)",
               flush=True)
         return [row]
@@ -306,7 +358,7 @@ def hop_rows(folder: Path) -> list[dict]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("part", choices=("compute", "batch", "node", "all"))
+    parser.add_argument("part", choices=("compute", "resident", "batch", "node", "all"))
     parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--clips", type=int, default=64)
@@ -333,6 +385,8 @@ def main(argv=None) -> int:
     rows = []
     if args.part in ("compute", "all"):
         rows += bench_compute(args.device, args.repeats, args.settle_ms / 1e3)
+    if args.part == "resident":
+        rows += bench_resident(args.device, args.repeats)
     if args.part in ("batch", "all"):
         rows += bench_batch(args.device, args.clips, max(3, args.repeats // 6), args.frames_per_graph)
     if args.part in ("node", "all"):

@@ -12,7 +12,7 @@ import mlx.core as mx
 import numpy as np
 import soundfile
 
-from dora_reference_mel import get_preset, resample, signal
+from dora_reference_mel import cuda_kernels, get_preset, signal
 
 VOICE = Path(__file__).resolve().parent.parent / "models" / "voices" / "aria.wav"
 
@@ -32,12 +32,12 @@ def main():
     stages = {
         "check (host)": lambda s: signal.check_samples(samples, rate),
         "host->device + mono": lambda s: signal.to_mono([samples])[0],
-        "resample": lambda s: resample.resample_sinc(s["mono"], rate, preset.sample_rate),
-        "frame (reflect pad)": lambda s: signal.frame_signals([s["resample"]], preset)[0],
-        "window + rfft + |.|, bins first": lambda s: signal.magnitude(s["frame (reflect pad)"], preset, n_bins),
+        "resample, peak": lambda s: signal.preprocess(s["mono"], rate, preset),
+        "frames (pad, divide; CUDA: window)": lambda s: signal.stft_frames([s["resample, peak"]], preset),
+        "window + rfft + |.|, bins first": lambda s: signal.magnitude(s["frames"][0], preset, n_bins, s["frames"][2]),
         "mel (v3/v4)": lambda s: (signal.log_mel(mx.contiguous(s["window + rfft + |.|, bins first"]), preset)
                                   if preset.n_mels else s["window + rfft + |.|, bins first"]),
-        "device->host": lambda s: np.array(s["mel (v3/v4)"]),
+        "device->host": lambda s: np.array(cuda_kernels.to_host(s["mel (v3/v4)"])),
         "reference_mel, whole": lambda s: signal.reference_mel(samples, rate, preset=preset),
     }
     times = {name: [] for name in stages}
@@ -46,11 +46,10 @@ def main():
         for name, stage in stages.items():
             start = time.perf_counter()
             out = stage(state)
-            if isinstance(out, mx.array):
-                mx.eval(out)
+            mx.eval([a for a in (out if isinstance(out, tuple) else (out,)) if isinstance(a, mx.array)])
             if repeat >= 3:
                 times[name].append(time.perf_counter() - start)
-            state["mono" if name == "host->device + mono" else name] = out
+            state[{"host->device + mono": "mono", "frames (pad, divide; CUDA: window)": "frames"}.get(name, name)] = out
     print(f"{args.preset}, {args.seconds} s at {rate} Hz on {mx.default_device()} (median of {args.repeats}):")
     for name, values in times.items():
         print(f"  {name:32s} {statistics.median(values) * 1e3:8.3f} ms")

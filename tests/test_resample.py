@@ -64,25 +64,3 @@ def test_without_a_compiler_the_cpu_resamples_uncompiled_with_the_same_output(tm
 
     assert resample.compiler_works()  # here, with g++: the compiled kernel
     np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), reference_mel(samples, rate))
-
-
-@pytest.mark.parametrize("rate", [16000, 22050, 24000, 44100, 48000, 96000])
-def test_the_cuda_kernel_gives_the_generic_sums(rate):
-    """Where MLX has a CUDA GPU, resampling runs as one custom kernel; it must give the sums of the generic
-    strided form every other device runs (the CPU, Metal). Skipped elsewhere: the kernel is CUDA's only."""
-    from dora_reference_mel import resample
-    from dora_reference_mel.tables import device_sinc_taps, sinc_resample_taps
-
-    kernel = resample.cuda_resampler()
-    if kernel is None:
-        pytest.skip("MLX has no CUDA GPU here: the generic forms serve")
-    with mx.stream(mx.gpu):
-        orig, new, width, starts, _ = sinc_resample_taps(rate, 32000)
-        x = mx.array(speech("mono", 48000)[0][: rate * 3] if rate <= 48000 else np.resize(speech("mono", 48000)[0], rate))
-        padded = mx.pad(x, [(width, width + orig)])
-        n_blocks = -(-resample.resampled_length(x.shape[0], rate, 32000) // new)
-        device_starts, device_weights = device_sinc_taps(rate, 32000)
-        ours = np.array(resample._phases_cuda(kernel, padded, orig, new, n_blocks, device_starts,
-                                              mx.stack(device_weights)))
-        generic = np.array(resample._phases_strided(padded, orig, n_blocks, starts, device_weights)).reshape(-1)
-    np.testing.assert_allclose(ours, generic, rtol=0, atol=2e-6)

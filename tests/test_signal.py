@@ -155,3 +155,19 @@ def test_too_short_is_a_clear_error(n, code):
 
 
 
+
+
+@pytest.mark.parametrize("preset", ["v3", "v4", "sv"])
+def test_one_gather_filterbank_gives_the_grouped_sums(preset):
+    """A GPU sums all mel bands in one gather padded to the widest band; the CPU in runs of similar
+    width. The padding adds zero products only: the same bands to float32 rounding."""
+    import mlx.core as mx
+
+    from dora_reference_mel.signal import apply_filterbank
+
+    p = get_preset(preset)
+    spectra = mx.array(np.random.default_rng(1).random((p.n_fft // 2 + 1, 300)).astype(np.float32))
+    grouped = np.array(apply_filterbank(spectra, p, groups=4))
+    one = np.array(apply_filterbank(spectra, p, groups=1))
+    assert grouped.shape == one.shape == (p.n_mels, 300)
+    np.testing.assert_allclose(one, grouped, rtol=2e-6, atol=0)

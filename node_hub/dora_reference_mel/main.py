@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from . import resample, signal
+from . import cuda_kernels, resample, signal
 from .config import Config, select_device
 from .contract import ERROR_OUTPUT, LOG_OUTPUT, MEL_OUTPUT, TEXT_OUTPUT, WARMUP_OUTPUT, error_value
 from .errors import ReferenceMelError
@@ -34,8 +34,9 @@ def build_service(config: Config) -> ReferenceMelService:
         log.info("building MLX's CPU kernels for presets %s: the first start on a machine compiles them (about 15 s "
                  "on 2 cores), later starts load them from MLX's cache in %s (under a second)",
                  ",".join(p.name for p in config.presets), Path(tempfile.gettempdir()) / "mlx")
-    elif device == "gpu" and resample.cuda_resampler() is not None:
-        log.info("compiling the CUDA resampling kernel (about 3 s on an H200, once per start; it serves every rate)")
+    elif device == "gpu" and cuda_kernels.available():
+        log.info("compiling the CUDA resampling and framing kernels (about 3 s each on an H200, once per start; "
+                 "they serve every rate and clip length)")
     # No event waits for a kernel build: clips at rates not warmed here resample uncompiled (same output).
     resample.compile_only(signal.warm_up(config.presets))
     log.info("ready on %s: presets %s, codes %s, warm-up %.0f ms, idle RSS %.0f MB", device,

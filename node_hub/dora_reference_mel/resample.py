@@ -16,6 +16,7 @@ import shutil
 import mlx.core as mx
 import numpy as np
 
+from . import cuda_kernels
 from .recipe import Preset
 from .tables import device_sinc_taps, device_sinc_weights, sinc_geometry, sinc_resample_taps
 
@@ -55,12 +56,10 @@ def resample_sinc(x: mx.array, orig_freq: int, new_freq: int) -> mx.array:
     n_blocks = -(-n_out // new)
     if uses_compiled_kernels(orig_freq, new_freq) and (_COMPILED_PAIRS is None or (orig_freq, new_freq) in _COMPILED_PAIRS):
         return _phases_compiled(x, orig_freq, new_freq, n_blocks).reshape(-1)[:n_out]
+    if cuda_kernels.in_use():
+        return cuda_kernels.resample_phases(x, orig_freq, new_freq)[:n_out]
     padded = mx.pad(x, [(width, width + orig)])
     device_starts, device_weights = device_sinc_taps(orig_freq, new_freq)
-    kernel = cuda_resampler()
-    if kernel is not None and mx.default_device() == mx.gpu:
-        return _phases_cuda(kernel, padded, orig, new, n_blocks, device_starts,
-                            device_sinc_weights(orig_freq, new_freq))[:n_out]
     # One strided view per phase avoids gathers, which MLX's CPU backend runs at ~6 ns an element; on a
     # GPU, hundreds of phases (44.1k, 22.05k inputs) are better as one banded gather: one launch.
     strided = new <= MAX_COMPILED_PHASES or mx.default_device() == mx.cpu
@@ -69,49 +68,6 @@ def resample_sinc(x: mx.array, orig_freq: int, new_freq: int) -> mx.array:
     else:
         out = _phases_gathered(padded, orig, n_blocks, device_starts, device_sinc_weights(orig_freq, new_freq))
     return out.reshape(-1)[:n_out]
-
-
-# One thread per output sample: block j, phase k sums its taps in tap order, each product and each sum
-# rounded to float32 on its own (no fused multiply-add), the same operations as the CPU's compiled form.
-# Every size arrives at run time (`sizes`: orig, new, taps, outputs): MLX compiles a kernel once per
-# template, and a compile took 2.6 s on the H200, so no clip length or rate may be a template argument.
-CUDA_RESAMPLE_SOURCE = """
-    long index = cooperative_groups::this_grid().thread_rank();
-    int orig = sizes[0], n_new = sizes[1], taps = sizes[2];
-    if (index >= sizes[3]) return;
-    long block = index / n_new;
-    int phase = index % n_new;
-    const float* x = padded + block * orig + starts[phase];
-    const float* w = weights + (long)phase * taps;
-    float acc = 0.0f;
-    for (int i = 0; i < taps; ++i) {
-        acc = __fadd_rn(acc, __fmul_rn(x[i], w[i]));
-    }
-    out[index] = acc;
-"""
-
-
-@functools.cache
-def cuda_resampler():
-    """The resampling kernel of MLX's CUDA backend (mx.fast.cuda_kernel), or None where MLX has no CUDA
-    GPU: every other device (Metal, the CPU) resamples with the generic forms. Tested on CUDA only."""
-    try:
-        if not (hasattr(mx, "cuda") and mx.cuda.is_available()):
-            return None
-        return mx.fast.cuda_kernel(name="sinc_resample", input_names=["padded", "starts", "weights", "sizes"],
-                                   output_names=["out"], source=CUDA_RESAMPLE_SOURCE)
-    except (AttributeError, RuntimeError, ValueError) as err:
-        logging.getLogger(__name__).warning("no CUDA resampling kernel (%s); resampling with MLX's generic ops", err)
-        return None
-
-
-def _phases_cuda(kernel, padded: mx.array, orig: int, new: int, n_blocks: int, starts: mx.array,
-                 weights: mx.array) -> mx.array:
-    """[n_blocks * new]: the same sums as _phases_strided, one CUDA thread each (weights [new, taps])."""
-    sizes = mx.array([orig, new, weights.shape[1], n_blocks * new], dtype=mx.int32)
-    (out,) = kernel(inputs=[padded, starts, weights, sizes], grid=(n_blocks * new, 1, 1), threadgroup=(256, 1, 1),
-                    output_shapes=[(n_blocks * new,)], output_dtypes=[mx.float32])
-    return out
 
 
 def uses_compiled_kernels(orig_freq: int, new_freq: int) -> bool:

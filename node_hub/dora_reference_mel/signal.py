@@ -21,6 +21,7 @@ from collections.abc import Iterator, Sequence
 import mlx.core as mx
 import numpy as np
 
+from . import cuda_kernels
 from .contract import DTYPES, FRAMES_BINS, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 from .errors import ReferenceMelError
 from .recipe import (
@@ -139,7 +140,7 @@ def to_mono(clips: Sequence[np.ndarray]) -> list[mx.array]:
     as_int16 = all(x.dtype == np.int16 for x in clips)
     # one common dtype for the copy: int16 when all are, else float32 (check_samples made floats float32)
     flat = [(x if as_int16 else pcm_to_float32(x)).reshape(-1) for x in clips]
-    device = mx.array(flat[0] if len(flat) == 1 else np.concatenate(flat))
+    device = cuda_kernels.to_device(mx.array(flat[0] if len(flat) == 1 else np.concatenate(flat)))
     if as_int16:
         device = device.astype(mx.float32) / _INT_SCALE[np.dtype(np.int16)]
     offsets = np.cumsum([0] + [f.size for f in flat]).tolist()
@@ -150,10 +151,10 @@ def to_mono(clips: Sequence[np.ndarray]) -> list[mx.array]:
     return mono
 
 
-def peak_normalize(y: mx.array) -> mx.array:
-    """Upstream's v2 rule: if max|y| > 1, divide by min(2, max|y|)."""
-    peak = mx.max(mx.abs(y))
-    return y / mx.where(peak > 1, mx.minimum(peak, 2.0), 1.0)
+@functools.partial(mx.compile, shapeless=True)  # three scalar steps, one launch on a GPU
+def peak_divisor(peak: mx.array) -> mx.array:
+    """Upstream's v2 rule, as the number to divide by: min(2, peak) if the peak max|y| is above 1, else 1."""
+    return mx.where(peak > 1, mx.minimum(peak, 2.0), 1.0)
 
 
 def reflect_pad(y: mx.array, preset: Preset) -> mx.array:
@@ -189,32 +190,65 @@ def _magnitude(spectrum: mx.array) -> mx.array:
     return mx.sqrt(real * real + imag * imag + MAGNITUDE_EPS)
 
 
-def magnitude(frames: mx.array, preset: Preset, n_bins: int) -> mx.array:
-    """|rfft(frames * periodic hann)| with eps inside the root: [n_frames, n_fft] -> [n_bins, n_frames].
+def stft_frames(prepared: Sequence[tuple[mx.array, mx.array | None]], preset: Preset) -> tuple[mx.array, list[int], bool]:
+    """The STFT presets' frames of preprocessed signals (each with its peak still to divide by, or None):
+    the frames, the first row of each signal, and whether the frames are windowed already.
+
+    On a CUDA GPU one kernel pads, divides, frames and windows (cuda_kernels.stft_frames); elsewhere
+    the division comes first and the frames are a strided view, windowed by `magnitude` (on the CPU,
+    part by part on the CPU streams)."""
+    if cuda_kernels.in_use():
+        if not preset.peak_normalize:
+            peaks = mx.zeros((len(prepared),))  # divides by 1
+        else:  # one signal: a view, not a copy
+            peaks = prepared[0][1].reshape(1) if len(prepared) == 1 else mx.stack([peak for _, peak in prepared])
+        counts = [preset.n_frames(y.shape[0]) for y, _ in prepared]
+        frames, first_rows = cuda_kernels.stft_frames([y for y, _ in prepared], peaks, preset.n_fft,
+                                                      preset.hop_length, preset.pad, counts)
+        return frames, first_rows, True
+    frames, first_rows = frame_signals([y if peak is None else y / peak_divisor(peak) for y, peak in prepared],
+                                       preset)
+    return frames, first_rows, False
+
+
+def magnitude(frames: mx.array, preset: Preset, n_bins: int, windowed: bool = False) -> mx.array:
+    """|rfft(frames * periodic hann)| with eps inside the root: [n_frames, n_fft] -> [n_bins, n_frames]
+    (windowed: the frames carry the window already).
 
     The kept bins are cut and transposed before the fused kernel reads them, so one pass over the
     spectrum writes the result in its final layout."""
-    spectrum = mx.fft.rfft(frames * device_hann(preset.win_length), axis=-1)
+    spectrum = mx.fft.rfft(frames if windowed else frames * device_hann(preset.win_length), axis=-1)
     return _magnitude(spectrum[:, :n_bins].T)
 
 
-def apply_filterbank(spectra_t: mx.array, preset: Preset) -> mx.array:
+def apply_filterbank(spectra_t: mx.array, preset: Preset, groups: int | None = None) -> mx.array:
     """The preset's filterbank over [n_freq, n_frames] spectra -> [n_mels, n_frames].
 
     Each band is a run of whole rows (frequency bins) times its weights, summed: MLX's CPU backend
     gathers whole rows far faster than single elements, and the sum is elementwise-exact everywhere.
+    groups: runs of bands, each padded to its widest. By default a GPU takes all bands in one run (one
+    launch each for the gather, product and sum), and a CPU, which pays per element, several.
     """
     mels = []
-    for index, weights, n_bands, width in device_filterbank(preset):
+    if groups is None:
+        groups = 1 if mx.default_device() == mx.gpu else None
+    for index, weights, n_bands, width in device_filterbank(preset, groups):
         rows = mx.take(spectra_t, index, axis=0).reshape(n_bands, width, -1)
         mels.append(mx.sum(rows * weights, axis=1))
     return mx.concatenate(mels)
 
 
-def log_mel(mag_t: mx.array, preset: Preset) -> mx.array:
-    """Slaney filterbank, natural log of clamp(x, 1e-5), norm_spec: [n_freq, n_frames] -> [n_mels, n_frames]."""
-    mel = apply_filterbank(mag_t, preset)
+@functools.partial(mx.compile, shapeless=True)  # one fused kernel for the five elementwise steps
+def _normalized_log(mel: mx.array) -> mx.array:
     return (mx.log(mx.maximum(mel, LOG_CLAMP_MIN)) - SPEC_MIN) / (SPEC_MAX - SPEC_MIN) * 2 - 1
+
+
+def log_mel(mag_t: mx.array, preset: Preset) -> mx.array:
+    """Slaney filterbank, natural log of clamp(x, 1e-5), norm_spec: [n_freq, n_frames] -> [n_mels, n_frames]
+    (on a CUDA GPU in one kernel, cuda_kernels.log_mel)."""
+    if cuda_kernels.in_use():
+        return cuda_kernels.log_mel(mag_t, preset)
+    return _normalized_log(apply_filterbank(mag_t, preset))
 
 
 def _preemphasized(frames: mx.array) -> mx.array:
@@ -234,13 +268,17 @@ def kaldi_fbank(frames: mx.array, preset: Preset) -> mx.array:
     return mx.log(mx.maximum(mel, KALDI_LOG_FLOOR)).T
 
 
-def preprocess(x: mx.array, sample_rate: int, preset: Preset) -> mx.array:
-    """Mono [n] on the device -> the signal at the preset rate, ready to frame: [n_resampled]."""
+def preprocess(x: mx.array, sample_rate: int, preset: Preset) -> tuple[mx.array, mx.array | None]:
+    """Mono [n] on the device -> the signal at the preset rate [n_resampled], and its peak max|y| when it
+    is still to be normalised by it (None: nothing left to divide). The division is left to the framing,
+    which a CUDA GPU fuses with it."""
     resample = resample_soxr_hq if preset.resampler == "soxr_hq" else resample_sinc
     y = resample(x, sample_rate, preset.input_rate)
-    if preset.peak_normalize:
-        y = peak_normalize(y)
-    return resample_sinc(y, preset.input_rate, preset.sample_rate)
+    peak = mx.max(mx.abs(y)) if preset.peak_normalize else None
+    if preset.input_rate == preset.sample_rate:
+        return y, peak
+    # sv: normalised at v2's rate, then resampled to its own
+    return resample_sinc(y if peak is None else y / peak_divisor(peak), preset.input_rate, preset.sample_rate), None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,11 +292,19 @@ def reference_mel_batch_mx(
     """Lazy MLX graph for many checked clips: one copy in, one FFT (and mel product) over all their
     frames. Returns the features of every frame row in the preset's layout ([n_bins, n_rows], or
     [n_rows, n_bins] for frames_bins) and the first row of each clip (its n_frames rows follow)."""
-    signals = [preprocess(x, sr, preset) for x, sr in zip(to_mono(clips), sample_rates, strict=True)]
-    frames, first_rows = frame_signals(signals, preset)
+    return features_mx(to_mono(clips), sample_rates, preset)
+
+
+def features_mx(mono: Sequence[mx.array], sample_rates: Sequence[int], preset: Preset) -> tuple[mx.array, list[int]]:
+    """reference_mel_batch_mx from mono signals already on the device (to_mono's)."""
+    prepared = [preprocess(x, sr, preset) for x, sr in zip(mono, sample_rates, strict=True)]
+    if preset.kind == FBANK:  # Kaldi's framing: no padding, and the window comes after pre-emphasis
+        (frames, first_rows), windowed = frame_signals([y for y, _ in prepared], preset), False
+    else:
+        frames, first_rows, windowed = stft_frames(prepared, preset)
     streams = cpu_streams() if mx.default_device() == mx.cpu else ()
     if len(streams) < 2 or frames.shape[0] < len(streams) * MIN_ROWS_PER_STREAM:
-        return frame_features(frames, preset), first_rows
+        return frame_features(frames, preset, windowed), first_rows
     # Every step from here on is per frame, so the rows can be cut into parts, each part's graph on its
     # own CPU stream: MLX runs each stream on its own thread, and its CPU FFT (pocketfft) is
     # single-threaded. The parts are the same float32 operations on the same rows: identical output.
@@ -266,16 +312,16 @@ def reference_mel_batch_mx(
     parts = []
     for stream, start, stop in zip(streams, edges[:-1], edges[1:], strict=True):
         with mx.stream(stream):
-            parts.append(frame_features(frames[start:stop], preset))
+            parts.append(frame_features(frames[start:stop], preset, windowed))
     return mx.concatenate(parts, axis=0 if preset.layout == FRAMES_BINS else 1), first_rows
 
 
-def frame_features(frames: mx.array, preset: Preset) -> mx.array:
+def frame_features(frames: mx.array, preset: Preset, windowed: bool = False) -> mx.array:
     """The preset's feature of each frame row [n_rows, frame_length]: [n_bins, n_rows], or [n_rows, n_bins]
-    for frames_bins (sv)."""
+    for frames_bins (sv). windowed: the STFT frames carry the window already (stft_frames)."""
     if preset.kind == FBANK:
         return kaldi_fbank(frames, preset)
-    features = magnitude(frames, preset, preset.n_bins if preset.kind == LINEAR else preset.n_fft // 2 + 1)
+    features = magnitude(frames, preset, preset.n_bins if preset.kind == LINEAR else preset.n_fft // 2 + 1, windowed)
     return features if preset.kind == LINEAR else log_mel(mx.contiguous(features), preset)
 
 
@@ -337,7 +383,7 @@ def graph_spans(counts: Sequence[int], budget: int) -> Iterator[tuple[int, int]]
 
 def split_rows(features: mx.array, first_rows: list[int], counts: Sequence[int], preset: Preset) -> list[np.ndarray]:
     """One graph's result, copied out once, as a [1, ...] view per clip."""
-    host = np.array(features)
+    host = np.array(cuda_kernels.to_host(features))
     frames_first = preset.layout == FRAMES_BINS
     return [(host[a:a + n] if frames_first else host[:, a:a + n])[None]
             for a, n in zip(first_rows, counts, strict=True)]

@@ -127,14 +127,14 @@ def kaldi_mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float,
 
 
 @functools.lru_cache(maxsize=16)
-def filterbank_bands(preset: Preset) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
-    """The preset's filterbank as bands, in FILTERBANK_GROUPS runs of consecutive bands: starts [n] and
-    weights [n, width] of each run's nonzero runs. Mel bands widen with frequency (v4: 2 to 46 bins),
-    so each run is padded only to its own widest band, not all of them to the widest of all."""
+def filterbank_bands(preset: Preset, groups: int | None = None) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    """The preset's filterbank as bands, in `groups` (default FILTERBANK_GROUPS) runs of consecutive bands:
+    starts [n] and weights [n, width] of each run's nonzero runs. Mel bands widen with frequency (v4: 2 to
+    46 bins), so each run is padded only to its own widest band, not all of them to the widest of all."""
     fmax = preset.fmax if preset.fmax is not None else preset.sample_rate / 2
     build = kaldi_mel_filterbank if preset.kind == FBANK else slaney_mel_filterbank
     bank = build(preset.sample_rate, preset.n_fft, preset.n_mels, preset.fmin, fmax)
-    edges = np.linspace(0, preset.n_mels, FILTERBANK_GROUPS + 1).astype(int)
+    edges = np.linspace(0, preset.n_mels, (groups or FILTERBANK_GROUPS) + 1).astype(int)
     return tuple(nonzero_bands(bank[a:b], bank[a:b] != 0) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a)
 
 
@@ -159,11 +159,11 @@ def device_povey(n: int) -> mx.array:
 
 
 @functools.lru_cache(maxsize=16)
-def device_filterbank(preset: Preset) -> tuple[tuple[mx.array, mx.array, int, int], ...]:
-    """filterbank_bands(preset) on the device: per run of bands, the flat row index [n * width], the
+def device_filterbank(preset: Preset, groups: int | None = None) -> tuple[tuple[mx.array, mx.array, int, int], ...]:
+    """filterbank_bands(preset, groups) on the device: per run of bands, the flat row index [n * width], the
     weights [n, width, 1], the band count n and the width."""
     runs = []
-    for starts, weights in filterbank_bands(preset):
+    for starts, weights in filterbank_bands(preset, groups):
         n, width = weights.shape
         index = (starts[:, None] + np.arange(width, dtype=np.int32)[None, :]).reshape(-1)
         runs.append((mx.array(index), mx.array(weights)[:, :, None], n, width))

@@ -1,0 +1,260 @@
+"""What MLX's CUDA backend gets beyond MLX's generic ops: three custom kernels (mx.fast.cuda_kernel: the
+resampler, the STFT framing, the log-mel filterbank) and bulk page migration of the copies to and from
+the GPU.
+
+Each kernel does what a chain of generic MLX ops does on every other device, with the same float32
+operations in the same order (no fused multiply-add: `__fmul_rn`, `__fadd_rn`, `__fdiv_rn`), in one launch
+instead of several. They are used only where MLX has a CUDA GPU (`available()`); Metal and the CPU run the
+generic ops, which every test covers. The kernels and the migration were tested on an NVIDIA H200 only
+(tests/test_cuda_kernels.py, skipped elsewhere).
+
+Every size reaches a kernel at run time (an input's `_shape`, or a small int32 array cached per rate pair
+or preset): MLX compiles a kernel once per source and template, and one compile took 2.6 s on the H200, so
+no clip length may be a template argument.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import logging
+
+import mlx.core as mx
+import numpy as np
+
+from .recipe import LOG_CLAMP_MIN, SPEC_MAX, SPEC_MIN, Preset
+from .tables import device_hann, device_sinc_taps, device_sinc_weights, filterbank_bands, sinc_geometry
+
+log = logging.getLogger(__name__)
+
+
+@functools.cache
+def available() -> bool:
+    """Whether MLX runs on a CUDA GPU here (False on Metal, on the CPU, and without MLX's CUDA backend)."""
+    try:
+        return bool(hasattr(mx, "cuda") and mx.cuda.is_available())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def in_use() -> bool:
+    """Whether the kernels serve the graph being built now: a CUDA GPU is MLX's default device."""
+    return available() and mx.default_device() == mx.gpu
+
+
+def _kernel(name: str, inputs: list[str], source: str):
+    return mx.fast.cuda_kernel(name=name, input_names=inputs, output_names=["out"], source=source)
+
+
+# Output sample j * new + k of torchaudio's resampler: block j, phase k sums its taps in tap order, each
+# product and each sum rounded on its own, as resample._phases_strided does. The clip is read unpadded: a
+# tap outside it reads the zero torchaudio pads with. geometry: orig and the width of that padding.
+RESAMPLE_SOURCE = """
+    long index = cooperative_groups::this_grid().thread_rank();
+    int orig = geometry[0], width = geometry[1], n_new = weights_shape[0], taps = weights_shape[1];
+    long n = x_shape[0];
+    long n_blocks = (n + orig - 1) / orig;
+    if (index >= n_blocks * n_new) return;
+    long block = index / n_new;
+    int phase = index % n_new;
+    long first = block * orig + starts[phase] - width;
+    const float* w = weights + (long)phase * taps;
+    float acc = 0.0f;
+    for (int i = 0; i < taps; ++i) {
+        long p = first + i;
+        acc = __fadd_rn(acc, __fmul_rn(p >= 0 && p < n ? x[p] : 0.0f, w[i]));
+    }
+    out[index] = acc;
+"""
+
+
+@functools.cache
+def _resampler():
+    return _kernel("sinc_resample", ["x", "starts", "weights", "geometry"], RESAMPLE_SOURCE)
+
+
+@functools.lru_cache(maxsize=64)
+def _resample_geometry(orig_freq: int, new_freq: int) -> mx.array:
+    orig, _, width = sinc_geometry(orig_freq, new_freq)
+    return mx.array([orig, width], dtype=mx.int32)
+
+
+def resample_phases(x: mx.array, orig_freq: int, new_freq: int) -> mx.array:
+    """[ceil(n / orig) * new]: resample._phases_strided's sums over the clip x [n], one launch."""
+    weights = device_sinc_weights(orig_freq, new_freq)
+    orig, _, _ = sinc_geometry(orig_freq, new_freq)
+    n_out = -(-x.shape[0] // orig) * weights.shape[0]
+    (out,) = _resampler()(
+        inputs=[x, device_sinc_taps(orig_freq, new_freq)[0], weights, _resample_geometry(orig_freq, new_freq)],
+        grid=(n_out, 1, 1), threadgroup=(256, 1, 1), output_shapes=[(n_out,)], output_dtypes=[mx.float32])
+    return out
+
+
+# Frame `row` of an STFT over signals laid end to end: spans[s] = (start in `signals`, length, first row) of
+# signal s, found by binary search on the first rows; a length of -1 is the whole input (one signal: its
+# spans never change, and a table made on the host costs a kernel 0.16 ms to read, copy_bandwidth.py).
+# Frame sample i reads the signal at row * hop + i - pad, reflected into [0, n) as numpy's reflect pad does
+# (the edge sample is not repeated), divides it by the signal's peak divisor (upstream's v2 rule, from
+# peaks[s]; a peak of 0 divides by 1) and multiplies it by the window: the operations of
+# signal.peak_divisor, reflect_pad, frame_signals, the division and the window product.
+FRAMES_SOURCE = """
+    long index = cooperative_groups::this_grid().thread_rank();
+    int n_fft = window_shape[0], n_signals = spans_shape[0];
+    int hop = steps[0], pad = steps[1];
+    const int* last = spans + 3 * (n_signals - 1);
+    long n_last = last[1] < 0 ? (long)signals_shape[0] : last[1];
+    long n_rows = last[2] + (n_last + 2 * pad - n_fft) / hop + 1;
+    if (index >= n_rows * n_fft) return;
+    int row = index / n_fft, i = index % n_fft;
+    int lo = 0, hi = n_signals - 1;
+    while (lo < hi) {
+        int mid = (lo + hi + 1) / 2;
+        if (spans[3 * mid + 2] <= row) lo = mid; else hi = mid - 1;
+    }
+    const int* span = spans + 3 * lo;
+    long n = span[1] < 0 ? (long)signals_shape[0] : span[1];
+    long p = (long)(row - span[2]) * hop + i - pad;
+    if (p < 0) p = -p; else if (p >= n) p = 2 * n - 2 - p;
+    float peak = peaks[lo];
+    float divisor = peak > 1.0f ? fminf(peak, 2.0f) : 1.0f;
+    out[index] = __fmul_rn(__fdiv_rn(signals[span[0] + p], divisor), window[i]);
+"""
+
+
+@functools.cache
+def _framer():
+    return _kernel("stft_frames", ["signals", "spans", "peaks", "window", "steps"], FRAMES_SOURCE)
+
+
+@functools.lru_cache(maxsize=16)
+def _frame_steps(hop: int, pad: int) -> mx.array:
+    return mx.array([hop, pad], dtype=mx.int32)
+
+
+@functools.cache
+def _whole_input() -> mx.array:
+    return mx.array([[0, -1, 0]], dtype=mx.int32)
+
+
+def stft_frames(signals: list[mx.array], peaks: mx.array, n_fft: int, hop: int, pad: int,
+                counts: list[int]) -> tuple[mx.array, list[int]]:
+    """Windowed frames [sum(counts), n_fft] of the signals (counts[s] frames each) and each signal's first
+    row: one launch for the reflect padding, the peak division (peaks [n_signals], max |y| of each, or 0
+    for none), the framing and the window."""
+    lengths = [y.shape[0] for y in signals]
+    first_rows = np.cumsum([0, *counts[:-1]]).tolist()
+    if len(signals) == 1:
+        spans, joined = _whole_input(), signals[0]
+    else:
+        starts = np.cumsum([0, *lengths[:-1]]).tolist()
+        spans = mx.array(np.array([starts, lengths, first_rows], dtype=np.int32).T.copy())
+        joined = mx.concatenate(signals)
+    n_rows = sum(counts)
+    (out,) = _framer()(inputs=[joined, spans, peaks, device_hann(n_fft), _frame_steps(hop, pad)],
+                       grid=(n_rows * n_fft, 1, 1), threadgroup=(256, 1, 1), output_shapes=[(n_rows, n_fft)],
+                       output_dtypes=[mx.float32])
+    return out, first_rows
+
+
+# Mel band m of frame j: the band's bins of the magnitudes times its weights, summed in bin order, then
+# signal.log_mel's log of the clamped sum and norm_spec, each step rounded on its own. The bands are one
+# run padded to the widest (tables.filterbank_bands(preset, 1)): the padding adds zero products.
+# constants: the log clamp, SPEC_MIN and SPEC_MAX.
+MEL_SOURCE = """
+    long index = cooperative_groups::this_grid().thread_rank();
+    int n_mels = weights_shape[0], width = weights_shape[1], n_frames = spectra_shape[1];
+    if (index >= (long)n_mels * n_frames) return;
+    int band = index / n_frames, frame = index % n_frames;
+    const float* w = weights + (long)band * width;
+    const float* column = spectra + (long)starts[band] * n_frames + frame;
+    float acc = 0.0f;
+    for (int k = 0; k < width; ++k) {
+        acc = __fadd_rn(acc, __fmul_rn(column[(long)k * n_frames], w[k]));
+    }
+    float logged = logf(fmaxf(acc, constants[0]));
+    float span = __fsub_rn(constants[2], constants[1]);
+    out[index] = __fsub_rn(__fmul_rn(__fdiv_rn(__fsub_rn(logged, constants[1]), span), 2.0f), 1.0f);
+"""
+
+
+@functools.cache
+def _mel_kernel():
+    return _kernel("log_mel", ["spectra", "starts", "weights", "constants"], MEL_SOURCE)
+
+
+@functools.lru_cache(maxsize=16)
+def _mel_tables(preset: Preset) -> tuple[mx.array, mx.array, mx.array]:
+    ((starts, weights),) = filterbank_bands(preset, 1)
+    return mx.array(starts), mx.array(weights), mx.array([LOG_CLAMP_MIN, SPEC_MIN, SPEC_MAX], dtype=mx.float32)
+
+
+def log_mel(spectra: mx.array, preset: Preset) -> mx.array:
+    """signal.log_mel of magnitudes [n_freq, n_frames] -> [n_mels, n_frames], one launch."""
+    starts, weights, constants = _mel_tables(preset)
+    shape = (weights.shape[0], spectra.shape[1])
+    (out,) = _mel_kernel()(inputs=[spectra, starts, weights, constants], grid=(shape[0] * shape[1], 1, 1),
+                           threadgroup=(256, 1, 1), output_shapes=[shape], output_dtypes=[mx.float32])
+    return out
+
+
+# -- page migration ------------------------------------------------------------------------------------
+# MLX's CUDA backend keeps arrays in managed memory (cudaMallocManaged, mlx/backend/cuda/allocator.cpp): an
+# array made from host data is written on the host, and the GPU's first read migrates it page fault by page
+# fault, 1.9 MB in 0.95 ms on the H200 (benchmarks/copy_bandwidth.py). Asking the driver to migrate it in
+# bulk first (cuMemPrefetchAsync) takes a fraction of that; the same holds for results read on the host.
+# Migration moves pages and never changes their contents, so a failed or skipped prefetch costs only time.
+CPU_DEVICE = -1  # CU_DEVICE_CPU
+
+
+@functools.cache
+def _driver():
+    """libcuda's prefetch and a private non-blocking stream, or None (then the pages fault in as before)."""
+    if not available():
+        return None
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")  # the driver MLX's CUDA backend itself links
+        device, context, stream = ctypes.c_int(), ctypes.c_void_p(), ctypes.c_void_p()
+        for status in (cuda.cuDeviceGet(ctypes.byref(device), 0),
+                       cuda.cuDevicePrimaryCtxRetain(ctypes.byref(context), device),  # the context MLX uses
+                       cuda.cuCtxSetCurrent(context),
+                       cuda.cuStreamCreate(ctypes.byref(stream), 1)):  # CU_STREAM_NON_BLOCKING
+            if status != 0:
+                raise OSError(f"CUDA driver error {status}")
+        cuda.cuMemPrefetchAsync.argtypes = [ctypes.c_uint64, ctypes.c_size_t, ctypes.c_int, ctypes.c_void_p]
+        return cuda, device.value, context, stream
+    except (OSError, AttributeError) as err:
+        log.warning("no bulk page migration (%s): copies to and from the GPU fault their pages in", err)
+        return None
+
+
+_migration = {"failed": False}  # one failed call turns migration off for the process
+
+
+def _migrate(array: mx.array, target: int | None) -> None:
+    """Move the (evaluated) array's pages to the GPU (target None) or to the host (CPU_DEVICE), and wait."""
+    driver = None if _migration["failed"] else _driver()
+    if driver is None or array.nbytes < 1 << 16:  # small arrays: a few pages, not worth a call
+        return
+    cuda, device, context, stream = driver
+    view = np.asarray(memoryview(array))  # the array's own managed pages (evaluates it), not a copy
+    if not view.flags.c_contiguous:  # a strided view: its bytes are not one run
+        return
+    cuda.cuCtxSetCurrent(context)  # this thread may not have used the driver yet
+    if cuda.cuMemPrefetchAsync(view.ctypes.data, array.nbytes, device if target is None else target, stream) \
+            or cuda.cuStreamSynchronize(stream):
+        log.warning("cuMemPrefetchAsync failed: copies to and from the GPU fault their pages in")
+        _migration["failed"] = True
+
+
+def to_device(array: mx.array) -> mx.array:
+    """An array made from host data, moved onto the GPU in bulk before any kernel reads it."""
+    if in_use():
+        _migrate(array, None)
+    return array
+
+
+def to_host(array: mx.array) -> mx.array:
+    """A GPU result moved to host memory in bulk before the host reads it."""
+    if in_use():
+        _migrate(array, CPU_DEVICE)
+    return array

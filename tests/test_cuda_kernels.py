@@ -1,0 +1,87 @@
+"""MLX's CUDA backend's own paths (cuda_kernels.py) against the generic ops every other device runs.
+
+Skipped where MLX has no CUDA GPU (here: the CPU, and Metal): there the generic ops serve, and the other
+tests cover them. Run on an NVIDIA H200 by benchmarks/gpu_run.sh, with the whole recipe's parity tests.
+"""
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from dora_reference_mel import cuda_kernels, get_preset, resample, signal
+from dora_reference_mel.tables import device_hann, device_sinc_taps, sinc_resample_taps
+from helpers import speech
+
+pytestmark = pytest.mark.skipif(not cuda_kernels.available(), reason="MLX has no CUDA GPU here: the generic ops serve")
+
+
+@pytest.fixture(autouse=True)
+def on_the_gpu():
+    with mx.stream(mx.gpu):
+        yield
+
+
+@pytest.mark.parametrize("rate", [16000, 22050, 24000, 44100, 48000, 96000])
+def test_the_resampling_kernel_gives_the_generic_sums(rate):
+    orig, new, width, starts, _ = sinc_resample_taps(rate, 32000)
+    x = mx.array(speech("mono", 48000)[0][: rate * 3] if rate <= 48000 else np.resize(speech("mono", 48000)[0], rate))
+    padded = mx.pad(x, [(width, width + orig)])
+    n_blocks = -(-resample.resampled_length(x.shape[0], rate, 32000) // new)
+    ours = np.array(cuda_kernels.resample_phases(x, rate, 32000))
+    generic = np.array(resample._phases_strided(padded, orig, n_blocks, starts, device_sinc_taps(rate, 32000)[1]))
+    np.testing.assert_allclose(ours, generic.reshape(-1), rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("preset", ["v2", "v3", "v4"])
+def test_the_framing_kernel_gives_the_generic_frames(preset):
+    """Several signals of different lengths in one launch, with peaks that divide by 1, by 1.7 and by the
+    cap of 2: each signal's rows equal the generic divisor, reflect pad, division, strided frames and
+    window product."""
+    p = get_preset(preset)
+    voice = speech("mono", 48000)[0]
+    signals = [mx.array(voice[:n]) for n in (96_000, 31_337, p.n_fft)]
+    peaks = mx.array([0.9, 1.7, 2.5])
+    counts = [p.n_frames(y.shape[0]) for y in signals]
+    frames, first_rows = cuda_kernels.stft_frames(signals, peaks, p.n_fft, p.hop_length, p.pad, counts)
+    frames = np.array(frames)
+    assert frames.shape == (sum(counts), p.n_fft)
+    for k, (y, first, n) in enumerate(zip(signals, first_rows, counts, strict=True)):
+        generic, _ = signal.frame_signals([y / signal.peak_divisor(peaks[k])], p)
+        expected = np.array(generic[:n] * device_hann(p.n_fft))
+        np.testing.assert_allclose(frames[first:first + n], expected, rtol=0, atol=1e-6)  # values up to ~1
+
+
+def test_migration_keeps_the_bytes_and_works():
+    """Pages moved to the GPU and back in bulk hold the same values, and the driver accepted both calls."""
+    host = np.random.default_rng(0).standard_normal(1 << 20).astype(np.float32)
+    device = cuda_kernels.to_device(mx.array(host))
+    doubled = cuda_kernels.to_host(mx.contiguous(device * 2))
+    mx.eval(doubled)
+    assert not cuda_kernels._migration["failed"]
+    assert cuda_kernels._driver() is not None
+    np.testing.assert_array_equal(np.array(doubled), host * 2)
+
+
+def test_one_signal_frames_from_its_own_length():
+    """One signal takes a constant spans table (its length read from the input): the same frames."""
+    p = get_preset("v2")
+    y = mx.array(speech("mono", 48000)[0][:64_000])
+    n = p.n_frames(y.shape[0])
+    alone, _ = cuda_kernels.stft_frames([y], mx.zeros((1,)), p.n_fft, p.hop_length, p.pad, [n])
+    twice, _ = cuda_kernels.stft_frames([y, y], mx.zeros((2,)), p.n_fft, p.hop_length, p.pad, [n, n])
+    np.testing.assert_array_equal(np.array(alone), np.array(twice)[:n])
+
+
+@pytest.mark.parametrize("preset", ["v3", "v4"])
+def test_the_mel_kernel_gives_the_generic_log_mel(preset):
+    """Magnitudes of real speech through the one-launch filterbank and log against the generic ops."""
+    from dora_reference_mel.signal import _normalized_log, apply_filterbank
+
+    p = get_preset(preset)
+    y = mx.array(speech("mono", 48000)[0][:p.sample_rate * 3])
+    frames, _ = signal.frame_signals([y], p)
+    spectra = mx.contiguous(signal.magnitude(frames, p, p.n_fft // 2 + 1))
+    ours = np.array(cuda_kernels.log_mel(spectra, p))
+    generic = np.array(_normalized_log(apply_filterbank(spectra, p, groups=4)))
+    assert ours.shape == generic.shape == (p.n_mels, spectra.shape[1])
+    np.testing.assert_allclose(ours, generic, rtol=0, atol=2e-5)  # log-mel in [-1, ~1]: a few float32 steps
