@@ -1,6 +1,6 @@
 """Benchmarks for BENCHMARKS.md: one process per part, interleaved with the peer, medians and ratios.
 
-    python benchmarks/bench.py compute [--device cpu|gpu] [--settle-ms 50]
+    python benchmarks/bench.py compute [--device cpu|gpu] [--settle-ms 50 | --block 10]
                                                             MLX reference_mel vs the torch recipe
     python benchmarks/bench.py resident [--device cpu|gpu]  the device graph alone: samples already on the
                                                             device, the result left there (both sides)
@@ -68,10 +68,12 @@ def use_device(device: str):
     return "cpu"
 
 
-def bench_compute(device: str, repeats: int, settle_s: float = 0.0) -> list[dict]:
+def bench_compute(device: str, repeats: int, settle_s: float = 0.0, block: int = 1) -> list[dict]:
     """settle_s: a pause before each timed call, so neither side runs while the other's threads still
     spin (torch's OpenMP threads keep spinning for a while after a call, libgomp's default wait
-    policy); each call then starts from an idle machine, as a voice switch does in a node."""
+    policy); each call then starts from an idle machine, as a voice switch does in a node.
+    block: calls of one side in a row, the first of each block not counted, so each side is timed hot,
+    right after its own previous call and not the other's (precompute's case: clip after clip)."""
     import torch
     import torch_recipe
 
@@ -97,19 +99,19 @@ def bench_compute(device: str, repeats: int, settle_s: float = 0.0) -> list[dict
             # torch at its best: on the CPU its time with 1 and with 2 threads, the faster counts
             thread_counts = (1, 2) if device == "cpu" else (torch.get_num_threads(),)
             mlx_times, torch_times = [], {n: [] for n in thread_counts}
-            for _ in range(repeats):  # interleaved: all see the same machine noise
-                time.sleep(settle_s)
-                mlx_times.append(timed(ours))
+            for _ in range(max(1, repeats // block)):  # interleaved: all see the same machine noise
+                calls = [(time.sleep(settle_s), timed(ours))[1] for _ in range(block)]
+                mlx_times += calls[1:] if block > 1 else calls
                 for n in thread_counts:
                     torch.set_num_threads(n)
-                    time.sleep(settle_s)
-                    torch_times[n].append(timed(peer))
+                    calls = [(time.sleep(settle_s), timed(peer))[1] for _ in range(block)]
+                    torch_times[n] += calls[1:] if block > 1 else calls
             best = min(thread_counts, key=lambda n: median_of(torch_times[n]))
             rows.append({"part": "compute", "device": device, "preset": preset, "seconds": seconds,
                          "mlx_ms": median_of(mlx_times), "torch_ms": median_of(torch_times[best]),
                          "ratio": median_of(mlx_times) / median_of(torch_times[best]), "max_abs_diff": diff,
                          "torch_threads": best, "torch_ms_by_threads": {n: median_of(t) for n, t in torch_times.items()},
-                         "repeats": repeats})
+                         "repeats": repeats, "settle_ms": settle_s * 1e3, "block": block})
             print(f"compute {device} {preset} {seconds:2d} s: MLX {rows[-1]['mlx_ms']:8.3f} ms  torch "
                   f"{rows[-1]['torch_ms']:8.3f} ms ({best} thr)  ratio {rows[-1]['ratio']:.2f}  |diff| {diff:.1e}",
                   flush=True)
@@ -365,6 +367,7 @@ def main(argv=None) -> int:
     parser.add_argument("--requests", type=int, default=60)
     parser.add_argument("--frames-per-graph", type=int, help="batch: at most this many frames per MLX graph")
     parser.add_argument("--settle-ms", type=float, default=0.0, help="compute: pause before each timed call")
+    parser.add_argument("--block", type=int, default=1, help="compute: calls of one side in a row (first not counted)")
     parser.add_argument("--runs", type=int, default=1, help="node: dataflow runs; each row the median over runs")
     parser.add_argument("--log-level", help="node: LOG_LEVEL of the mel nodes (default: theirs, INFO)")
     parser.add_argument("--json", help="write every row here")
@@ -384,7 +387,7 @@ def main(argv=None) -> int:
     print(f"machine: {machine()}; {peer}; {line}")
     rows = []
     if args.part in ("compute", "all"):
-        rows += bench_compute(args.device, args.repeats, args.settle_ms / 1e3)
+        rows += bench_compute(args.device, args.repeats, args.settle_ms / 1e3, args.block)
     if args.part == "resident":
         rows += bench_resident(args.device, args.repeats)
     if args.part in ("batch", "all"):
