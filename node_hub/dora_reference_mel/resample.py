@@ -1,7 +1,8 @@
 """torchaudio's sinc resampling on MLX, in the form that is fastest where it runs, every form giving the
 same float32 sums in the same order: compiled kernels over contiguous phase rows on a CPU (for rate
-pairs with few phases), strided views per phase elsewhere, one banded gather for GPUs with hundreds of
-phases. Also soxr_hq (librosa's resampler of early-2025 GPT-SoVITS), which runs on the host.
+pairs with few phases), one custom kernel on CUDA GPUs (cuda_kernels.resample_phases), strided views per
+phase elsewhere, one banded gather for other GPUs with hundreds of phases. Also soxr_hq (librosa's
+resampler of early-2025 GPT-SoVITS), which runs on the host.
 """
 
 from __future__ import annotations
