@@ -54,17 +54,18 @@ def timed(fn) -> float:
 
 
 def use_device(device: str):
-    """Select MLX's device and return torch's device string for the same hardware."""
-    import mlx.core as mx
+    """Select MLX's device as the node does (config.select_device: on the CPU, cpu_memory's allocator
+    settings, which torch in this process shares) and return torch's device string for the same hardware."""
     import torch
 
+    from dora_reference_mel.config import select_device
+
+    select_device(device)
     if device == "gpu":
-        mx.set_default_device(mx.gpu)
         # A fair peer gives the recipe's numbers too: no TF32 in torch's convolutions and matmuls.
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
         return "cuda"
-    mx.set_default_device(mx.cpu)
     return "cpu"
 
 

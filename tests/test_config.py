@@ -37,3 +37,23 @@ def test_default_paths():
     assert str(config.codes_dir) == "/m/gpt-sovits-mlx/codes" and str(config.voices_config) == "/m/voices.json"
     config = Config.from_env({"CODES_DIR": "/c", "VOICES_CONFIG": "/v.json"})
     assert (str(config.codes_dir), str(config.voices_config)) == ("/c", "/v.json")
+
+
+def test_the_cpu_reuses_freed_memory_where_glibc_runs_it():
+    """On the CPU with glibc (cpu_memory): MLX's buffer cache is off once the device is selected, so freed
+    buffers go back to glibc's heap, and the features are the same as with MLX's cache."""
+    import platform
+    import sys
+
+    import mlx.core as mx
+
+    if platform.libc_ver()[0] != "glibc" or mx.is_available(mx.gpu):
+        pytest.skip("only glibc has mallopt, and a GPU's allocator serves MLX's CPU arrays too")
+    code = ("import numpy as np, mlx.core as mx; from dora_reference_mel import reference_mel, cpu_memory; "
+            "from dora_reference_mel.config import select_device; x = np.random.default_rng(0).standard_normal(48000 * 3)"
+            ".astype(np.float32) * 0.1; before = reference_mel(x, 48000, preset='v4'); assert mx.get_cache_memory() > 0; "
+            "select_device('cpu'); after = reference_mel(x, 48000, preset='v4'); "
+            "print(cpu_memory.keep_freed_memory(), mx.get_cache_memory(), np.array_equal(before, after))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["True", "0", "True"]

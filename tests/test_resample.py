@@ -64,3 +64,33 @@ def test_without_a_compiler_the_cpu_resamples_uncompiled_with_the_same_output(tm
 
     assert resample.compiler_works()  # here, with g++: the compiled kernel
     np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), reference_mel(samples, rate))
+
+
+def test_piece_sizes_are_few_and_waste_less_than_a_tail():
+    """Every clip length resamples through the piece sizes warm_pieces traces at start."""
+    from dora_reference_mel.resample import RESAMPLE_BLOCKS, TAIL_BLOCKS, piece_sizes
+
+    traced = set(range(TAIL_BLOCKS, RESAMPLE_BLOCKS + 1, TAIL_BLOCKS))
+    for n_blocks in [1, TAIL_BLOCKS, TAIL_BLOCKS + 1, RESAMPLE_BLOCKS, RESAMPLE_BLOCKS + 1, *range(7, 400_000, 4999)]:
+        sizes = piece_sizes(n_blocks)
+        assert set(sizes) <= traced and 0 <= sum(sizes) - n_blocks < TAIL_BLOCKS, (n_blocks, sizes)
+
+
+@pytest.mark.parametrize("pair", [(48000, 32000), (48000, 24000), (24000, 32000), (16000, 32000), (32000, 16000)])
+def test_compiled_pieces_give_the_strided_sums(pair):
+    """Lengths that end in each tail size, and whole pieces: the compiled kernels' output is the strided
+    form's, bit for bit."""
+    from dora_reference_mel import resample
+    from dora_reference_mel.tables import device_sinc_taps, sinc_resample_taps
+
+    if not resample.uses_compiled_kernels(*pair):
+        pytest.skip("the compiled resampler runs on a CPU with a compiler")
+    orig_freq, new_freq = pair
+    orig, new, width, starts, _ = sinc_resample_taps(orig_freq, new_freq)
+    signal = speech("mono", orig_freq)[0]
+    for n_blocks in (3, 8000, 20000, 32768, 40000, 70000):
+        x = mx.array(np.resize(signal, n_blocks * orig))
+        padded = mx.pad(x, [(width, width + orig)])
+        strided = np.array(resample._phases_strided(padded, orig, n_blocks, starts, device_sinc_taps(*pair)[1]))
+        compiled = np.array(resample._phases_compiled(x, orig_freq, new_freq, n_blocks))
+        np.testing.assert_array_equal(compiled[:n_blocks], strided, err_msg=f"{pair}, {n_blocks} blocks")

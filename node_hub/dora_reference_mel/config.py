@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from . import cpu_memory
 from .contract import DTYPES
 from .errors import ReferenceMelError
 from .recipe import PRESET_NAMES, V2_DEFAULT_BINS, Preset, get_preset
@@ -128,7 +129,8 @@ def _parse_float(name: str, text: str, *, minimum: float, maximum: float) -> flo
 
 
 def select_device(name: str) -> str:
-    """Make MLX's default device the one MEL_DEVICE asks for; returns "gpu" or "cpu"."""
+    """Make MLX's default device the one MEL_DEVICE asks for (on the CPU, with its freed memory reused:
+    cpu_memory); returns "gpu" or "cpu"."""
     import mlx.core as mx
 
     has_gpu = mx.is_available(mx.gpu)
@@ -136,4 +138,6 @@ def select_device(name: str) -> str:
         raise ReferenceMelError("bad_config", "MEL_DEVICE=gpu but MLX has no GPU here; use auto or cpu")
     device = "gpu" if (name == "gpu" or (name == "auto" and has_gpu)) else "cpu"
     mx.set_default_device(mx.gpu if device == "gpu" else mx.cpu)
+    if device == "cpu":
+        cpu_memory.keep_freed_memory()
     return device

@@ -29,6 +29,9 @@ MAX_KERNEL_TAPS = 4_000_000  # 16 MB of kernel; standard rates need at most 0.3M
 # products are already fast. The same bound picks strided views over one gather on a GPU.
 MAX_COMPILED_PHASES = 8
 RESAMPLE_BLOCKS = 32768  # output blocks per compiled piece (65536 samples at 3:2): ~2 s of 32 kHz audio
+# The last piece is the rest rounded up to a multiple of this: 3 s at 48 kHz -> 24 kHz computes 73728
+# blocks, not the 98304 of three whole pieces (72000 needed). Every piece size is traced once (warm_pieces).
+TAIL_BLOCKS = 8192
 # MLX fuses a chain of at most 11 operations into one kernel (mlx/compile.cpp, max_compile_depth); past
 # that it runs the rest op by op. A phase's taps are therefore summed 8 at a time (8 products, 8 adds
 # with the running sum), each group one compiled kernel.
@@ -108,22 +111,41 @@ def compiler_works() -> bool:
 
 
 def _phases_compiled(x: mx.array, orig_freq: int, new_freq: int, n_blocks: int) -> mx.array:
-    """[>= n_blocks, new]: the signal cut into pieces of RESAMPLE_BLOCKS output blocks (and the input
-    they reach), each through the same compiled kernels. Fixed-size pieces keep one traced graph per
-    rate pair for every clip length; a clip pays at most one piece of padding."""
-    orig, _, width, starts, weights = sinc_resample_taps(orig_freq, new_freq)
-    n_pieces = -(-n_blocks // RESAMPLE_BLOCKS)
-    step = RESAMPLE_BLOCKS * orig
-    reach = (RESAMPLE_BLOCKS - 1) * orig + int(starts.max()) + weights.shape[1]
-    length = -(-reach // orig) * orig  # whole blocks of `orig` input samples
-    padded = mx.pad(x, [(width, max(0, (n_pieces - 1) * step + length - width - x.shape[0]))])
+    """[>= n_blocks, new]: the signal cut into pieces (piece_sizes) with the input each reaches, each
+    through the compiled kernels. A few piece sizes keep the traced graphs per rate pair few (one per
+    size) for every clip length; a clip pays less than TAIL_BLOCKS blocks of padding."""
+    orig, _, width, _, _ = sinc_resample_taps(orig_freq, new_freq)
+    sizes, margin = piece_sizes(n_blocks), _piece_margin(orig_freq, new_freq)
+    padded = mx.pad(x, [(width, max(0, (sum(sizes) + margin) * orig - width - x.shape[0]))])
     piece_phases = _piece_kernels(orig_freq, new_freq)
     streams = cpu_streams()
-    pieces = []
-    for j in range(n_pieces):  # pieces are independent: round robin over the CPU streams, one thread each
+    pieces, first = [], 0
+    for j, size in enumerate(sizes):  # pieces are independent: round robin over the CPU streams, one thread each
         with mx.stream(streams[j % len(streams)]):
-            pieces.append(piece_phases(padded[j * step: j * step + length]))
-    return mx.concatenate(pieces)
+            pieces.append(piece_phases(padded[first * orig: (first + size + margin) * orig]))
+        first += size
+    return pieces[0] if len(pieces) == 1 else mx.concatenate(pieces)
+
+
+def piece_sizes(n_blocks: int) -> list[int]:
+    """Output blocks per piece: whole pieces of RESAMPLE_BLOCKS, then the rest rounded up to TAIL_BLOCKS."""
+    whole, rest = divmod(n_blocks, RESAMPLE_BLOCKS)
+    return [RESAMPLE_BLOCKS] * whole + ([-(-rest // TAIL_BLOCKS) * TAIL_BLOCKS] if rest else [])
+
+
+def _piece_margin(orig_freq: int, new_freq: int) -> int:
+    """Input rows (of `orig` samples) a piece reads beyond its own blocks: the taps of its last block."""
+    orig, _, _, starts, weights = sinc_resample_taps(orig_freq, new_freq)
+    return (int(starts.max()) + weights.shape[1] - 1) // orig
+
+
+def warm_pieces(orig_freq: int, new_freq: int) -> None:
+    """Trace the compiled kernels for every piece size (a few ms each), so that no clip length traces
+    them on the event path."""
+    orig, margin = sinc_resample_taps(orig_freq, new_freq)[0], _piece_margin(orig_freq, new_freq)
+    piece_phases = _piece_kernels(orig_freq, new_freq)
+    mx.eval([piece_phases(mx.zeros(((size + margin) * orig,)))
+             for size in range(TAIL_BLOCKS, RESAMPLE_BLOCKS + 1, TAIL_BLOCKS)])
 
 
 @functools.cache
@@ -136,16 +158,20 @@ def cpu_streams() -> tuple:
 
 @functools.lru_cache(maxsize=64)
 def _piece_kernels(orig_freq: int, new_freq: int):
-    """One piece [length] -> [RESAMPLE_BLOCKS, new]. The piece is first split into its `orig` input
+    """One piece [(blocks + margin) * orig] -> [blocks, new]. The piece is first split into its `orig` input
     phases (row r holds samples r, r + orig, ...), so that each tap reads a contiguous slice of one row
     (MLX's compiled CPU kernels are far slower on strided inputs). Each output phase sums its taps in tap
     order, TAPS_PER_KERNEL at a time, each group one compiled kernel adding to the running sum: the same
     float32 additions, in the same order, as the strided form."""
     orig, _, _, starts, weights = sinc_resample_taps(orig_freq, new_freq)
+    margin = _piece_margin(orig_freq, new_freq)
 
     def group_kernel(taps: list[tuple[int, float]]):  # (offset into the piece, weight) of each tap
         def add_taps(rows: mx.array, *running: mx.array) -> mx.array:
-            terms = [rows[offset % orig, offset // orig: offset // orig + RESAMPLE_BLOCKS] * weight
+            columns = rows.shape[1]
+            blocks = columns - margin
+            # one view per tap (a slice of a row would be two ops: the slice and the squeeze of its row axis)
+            terms = [mx.as_strided(rows, (blocks,), (1,), (offset % orig) * columns + offset // orig) * weight
                      for offset, weight in taps]
             return functools.reduce(operator.add, [*running, *terms])
 

@@ -44,6 +44,7 @@ from .resample import (
     resampled_length,
     resampling_pairs,
     uses_compiled_kernels,
+    warm_pieces,
 )
 from .tables import device_filterbank, device_hann, device_povey, sinc_geometry
 
@@ -51,10 +52,11 @@ CPU_FRAMES_PER_GRAPH = 600  # ~12 s of v2 frames: the spectra of one graph stay 
 # ~16 ten-second v2 clips: a batch runs as several graphs, so one graph's copies to and from the device
 # overlap the next one's compute (H200, 64 clips: 1.1 to 1.3x the clips/s of one graph for all).
 GPU_FRAMES_PER_GRAPH = 8_000
-# Per-frame work (window, FFT, magnitude, mel) is spread over the CPU streams (resample.cpu_streams) only
-# for graphs with at least this many frame rows per stream: fewer did not pay for the split (3 s clips
-# were slower split). Two streams took 500 FFTs of 2048 from 3.86 to 2.40 ms on 2 cores (identical output).
-MIN_ROWS_PER_STREAM = 200
+# Per-frame work (window, FFT, magnitude, mel) is spread over the CPU streams (resample.cpu_streams) for
+# graphs with at least this many frame rows per stream: 3 s clips (150 to 300 rows) gain 4 to 8% split in
+# two, 1 s clips are left whole. Two streams took 500 FFTs of 2048 from 3.86 to 2.40 ms on 2 cores
+# (identical output).
+MIN_ROWS_PER_STREAM = 64
 OUTPUT_DTYPES = {name: getattr(mx, name) for name in DTYPES}  # the contract's dtypes, as MLX types
 _INT_SCALE = {np.dtype(np.int16): 32768.0, np.dtype(np.int32): 2147483648.0}
 
@@ -411,7 +413,8 @@ WARM_UP_SECONDS = 10  # upstream's longest reference
 def warm_up(presets: Sequence[Preset]) -> set[tuple[int, int]]:
     """Run every preset once on 10 s of audio at its own rates and at the common recording rates whose
     resampling is compiled: MLX builds those kernels (seconds, the first time on a machine; then from its
-    disk cache) and fills its buffer cache. Returns the resampling rate pairs whose kernels are now built."""
+    disk cache), traces them for every piece size, and fills MLX's buffer cache where it keeps one. Returns
+    the resampling rate pairs whose kernels are now built."""
     rng = np.random.default_rng(0)
     built = set()
     for preset in presets:
@@ -431,4 +434,6 @@ def warm_up(presets: Sequence[Preset]) -> set[tuple[int, int]]:
                     logging.getLogger(__name__).warning("warm-up of %s at %d Hz: %s; retrying", preset.name, rate,
                                                         str(err)[:200])
                     time.sleep(1.0)
+    for pair in built:
+        warm_pieces(*pair)
     return built
