@@ -72,8 +72,10 @@ def environment() -> dict:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
                            text=True)
-    return {"machine": {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu}, "versions": versions,
-            "commit": (commit.stdout.strip() or "unknown") + ("+changes" if dirty.stdout.strip() else ""),
+    commit = (commit.stdout.strip() or "unknown") + ("+changes" if dirty.stdout.strip() else "")
+    # A copy of the tree without its own .git (a GPU machine's) is named by whoever copied it.
+    commit = os.environ.get("BENCH_COMMIT", commit)
+    return {"machine": {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu}, "versions": versions, "commit": commit,
             "date": time.strftime("%Y-%m-%d")}
 
 
