@@ -51,15 +51,24 @@ def test_the_framing_kernel_gives_the_generic_frames(preset):
         np.testing.assert_allclose(frames[first:first + n], expected, rtol=0, atol=1e-6)  # values up to ~1
 
 
-def test_migration_keeps_the_bytes_and_works():
-    """Pages moved to the GPU and back in bulk hold the same values, and the driver accepted both calls."""
-    host = np.random.default_rng(0).standard_normal(1 << 20).astype(np.float32)
-    device = cuda_kernels.to_device(mx.array(host))
-    doubled = cuda_kernels.to_host(mx.contiguous(device * 2))
-    mx.eval(doubled)
-    assert not cuda_kernels._migration["failed"]
-    assert cuda_kernels._driver() is not None
-    np.testing.assert_array_equal(np.array(doubled), host * 2)
+@pytest.mark.parametrize("dtype", [np.float32, np.int16, np.float16])
+def test_dma_copies_keep_the_bytes_and_work(dtype):
+    """Copied to the GPU and back by the driver: the same values, and the driver took both copies."""
+    host = (np.random.default_rng(0).standard_normal(1 << 20) * 1000).astype(dtype)
+    device = cuda_kernels.copy_to_device(host)
+    assert device.dtype == getattr(mx, np.dtype(dtype).name) and device.shape == host.shape
+    back = cuda_kernels.copy_to_host(mx.contiguous(device * 2))
+    assert not cuda_kernels._copies["failed"] and cuda_kernels._driver() is not None
+    assert back.dtype == host.dtype
+    np.testing.assert_array_equal(back, np.array(mx.array(host) * 2))
+
+
+def test_small_and_strided_arrays_copy_through_mlx():
+    """Below MIN_DMA_BYTES, or a strided view: MLX's own copy, the same values."""
+    small = np.arange(10, dtype=np.float32)
+    np.testing.assert_array_equal(np.array(cuda_kernels.copy_to_device(small)), small)
+    big = mx.arange(1 << 18, dtype=mx.float32).reshape(512, 512)
+    np.testing.assert_array_equal(cuda_kernels.copy_to_host(big.T), np.array(big).T)
 
 
 def test_one_signal_frames_from_its_own_length():

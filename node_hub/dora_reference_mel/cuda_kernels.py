@@ -1,11 +1,10 @@
 """What MLX's CUDA backend gets beyond MLX's generic ops: three custom kernels (mx.fast.cuda_kernel: the
-resampler, the STFT framing, the log-mel filterbank) and bulk page migration of the copies to and from
-the GPU.
+resampler, the STFT framing, the log-mel filterbank) and DMA copies (cuMemcpy) to and from the GPU.
 
 Each kernel does what a chain of generic MLX ops does on every other device, with the same float32
 operations in the same order (no fused multiply-add: `__fmul_rn`, `__fadd_rn`, `__fdiv_rn`), in one launch
 instead of several. They are used only where MLX has a CUDA GPU (`available()`); Metal and the CPU run the
-generic ops, which every test covers. The kernels and the migration were tested on an NVIDIA H200 only
+generic ops, which every test covers. The kernels and the copies were tested on an NVIDIA H200 only
 (tests/test_cuda_kernels.py, skipped elsewhere).
 
 Every size reaches a kernel at run time (an input's `_shape`, or a small int32 array cached per rate pair
@@ -197,18 +196,19 @@ def log_mel(spectra: mx.array, preset: Preset) -> mx.array:
     return out
 
 
-# -- page migration ------------------------------------------------------------------------------------
+# -- copies between the host and the GPU ----------------------------------------------------------------
 # MLX's CUDA backend keeps arrays in managed memory (cudaMallocManaged, mlx/backend/cuda/allocator.cpp): an
 # array made from host data is written on the host, and the GPU's first read migrates it page fault by page
-# fault, 1.9 MB in 0.95 ms on the H200 (benchmarks/copy_bandwidth.py). Asking the driver to migrate it in
-# bulk first (cuMemPrefetchAsync) takes a fraction of that; the same holds for results read on the host.
-# Migration moves pages and never changes their contents, so a failed or skipped prefetch costs only time.
-CPU_DEVICE = -1  # CU_DEVICE_CPU
+# fault (1.9 MB in about 1 ms on the H200, benchmarks/copy_bandwidth.py); a result read on the host
+# migrates back the same way. Pages that are already on the GPU take a DMA copy instead (cuMemcpy, the
+# driver's path for torch's copies): a new array is made and filled on the GPU, so its pages are there,
+# then the host's bytes are copied into it; a result is copied out of its pages into a new numpy array.
+# A copy moves the same bytes either way; if the driver refuses, it logs once and MLX copies as before.
 
 
 @functools.cache
 def _driver():
-    """libcuda's prefetch and a private non-blocking stream, or None (then the pages fault in as before)."""
+    """libcuda's copies and a private non-blocking stream, or None (then MLX copies as it does)."""
     if not available():
         return None
     try:
@@ -220,41 +220,57 @@ def _driver():
                        cuda.cuStreamCreate(ctypes.byref(stream), 1)):  # CU_STREAM_NON_BLOCKING
             if status != 0:
                 raise OSError(f"CUDA driver error {status}")
-        cuda.cuMemPrefetchAsync.argtypes = [ctypes.c_uint64, ctypes.c_size_t, ctypes.c_int, ctypes.c_void_p]
-        return cuda, device.value, context, stream
+        for name in ("cuMemcpyHtoDAsync_v2", "cuMemcpyDtoHAsync_v2"):
+            getattr(cuda, name).argtypes = [ctypes.c_uint64, ctypes.c_uint64, ctypes.c_size_t, ctypes.c_void_p]
+        return cuda, context, stream
     except (OSError, AttributeError) as err:
-        log.warning("no bulk page migration (%s): copies to and from the GPU fault their pages in", err)
+        log.warning("no DMA copies (%s): copies to and from the GPU fault their pages in", err)
         return None
 
 
-_migration = {"failed": False}  # one failed call turns migration off for the process
+_copies = {"failed": False}  # one failed call turns the DMA copies off for the process
+MIN_DMA_BYTES = 1 << 16  # smaller arrays: a few pages, not worth a driver call
 
 
-def _migrate(array: mx.array, target: int | None) -> None:
-    """Move the (evaluated) array's pages to the GPU (target None) or to the host (CPU_DEVICE), and wait."""
-    driver = None if _migration["failed"] else _driver()
-    if driver is None or array.nbytes < 1 << 16:  # small arrays: a few pages, not worth a call
-        return
-    cuda, device, context, stream = driver
-    view = np.asarray(memoryview(array))  # the array's own managed pages (evaluates it), not a copy
-    if not view.flags.c_contiguous:  # a strided view: its bytes are not one run
-        return
+def _pages(array: mx.array) -> np.ndarray | None:
+    """The evaluated array's own managed memory as a numpy view (not a copy), when its bytes are one run."""
+    view = np.asarray(memoryview(array))  # evaluates it
+    return view if view.flags.c_contiguous and view.nbytes == array.nbytes else None
+
+
+def _dma(copy: str, destination: int, source: int, nbytes: int) -> bool:
+    """One driver copy on the private stream, waited for; False (and the copies off) if the driver refuses."""
+    cuda, context, stream = _driver()
     cuda.cuCtxSetCurrent(context)  # this thread may not have used the driver yet
-    if cuda.cuMemPrefetchAsync(view.ctypes.data, array.nbytes, device if target is None else target, stream) \
-            or cuda.cuStreamSynchronize(stream):
-        log.warning("cuMemPrefetchAsync failed: copies to and from the GPU fault their pages in")
-        _migration["failed"] = True
+    if getattr(cuda, copy)(destination, source, nbytes, stream) or cuda.cuStreamSynchronize(stream):
+        log.warning("%s failed: copies to and from the GPU fault their pages in", copy)
+        _copies["failed"] = True
+        return False
+    return True
 
 
-def to_device(array: mx.array) -> mx.array:
-    """An array made from host data, moved onto the GPU in bulk before any kernel reads it."""
-    if in_use():
-        _migrate(array, None)
-    return array
+def _dma_usable(nbytes: int) -> bool:
+    return in_use() and nbytes >= MIN_DMA_BYTES and not _copies["failed"] and _driver() is not None
 
 
-def to_host(array: mx.array) -> mx.array:
-    """A GPU result moved to host memory in bulk before the host reads it."""
-    if in_use():
-        _migrate(array, CPU_DEVICE)
-    return array
+def copy_to_device(host: np.ndarray) -> mx.array:
+    """host data as an MLX array, its pages on the GPU when MLX's device is a CUDA GPU."""
+    host = np.ascontiguousarray(host)
+    if _dma_usable(host.nbytes):
+        array = mx.zeros(host.shape, dtype=getattr(mx, host.dtype.name))  # filled on the GPU: pages there
+        mx.eval(array)
+        pages = _pages(array)
+        if pages is not None and _dma("cuMemcpyHtoDAsync_v2", pages.ctypes.data, host.ctypes.data, host.nbytes):
+            return array
+    return mx.array(host)
+
+
+def copy_to_host(array: mx.array) -> np.ndarray:
+    """An MLX array's values in a numpy array of its own."""
+    if _dma_usable(array.nbytes):
+        pages = _pages(array)
+        if pages is not None:
+            host = np.empty_like(pages)
+            if _dma("cuMemcpyDtoHAsync_v2", host.ctypes.data, pages.ctypes.data, host.nbytes):
+                return host
+    return np.array(array)

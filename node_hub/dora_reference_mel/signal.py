@@ -142,7 +142,7 @@ def to_mono(clips: Sequence[np.ndarray]) -> list[mx.array]:
     as_int16 = all(x.dtype == np.int16 for x in clips)
     # one common dtype for the copy: int16 when all are, else float32 (check_samples made floats float32)
     flat = [(x if as_int16 else pcm_to_float32(x)).reshape(-1) for x in clips]
-    device = cuda_kernels.to_device(mx.array(flat[0] if len(flat) == 1 else np.concatenate(flat)))
+    device = cuda_kernels.copy_to_device(flat[0] if len(flat) == 1 else np.concatenate(flat))
     if as_int16:
         device = device.astype(mx.float32) / _INT_SCALE[np.dtype(np.int16)]
     offsets = np.cumsum([0] + [f.size for f in flat]).tolist()
@@ -385,7 +385,7 @@ def graph_spans(counts: Sequence[int], budget: int) -> Iterator[tuple[int, int]]
 
 def split_rows(features: mx.array, first_rows: list[int], counts: Sequence[int], preset: Preset) -> list[np.ndarray]:
     """One graph's result, copied out once, as a [1, ...] view per clip."""
-    host = np.array(cuda_kernels.to_host(features))
+    host = cuda_kernels.copy_to_host(features)
     frames_first = preset.layout == FRAMES_BINS
     return [(host[a:a + n] if frames_first else host[:, a:a + n])[None]
             for a, n in zip(first_rows, counts, strict=True)]
