@@ -12,6 +12,7 @@ import mlx.core as mx
 import soundfile
 
 from dora_reference_mel import cuda_kernels, get_preset, signal
+from dora_reference_mel.config import select_device
 
 VOICE = Path(__file__).resolve().parent.parent / "models" / "voices" / "aria.wav"
 
@@ -23,7 +24,7 @@ def main():
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=30)
     args = parser.parse_args()
-    mx.set_default_device(mx.gpu if args.device == "gpu" else mx.cpu)
+    select_device(args.device)  # as the node does (on the CPU: cpu_memory)
     samples, rate = soundfile.read(str(VOICE), dtype="float32", always_2d=True)
     samples = samples[: args.seconds * rate]
     preset = get_preset(args.preset)
@@ -33,10 +34,13 @@ def main():
         "host->device + mono": lambda s: signal.to_mono([samples])[0],
         "resample, peak": lambda s: signal.preprocess(s["mono"], rate, preset),
         "frames (pad, divide; CUDA: window)": lambda s: signal.stft_frames([s["resample, peak"]], preset),
-        "window + rfft + |.|, bins first": lambda s: signal.magnitude(s["frames"][0], preset, n_bins, s["frames"][2]),
-        "mel (v3/v4)": lambda s: (signal.log_mel(mx.contiguous(s["window + rfft + |.|, bins first"]), preset)
-                                  if preset.n_mels else s["window + rfft + |.|, bins first"]),
-        "device->host": lambda s: cuda_kernels.copy_to_host(s["mel (v3/v4)"]),
+        "window + rfft": lambda s: signal.spectrum(s["frames"][0], preset, s["frames"][2]),
+        "|.|, bins first": lambda s: signal._magnitude(s["window + rfft"][:, :n_bins].T),
+        "mel (v3/v4; CUDA: from the rfft)": lambda s: (
+            (cuda_kernels.log_mel(s["window + rfft"], preset) if cuda_kernels.in_use()
+             else signal.log_mel(mx.contiguous(s["|.|, bins first"]), preset))
+            if preset.n_mels else s["|.|, bins first"]),
+        "device->host": lambda s: cuda_kernels.copy_to_host(s["mel (v3/v4; CUDA: from the rfft)"]),
         "reference_mel, whole": lambda s: signal.reference_mel(samples, rate, preset=preset),
     }
     times = {name: [] for name in stages}

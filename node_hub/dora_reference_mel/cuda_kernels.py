@@ -21,7 +21,7 @@ import logging
 import mlx.core as mx
 import numpy as np
 
-from .recipe import LOG_CLAMP_MIN, SPEC_MAX, SPEC_MIN, Preset
+from .recipe import LOG_CLAMP_MIN, MAGNITUDE_EPS, SPEC_MAX, SPEC_MIN, Preset
 from .tables import device_hann, device_sinc_taps, device_sinc_weights, filterbank_bands, sinc_geometry
 
 log = logging.getLogger(__name__)
@@ -155,43 +155,52 @@ def stft_frames(signals: list[mx.array], peaks: mx.array, n_fft: int, hop: int, 
     return out, first_rows
 
 
-# Mel band m of frame j: the band's bins of the magnitudes times its weights, summed in bin order, then
-# signal.log_mel's log of the clamped sum and norm_spec, each step rounded on its own. The bands are one
-# run padded to the widest (tables.filterbank_bands(preset, 1)): the padding adds zero products.
-# constants: the log clamp, SPEC_MIN and SPEC_MAX.
+# Mel band m of frame j from the rfft's complex spectrum [n_frames, n_fft / 2 + 1] (read as float pairs):
+# each of the band's bins becomes signal._magnitude's sqrt(re * re + im * im + eps), then the magnitudes
+# times the band's weights are summed in bin order, then signal.log_mel's log of the clamped sum and
+# norm_spec; each step rounded on its own. The bands are one run padded to the widest
+# (tables.filterbank_bands(preset, 1)): the padding adds zero products. One thread per (frame, band),
+# bands fastest, so neighbouring threads read neighbouring bins of one frame.
+# constants: MAGNITUDE_EPS, the log clamp, SPEC_MIN and SPEC_MAX.
 MEL_SOURCE = """
     long index = cooperative_groups::this_grid().thread_rank();
-    int n_mels = weights_shape[0], width = weights_shape[1], n_frames = spectra_shape[1];
+    int n_mels = weights_shape[0], width = weights_shape[1];
+    int n_frames = spectrum_shape[0], n_floats = spectrum_shape[1];
     if (index >= (long)n_mels * n_frames) return;
-    int band = index / n_frames, frame = index % n_frames;
+    int frame = index / n_mels, band = index % n_mels;
     const float* w = weights + (long)band * width;
-    const float* column = spectra + (long)starts[band] * n_frames + frame;
+    const float* bins = spectrum + (long)frame * n_floats + 2L * starts[band];
     float acc = 0.0f;
     for (int k = 0; k < width; ++k) {
-        acc = __fadd_rn(acc, __fmul_rn(column[(long)k * n_frames], w[k]));
+        float re = bins[2 * k], im = bins[2 * k + 1];
+        float power = __fadd_rn(__fadd_rn(__fmul_rn(re, re), __fmul_rn(im, im)), constants[0]);
+        acc = __fadd_rn(acc, __fmul_rn(__fsqrt_rn(power), w[k]));
     }
-    float logged = logf(fmaxf(acc, constants[0]));
-    float span = __fsub_rn(constants[2], constants[1]);
-    out[index] = __fsub_rn(__fmul_rn(__fdiv_rn(__fsub_rn(logged, constants[1]), span), 2.0f), 1.0f);
+    float logged = logf(fmaxf(acc, constants[1]));
+    float span = __fsub_rn(constants[3], constants[2]);
+    out[(long)band * n_frames + frame] = __fsub_rn(__fmul_rn(__fdiv_rn(__fsub_rn(logged, constants[2]), span), 2.0f), 1.0f);
 """
 
 
 @functools.cache
 def _mel_kernel():
-    return _kernel("log_mel", ["spectra", "starts", "weights", "constants"], MEL_SOURCE)
+    return _kernel("log_mel", ["spectrum", "starts", "weights", "constants"], MEL_SOURCE)
 
 
 @functools.lru_cache(maxsize=16)
 def _mel_tables(preset: Preset) -> tuple[mx.array, mx.array, mx.array]:
     ((starts, weights),) = filterbank_bands(preset, 1)
-    return mx.array(starts), mx.array(weights), mx.array([LOG_CLAMP_MIN, SPEC_MIN, SPEC_MAX], dtype=mx.float32)
+    constants = [MAGNITUDE_EPS, LOG_CLAMP_MIN, SPEC_MIN, SPEC_MAX]
+    return mx.array(starts), mx.array(weights), mx.array(constants, dtype=mx.float32)
 
 
-def log_mel(spectra: mx.array, preset: Preset) -> mx.array:
-    """signal.log_mel of magnitudes [n_freq, n_frames] -> [n_mels, n_frames], one launch."""
+def log_mel(spectrum: mx.array, preset: Preset) -> mx.array:
+    """signal.log_mel of signal.magnitude, from the rfft's spectrum [n_frames, n_fft / 2 + 1] (complex64)
+    -> [n_mels, n_frames], one launch."""
     starts, weights, constants = _mel_tables(preset)
-    shape = (weights.shape[0], spectra.shape[1])
-    (out,) = _mel_kernel()(inputs=[spectra, starts, weights, constants], grid=(shape[0] * shape[1], 1, 1),
+    floats = mx.view(mx.contiguous(spectrum), mx.float32)  # [n_frames, 2 * n_bins]: re, im, re, im, ...
+    shape = (weights.shape[0], spectrum.shape[0])
+    (out,) = _mel_kernel()(inputs=[floats, starts, weights, constants], grid=(shape[0] * shape[1], 1, 1),
                            threadgroup=(256, 1, 1), output_shapes=[shape], output_dtypes=[mx.float32])
     return out
 

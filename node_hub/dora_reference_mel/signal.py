@@ -213,14 +213,18 @@ def stft_frames(prepared: Sequence[tuple[mx.array, mx.array | None]], preset: Pr
     return frames, first_rows, False
 
 
+def spectrum(frames: mx.array, preset: Preset, windowed: bool = False) -> mx.array:
+    """rfft(frames * periodic hann): [n_frames, n_fft] -> [n_frames, n_fft / 2 + 1] complex (windowed: the
+    frames carry the window already)."""
+    return mx.fft.rfft(frames if windowed else frames * device_hann(preset.win_length), axis=-1)
+
+
 def magnitude(frames: mx.array, preset: Preset, n_bins: int, windowed: bool = False) -> mx.array:
-    """|rfft(frames * periodic hann)| with eps inside the root: [n_frames, n_fft] -> [n_bins, n_frames]
-    (windowed: the frames carry the window already).
+    """|spectrum| with eps inside the root: [n_frames, n_fft] -> [n_bins, n_frames].
 
     The kept bins are cut and transposed before the fused kernel reads them, so one pass over the
     spectrum writes the result in its final layout."""
-    spectrum = mx.fft.rfft(frames if windowed else frames * device_hann(preset.win_length), axis=-1)
-    return _magnitude(spectrum[:, :n_bins].T)
+    return _magnitude(spectrum(frames, preset, windowed)[:, :n_bins].T)
 
 
 def apply_filterbank(spectra_t: mx.array, preset: Preset, groups: int | None = None) -> mx.array:
@@ -246,10 +250,7 @@ def _normalized_log(mel: mx.array) -> mx.array:
 
 
 def log_mel(mag_t: mx.array, preset: Preset) -> mx.array:
-    """Slaney filterbank, natural log of clamp(x, 1e-5), norm_spec: [n_freq, n_frames] -> [n_mels, n_frames]
-    (on a CUDA GPU in one kernel, cuda_kernels.log_mel)."""
-    if cuda_kernels.in_use():
-        return cuda_kernels.log_mel(mag_t, preset)
+    """Slaney filterbank, natural log of clamp(x, 1e-5), norm_spec: [n_freq, n_frames] -> [n_mels, n_frames]."""
     return _normalized_log(apply_filterbank(mag_t, preset))
 
 
@@ -323,6 +324,8 @@ def frame_features(frames: mx.array, preset: Preset, windowed: bool = False) -> 
     for frames_bins (sv). windowed: the STFT frames carry the window already (stft_frames)."""
     if preset.kind == FBANK:
         return kaldi_fbank(frames, preset)
+    if preset.kind != LINEAR and cuda_kernels.in_use():  # magnitudes, filterbank and log in one kernel
+        return cuda_kernels.log_mel(spectrum(frames, preset, windowed), preset)
     features = magnitude(frames, preset, preset.n_bins if preset.kind == LINEAR else preset.n_fft // 2 + 1, windowed)
     return features if preset.kind == LINEAR else log_mel(mx.contiguous(features), preset)
 
