@@ -197,7 +197,7 @@ def stft_frames(prepared: Sequence[tuple[mx.array, mx.array | None]], preset: Pr
     the frames, the first row of each signal, and whether the frames are windowed already.
 
     On a CUDA GPU one kernel pads, divides, frames and windows (cuda_kernels.stft_frames); elsewhere
-    the division comes first and the frames are a strided view, windowed by `magnitude` (on the CPU,
+    the division comes first and the frames are a strided view, windowed by `spectrum` (on the CPU,
     part by part on the CPU streams)."""
     if cuda_kernels.in_use():
         if not preset.peak_normalize:

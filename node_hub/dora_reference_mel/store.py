@@ -66,10 +66,10 @@ SIDECAR_FORMAT = 2  # 2: xxh3-128 digests and full stat stamps (format 1 files a
 MAX_SIDECAR_BYTES = 64 * 1024
 MAX_VERIFIED_FILES = 4096
 MAX_CODES_MEMO_BYTES = 32 * 2**20  # parsed codes kept: 10,000 voices of 10 s (500 codes each) take 48 MB
-MAX_KNOWN_AUDIO = 4096
+MAX_KNOWN_AUDIO = 4096  # audio files whose samples' digest is remembered (by the path asked with)
 # Voices that voices.json does not list get files here (so a restart serves them) only while the codes
 # directory holds fewer than this many of them: reference_audio events with ever new names must not fill the disk.
-MAX_UNLISTED_VOICES = 256  # audio files whose samples' digest is remembered (by the path asked with)
+MAX_UNLISTED_VOICES = 256
 
 FRESH, STALE, CORRUPT, ABSENT = "fresh", "stale", "corrupt", "absent"
 
@@ -416,7 +416,7 @@ class ReferenceStore:
         if name in self._unlisted:
             return True
         if len(self._unlisted) >= MAX_UNLISTED_VOICES:
-            if self._unlisted_full_logged is False:
+            if not self._unlisted_full_logged:
                 self._unlisted_full_logged = True
                 log.warning("%s holds spectrograms of %d voices that voices.json does not list; computed spectrograms "
                             "of further unlisted voices are served from memory, not written (add the voices to "
