@@ -6,14 +6,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-# MLX's backend: its CUDA build on a Linux machine with an NVIDIA driver, else the CPU build (plain mlx,
-# Metal, on macOS). Set MLX_EXTRA=cpu or MLX_EXTRA=cuda to choose.
-extra=${MLX_EXTRA:-}
-if [ -z "$extra" ] && [ "$(uname -s)" = Linux ] && command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-  extra=cuda
+# MLX's backend: its CUDA 13 build on a Linux machine with an NVIDIA driver, else the CPU build (on macOS
+# the extra is ignored: plain mlx runs on Metal). Set MLX_EXTRA=cpu, cuda12 or cuda13 to choose.
+extra=${MLX_EXTRA:-cpu}
+if [ -z "${MLX_EXTRA:-}" ] && [ "$(uname -s)" = Linux ] && command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  extra=cuda13
 fi
-extras="test${extra:+,$extra}"
-for line in "1.1.0 .venv" "0.4.1 .venv-dora04"; do
+extras="test,$extra"
+# .venv-dora04 is also MoFA's environment: dora-primespeech pins numpy<2 beside dora-rs 0.4.1.
+for line in "1.1.0 .venv" "0.4.1 .venv-dora04 numpy<2"; do
   set -- $line
   if [ ! -x "$2/bin/python" ]; then
     "$PYTHON" -m venv "$2"
@@ -24,6 +25,6 @@ for line in "1.1.0 .venv" "0.4.1 .venv-dora04"; do
     continue
   fi
   "$2/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
-  "$2/bin/python" -m pip install -q --disable-pip-version-check -e ".[$extras]" "dora-rs==$1" "dora-rs-cli==$1"
+  "$2/bin/python" -m pip install -q --disable-pip-version-check -e ".[$extras]" "dora-rs==$1" "dora-rs-cli==$1" ${3:+"$3"}
   echo "$stamp" > "$2/.setup-stamp"
 done

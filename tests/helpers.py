@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -29,9 +31,9 @@ DORA_LINES = {"1.1": ROOT / ".venv", "0.4": ROOT / ".venv-dora04"}
 
 
 def dora(*args, line: str = "1.1", timeout: float = 240, cwd: Path | None = None,
-         env: dict | None = None) -> subprocess.CompletedProcess:
-    """The real dora CLI of one line, run from dataflows/ with that line's environment active (and `env`)."""
-    venv = DORA_LINES[line]
+         env: dict | None = None, venv: Path | None = None) -> subprocess.CompletedProcess:
+    """The real dora CLI of one line (or of `venv`), run from dataflows/ with that environment active (and `env`)."""
+    venv = venv or DORA_LINES[line]
     if not (venv / "bin" / "dora").exists():
         raise FileNotFoundError(f"{venv} has no dora CLI: run scripts/setup.sh")
     extra = env or {}
@@ -168,6 +170,17 @@ def with_stand_ins(nodes: list[dict], prompts: list[str], transcripts: dict[str,
             node["outputs"] = []
             node["env"] = {**node.get("env", {}), "TRANSCRIPT": str(transcripts[node["id"]])}
     return nodes
+
+
+def readme_wiring(tmp_path: Path, transcript: Path) -> str:
+    """The README's "After" wiring, with the two stand-ins for MoFA's dynamic node and its TTS node."""
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- wiring:after -->\n```yaml\n(.*?)```", readme, re.S).group(1)
+    nodes = with_stand_ins(yaml.safe_load(block), [p for p, _, _ in PROMPTS], {"primespeech-tts": transcript})
+    path = tmp_path / "flow.yml"
+    path.write_text(yaml.safe_dump({"nodes": nodes}, allow_unicode=True))
+    assert {n["id"] for n in nodes} == {"mofa-prompt-input", "reference-mel", "primespeech-tts"}
+    return str(path)
 
 
 def spoken(transcript: Path) -> list[dict]:

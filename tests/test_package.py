@@ -1,7 +1,9 @@
-"""The package as users get it: the sdist and the wheel built from it, the wheel installed into a clean
-environment (no repository on the path, dependencies from the package registry), and the node, the
-CLI and the manifest run from that install."""
+"""The package as users get it: the sdist and the wheel built from it; the README's install steps run as
+written in a clean environment (a clone, dependencies from the package registry, no repository on the
+path); and the node, the CLI, the manifest and the README's dataflow run from that install."""
 
+import re
+import shlex
 import subprocess
 import sys
 import tarfile
@@ -10,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ROOT, recorded, run_node
+from helpers import PROMPTS, ROOT, dora, readme_wiring, recorded, run_node, spoken, user_home
 
 pytestmark = pytest.mark.slow
 
@@ -32,12 +34,27 @@ def built(tmp_path_factory) -> dict:
     return {"sdist": sdist, "wheel": wheel}
 
 
+def readme_install_commands() -> list[str]:
+    """The README's install block, as a user copies it."""
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- install -->\n```bash\n(.*?)```", readme, re.S).group(1)
+    return [line for line in block.splitlines() if line.strip()]
+
+
 @pytest.fixture(scope="module")
-def installed(built, tmp_path_factory) -> Path:
-    """A fresh venv with only the wheel and what it depends on; returns its bin folder."""
-    venv = tmp_path_factory.mktemp("clean") / "venv"
-    sh(sys.executable, "-m", "venv", venv, cwd=venv.parent)
-    sh(venv / "bin/python", "-m", "pip", "install", "-q", "--disable-pip-version-check", built["wheel"], cwd=venv.parent)
+def installed(tmp_path_factory) -> Path:
+    """The README's install steps, run as written in a fresh venv that has dora 1.1 (the environment whose
+    dora runs the dataflow), with this repository's URL for the placeholder; returns the venv's bin folder."""
+    home = tmp_path_factory.mktemp("user")
+    venv = home / "venv"
+    sh(sys.executable, "-m", "venv", venv, cwd=home)
+    pip = [venv / "bin/python", "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    sh(*pip, "dora-rs==1.1.0", "dora-rs-cli==1.1.0", cwd=home)
+    for command in readme_install_commands():
+        args = shlex.split(command.replace("<URL of this repository>", str(ROOT)))
+        if args[:2] == ["pip", "install"]:
+            args = [*pip, *args[2:]]
+        sh(*args, cwd=home)
     return venv / "bin"
 
 
@@ -54,6 +71,14 @@ def test_sdist_and_wheel_hold_the_package_and_nothing_local(built):
     assert {MANIFEST_IN_PACKAGE, "dora_reference_mel/contract.py", "dora_reference_mel/cli.py"} <= names
     assert not any(n.startswith(("tests/", "models/", "demo_nodes/", "benchmarks/")) for n in names), sorted(names)
     assert "License-Expression: MIT" in meta and "Requires-Dist: dora-rs" in meta
+    assert "dora_reference_mel-0.1.0.dist-info/licenses/LICENSE" in names
+    description = meta.split("\n\n", 1)[1]
+    assert "scripts/" not in description and "](docs/" not in description  # nothing that does not ship
+    assert "## Behavior" in description and "## Install" in description
+    requires = [line for line in meta.splitlines() if line.startswith("Requires-Dist: mlx")]
+    for extra in ("cpu", "cuda12", "cuda13", "cuda"):  # each extra brings exactly one MLX backend
+        assert sum(f'extra == "{extra}"' in line for line in requires) == 1, requires
+    assert not any("extra" not in line and "linux" in line for line in requires), requires
     assert "dora-reference-mel = dora_reference_mel.main:main" in scripts
     assert "reference-mel = dora_reference_mel.cli:main" in scripts
 
@@ -85,3 +110,15 @@ def test_installed_manifest_passes_dora_validate(installed, tmp_path):
                   cwd=tmp_path).stdout.strip()
     assert manifest.startswith(str(installed.parent))
     sh(ROOT / ".venv/bin/dora", "validate", "--node-manifest", manifest, cwd=tmp_path)  # asserts it passes
+
+
+@pytest.mark.dataflow
+def test_the_readme_install_runs_the_readme_wiring(installed, tmp_path):
+    """The node as the README installs it, in the README's dataflow, run by the dora of that environment."""
+    user = user_home(tmp_path)
+    transcript = tmp_path / "tts.jsonl"
+    result = dora("run", readme_wiring(tmp_path, transcript), cwd=tmp_path, env=user["env"], venv=installed.parent)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-4000:]
+    assert [(e["text"], e["voice"]) for e in spoken(transcript)] == [(p, v) for p, v, _ in PROMPTS], out[-4000:]
+    assert "Traceback" not in out

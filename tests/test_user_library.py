@@ -13,23 +13,11 @@ import subprocess
 import numpy as np
 import pyarrow as pa
 import pytest
-import yaml
 
 from dora_reference_mel import reference_mel, resample, signal
 from dora_reference_mel.config import Config
 from dora_reference_mel.service import ReferenceMelService
-from helpers import BIN, DORA_LINES, PROMPTS, ROOT, dora, run_node, user_home, with_stand_ins
-
-
-def readme_wiring(tmp_path, transcript) -> str:
-    """The README's "After" wiring, with the two stand-ins for MoFA's dynamic node and its TTS node."""
-    readme = (ROOT / "README.md").read_text()
-    block = re.search(r"<!-- wiring:after -->\n```yaml\n(.*?)```", readme, re.S).group(1)
-    nodes = with_stand_ins(yaml.safe_load(block), [p for p, _, _ in PROMPTS], {"primespeech-tts": transcript})
-    path = tmp_path / "flow.yml"
-    path.write_text(yaml.safe_dump({"nodes": nodes}, allow_unicode=True))
-    assert {n["id"] for n in nodes} == {"mofa-prompt-input", "reference-mel", "primespeech-tts"}
-    return str(path)
+from helpers import BIN, DORA_LINES, PROMPTS, ROOT, dora, readme_wiring, run_node, user_home
 
 
 def run_wiring(tmp_path, user, line: str, name: str) -> list[dict]:
