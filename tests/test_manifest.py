@@ -86,3 +86,14 @@ def test_python_dash_m_and_contract_import_without_mlx():
 
 
 
+
+
+def test_manifest_names_no_build_that_cannot_run():
+    """The package is not on the package index: a `build:` that pip-installs it by name would fail."""
+    manifest = yaml.safe_load((ROOT / "node_hub/dora_reference_mel/dora-node.yml").read_text())
+    assert "build" not in manifest
+
+
+def test_package_description_names_every_variable():
+    description = (ROOT / "node_hub/dora_reference_mel/README.md").read_text()
+    assert [name for name in ENV_VARS if f"`{name}`" not in description] == []
