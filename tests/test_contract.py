@@ -7,7 +7,13 @@ import pyarrow as pa
 import pytest
 
 from dora_reference_mel.config import Config
-from dora_reference_mel.contract import ContractError, decode_error_event, decode_mel_event
+from dora_reference_mel.contract import (
+    ContractError,
+    VoiceSwitch,
+    decode_error_event,
+    decode_mel_event,
+    parse_voice_switch,
+)
 from dora_reference_mel.service import ReferenceMelService
 from helpers import speech
 
@@ -79,3 +85,16 @@ def test_contract_survives_dora_metadata_types(answers):
                 and type(value[0]) in (int, float, str))
             assert ok, (key, value)
     json.loads(error["value"][0].as_py())
+
+
+@pytest.mark.parametrize("line, switch", [
+    ("VOICE:Luo Xiang |你好", VoiceSwitch("Luo Xiang", "你好")),
+    # MoFA's and Moxin-Voice's field order: dora-primespeech's main.py splits CUSTOM into 4, TRAINED into 6
+    ("VOICE:CUSTOM|/v/ref.wav||zh|a|b", VoiceSwitch("CUSTOM", "a|b", "/v/ref.wav", "", "zh")),
+    ("VOICE:TRAINED|/m/gpt.ckpt|/m/sovits.pth| /v/ref.wav |你好。|zh|a|b",
+     VoiceSwitch("TRAINED", "a|b", "/v/ref.wav", "你好。", "zh", sovits_weights="/m/sovits.pth")),
+    ('{"prompt": "VOICE:TRAINED|g||r.wav|p|en|t", "speed": 1.2}', VoiceSwitch("TRAINED", "t", "r.wav", "p", "en")),
+    ("plain text", None),
+])
+def test_voice_switches_are_read_in_upstreams_field_order(line, switch):
+    assert parse_voice_switch(line) == switch

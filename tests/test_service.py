@@ -6,13 +6,14 @@ import shutil
 
 import numpy as np
 import pyarrow as pa
+import pytest
 import soundfile
 
 import oracle
 from dora_reference_mel.config import Config
-from dora_reference_mel.contract import decode_mel_event
+from dora_reference_mel.contract import REFERENCE_KEY, decode_mel_event
 from dora_reference_mel.service import ReferenceMelService
-from helpers import speech
+from helpers import ROOT, run_node, speech
 
 
 def service(library, **env):
@@ -264,3 +265,100 @@ def test_audio_sent_again_keeps_its_warnings_and_bad_audio_is_never_remembered(l
     node = service(library)
     for _ in range(2):
         assert only(node.handle("reference_audio", *audio_event(bad, rate)), "error").metadata["error"] == "non_finite_audio"
+
+
+# -- MoFA's and Moxin-Voice's VOICE:CUSTOM and VOICE:TRAINED texts -----------------------------------------
+
+SOVITS = "models/sovits_final.safetensors"
+TRAINED_PROMPT = "大家好，我是你的新声音。"
+
+
+def moxin_home(tmp_path) -> dict:
+    """$HOME as Moxin-Voice leaves it: a recorded voice in ~/.dora/primespeech/custom_voices/<id>/ref.wav
+    (apps/moxin-voice/src/voice_persistence.rs), a trained one in ~/.dora/primespeech/trained_models/<id>/
+    with its reference_32k.wav beside models/ (node-hub/dora-primespeech-mlx/src/fewshot_trainer.rs)."""
+    home = tmp_path / "home"
+    recorded = home / ".dora/primespeech/custom_voices/my_voice_1712345678_ab12/ref.wav"
+    trained = home / ".dora/primespeech/trained_models/pro_voice_1712345999_cd34"
+    recorded.parent.mkdir(parents=True)
+    (trained / "models").mkdir(parents=True)
+    shutil.copy(ROOT / "models/voices/basil.wav", recorded)
+    shutil.copy(ROOT / "models/voices/aria.wav", trained / "reference_32k.wav")
+    (trained / SOVITS).write_bytes(b"trained weights: the TTS node reads them, this node never does")
+    return {"home": home, "recorded": recorded, "trained": trained}
+
+
+def trained_line(moxin, ref_audio=None, tail="|zh|今天天气很好。") -> str:
+    """Moxin-Voice's VOICE:TRAINED|<gpt>|<sovits>|<ref_audio>|<prompt_text>|<lang>|<text> (screen.rs)."""
+    gpt = moxin["home"] / ".OminiX/models/gpt-sovits-mlx/voices/Doubao/gpt.safetensors"
+    ref_audio = ref_audio or moxin["trained"] / "reference_32k.wav"
+    return f"VOICE:TRAINED|{gpt}|{moxin['trained'] / SOVITS}|{ref_audio}|{TRAINED_PROMPT}{tail}"
+
+
+def test_custom_and_trained_texts_are_served_from_moxin_voices_folders_by_default(tmp_path, library, monkeypatch):
+    moxin = moxin_home(tmp_path)
+    monkeypatch.setenv("HOME", str(moxin["home"]))
+    node = service(library)  # REF_AUDIO_ROOTS unset: its default
+    custom = answers(node.handle("text", pa.array([f"VOICE:CUSTOM|{moxin['recorded']}|Hello there.|en|Hi."]), {}))
+    assert [o.output_id for o in custom] == ["mel", "text"], custom[0].value
+    meta = custom[0].metadata
+    assert (meta["voice"], meta["ref_text"], meta["prompt_lang"], meta["shape"]) == ("CUSTOM", "Hello there.", "en",
+                                                                                     [1, 704, 295])
+    line = trained_line(moxin, tail="|zh|今天天气很好。|第二句")  # the text to speak may hold '|'
+    trained = answers(node.handle("text", pa.array([line]), {"request_id": "t1", "question_id": 4}))
+    assert [o.output_id for o in trained] == ["mel", "text"], trained[0].value
+    meta = trained[0].metadata
+    assert (meta["voice"], meta["ref_text"], meta["prompt_lang"]) == ("TRAINED", TRAINED_PROMPT, "zh")
+    assert meta["sovits_weights"] == str(moxin["trained"] / SOVITS) and meta["question_id"] == 4
+    assert meta["codes_status"] == "missing" and "codes" not in meta and meta["request_id"] == "t1"
+    samples, rate = aria(library)
+    spectrogram = decode_mel_event({"value": trained[0].value, "metadata": meta}).spectrogram
+    assert np.abs(spectrogram - oracle.reference_feature(samples, rate)).max() <= 1e-3
+    assert trained[1].value.to_pylist() == [line] and trained[1].metadata[REFERENCE_KEY] == "t1"
+
+
+@pytest.mark.parametrize("kind, code, message", [
+    ("five fields", "bad_text", "is not VOICE:TRAINED|<gpt_weights>|<sovits_weights>|<ref_audio>|<prompt_text>|<lang>|"
+                                "<text> (6 fields, ref_audio not empty)"),
+    ("blank ref_audio", "bad_text", "(6 fields, ref_audio not empty)"),
+    ("lone surrogate", "bad_text", "the VOICE:TRAINED prompt text '\\ud800' is not valid Unicode"),
+    ("outside the roots", "bad_ref_audio", "REF_AUDIO_ROOTS"),
+    ("missing clip", "bad_ref_audio", "does not exist"),
+])
+def test_a_broken_trained_text_answers_why_and_goes_on_with_the_voice_before(tmp_path, library, monkeypatch, kind,
+                                                                             code, message):
+    moxin = moxin_home(tmp_path)
+    monkeypatch.setenv("HOME", str(moxin["home"]))
+    outside = tmp_path / "elsewhere.wav"
+    shutil.copy(ROOT / "models/voices/basil.wav", outside)
+    line = {"five fields": trained_line(moxin, tail="|zh"),
+            "blank ref_audio": trained_line(moxin, ref_audio=" "),
+            "lone surrogate": json.dumps({"prompt": trained_line(moxin).replace(TRAINED_PROMPT, "\ud800")}),
+            "outside the roots": trained_line(moxin, ref_audio=outside),
+            "missing clip": trained_line(moxin, ref_audio=moxin["trained"] / "reference_48k.wav")}[kind]
+    node = service(library)
+    assert [o.output_id for o in answers(node.handle("text", pa.array([trained_line(moxin)]),
+                                                     {"request_id": "good"}))] == ["mel", "text"]
+    error, forwarded = answers(node.handle("text", pa.array([line]), {"request_id": "bad"}))
+    body = json.loads(error.value[0].as_py())
+    assert (error.output_id, body["error"]) == ("error", code) and message in body["message"], body
+    assert forwarded.value.to_pylist() == [line] and forwarded.metadata["request_id"] == "bad"
+    assert forwarded.metadata[REFERENCE_KEY] == "good"  # the TTS node keeps the voice before, as upstream does
+
+
+@pytest.mark.slow
+def test_the_node_process_serves_moxin_voices_texts_with_its_default_folders(tmp_path, monkeypatch):
+    """The real node in dora's test mode, configured by nothing but $HOME, as Moxin-Voice's users run it."""
+    moxin = moxin_home(tmp_path)
+    for name in ("PRIMESPEECH_MODEL_DIR", "CODES_DIR", "VOICES_CONFIG", "REF_AUDIO_ROOTS", "VOICE_CHARACTER",
+                 "VOICE_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    lines = [f"VOICE:CUSTOM|{moxin['recorded']}|Hello there.|en|Hi.",
+             json.dumps({"prompt": trained_line(moxin), "speed": 1.1, "pitch": 0.0, "volume": 100.0},
+                        ensure_ascii=False)]  # as screen.rs sends it
+    events = [{"type": "Input", "id": "text", "data": [line], "data_type": "Utf8"} for line in lines]
+    outputs, log = run_node(tmp_path, events, {"HOME": str(moxin["home"])})
+    assert [o["id"] for o in outputs] == ["mel", "text", "mel", "text"], log[-3000:]
+    assert [o["data"] for o in outputs[1::2]] == [[line] for line in lines]
+    assert "mel voice=CUSTOM preset=v2 source=computed shape=[1, 704, 295]" in log
+    assert "mel voice=TRAINED preset=v2 source=computed shape=[1, 704, 500]" in log

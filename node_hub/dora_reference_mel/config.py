@@ -17,6 +17,9 @@ from .errors import ReferenceMelError
 from .recipe import PRESET_NAMES, V2_DEFAULT_BINS, Preset, get_preset
 
 DEFAULT_MODEL_DIR = "~/.dora/models/primespeech"
+# Where Moxin-Voice keeps the clips its VOICE:CUSTOM and VOICE:TRAINED texts name: recorded voices in
+# custom_voices/<id>/ref.wav, trained voices' references in trained_models/<id>/ (docs/primespeech.md).
+MOXIN_VOICE_FOLDERS = ("~/.dora/primespeech/custom_voices", "~/.dora/primespeech/trained_models")
 
 # name -> (type, default, meaning). The one list of variables; `from_env` reads exactly these.
 ENV_VARS: dict[str, tuple[str, str, str]] = {
@@ -24,10 +27,10 @@ ENV_VARS: dict[str, tuple[str, str, str]] = {
     "CODES_DIR": ("string", "$PRIMESPEECH_MODEL_DIR/gpt-sovits-mlx/codes",
                   "folder of <voice>_codes.bin and the precomputed <voice>_mel*.bin files"),
     "VOICES_CONFIG": ("string", "$PRIMESPEECH_MODEL_DIR/voices.json", "the primespeech voice library"),
-    "REF_AUDIO_ROOTS": ("string", "$PRIMESPEECH_MODEL_DIR",
-                        "folders (separated by ':') a VOICE:CUSTOM path from a text event may lead into (the models "
-                        "root, models_base_path and the codes folder always may); paths in voices.json are read "
-                        "wherever they lead"),
+    "REF_AUDIO_ROOTS": ("string", ":".join(("$PRIMESPEECH_MODEL_DIR", *MOXIN_VOICE_FOLDERS)),
+                        "folders (separated by ':') a VOICE:CUSTOM or VOICE:TRAINED path from a text event may lead "
+                        "into (the models root, models_base_path and the codes folder always may); paths in "
+                        "voices.json are read wherever they lead"),
     "MEL_PRESET": ("string", "v2", "comma-separated presets to emit per input: v2, v3, v4, sv (v2Pro: v2,sv)"),
     "MEL_BINS": ("int", str(V2_DEFAULT_BINS), "v2 only: linear bins kept (704 for v2+ models, 1025 for v1)"),
     "MEL_RESAMPLER": ("string", "torchaudio", "torchaudio (GPT-SoVITS main) or soxr_hq (early-2025 releases)"),
@@ -98,7 +101,8 @@ class Config:
         if log_level not in LOG_LEVELS:
             raise ReferenceMelError("bad_config", f"LOG_LEVEL={get('LOG_LEVEL')!r} must be one of {', '.join(LOG_LEVELS)}")
         roots = env.get("REF_AUDIO_ROOTS", "").strip()
-        ref_audio_roots = tuple(_path(p) for p in roots.split(os.pathsep) if p) if roots else (model_dir,)
+        ref_audio_roots = tuple(_path(p) for p in roots.split(os.pathsep) if p) if roots else (
+            model_dir, *map(_path, MOXIN_VOICE_FOLDERS))
         startup = (env.get("VOICE_CHARACTER") or "").strip() or (env.get("VOICE_NAME") or "").strip() or None
         return cls(codes_dir=codes_dir, voices_config=voices, presets=presets, model_dir=model_dir,
                    ref_audio_roots=ref_audio_roots, startup_voice=startup, device=device, mel_dtype=mel_dtype,

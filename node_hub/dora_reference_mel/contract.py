@@ -27,6 +27,7 @@ INPUTS = {
     INPUT_AUDIO: "PCM samples: Arrow float32, float64, int16 or int32, interleaved when multichannel",
     INPUT_VOICE: "Arrow string array with one voice name (key, display name or alias in voices.json)",
     INPUT_TEXT: "primespeech text: VOICE:<name>|<text>, VOICE:CUSTOM|<wav>|<prompt text>|<lang>|<text>, "
+                "VOICE:TRAINED|<gpt>|<sovits>|<wav>|<prompt text>|<lang>|<text>, "
                 'JSON {"prompt": ...}, or plain text; forwarded unchanged on `text`',
 }
 OUTPUTS = {
@@ -66,10 +67,14 @@ MEL_METADATA = {
     "elapsed_ms": ("float", True, "time the node spent on this event"),
     "request_id": ("str", True, "the input's request_id, or one the node generated"),
     "n_mels": ("int", False, "v3/v4: mel bands (100); sv: 80"),
-    "voice": ("str", False, 'the voice\'s key in voices.json, when the input named one ("CUSTOM" for a custom reference)'),
-    "ref_text": ("str", False, "the voice's prompt text (voices.json ref_text, or the CUSTOM message's)"),
+    "voice": ("str", False, 'the voice\'s key in voices.json, when the input named one ("CUSTOM" or "TRAINED" for a '
+              'clip named by path)'),
+    "ref_text": ("str", False, "the voice's prompt text (voices.json ref_text, or the CUSTOM or TRAINED message's)"),
     "speed_factor": ("float", False, "the voice's speed_factor in voices.json"),
-    "prompt_lang": ("str", False, "language of the prompt text (CUSTOM message, or voices.json prompt_lang)"),
+    "prompt_lang": ("str", False, "language of the prompt text (CUSTOM or TRAINED message, as sent, or voices.json "
+                    "prompt_lang)"),
+    "sovits_weights": ("str", False, "TRAINED only: the message's SoVITS weights path, as sent (the prompt codes are "
+                       "extracted with those weights)"),
     "text_lang": ("str", False, "voices.json text_lang, when the voice has it"),
     "language": ("str", False, "voices.json language, when the voice has it"),
     "lang": ("str", False, "voices.json lang, when the voice has it"),
@@ -197,21 +202,35 @@ def decode_error_event(event: dict) -> dict:
 # primespeech's text protocol (what the TTS nodes accept on `text`)
 # ---------------------------------------------------------------------------------------------
 
-VOICE_PREFIX, CUSTOM_VOICE = "VOICE:", "CUSTOM"
+VOICE_PREFIX, CUSTOM_VOICE, TRAINED_VOICE = "VOICE:", "CUSTOM", "TRAINED"
+# The '|' fields after VOICE:CUSTOM| and VOICE:TRAINED|, in the order MoFA's and Moxin-Voice's TTS nodes split
+# them (docs/contract.md, "The text protocol"); the text to speak is last and may hold '|'.
+PATH_VOICE_FIELDS = {
+    CUSTOM_VOICE: ("ref_audio", "prompt_text", "lang", "text"),
+    TRAINED_VOICE: ("gpt_weights", "sovits_weights", "ref_audio", "prompt_text", "lang", "text"),
+}
+# The fields that reach `mel` metadata: what each is, its bound in UTF-8 bytes, and what to send instead.
+_METADATA_FIELDS = {
+    "prompt_text": ("prompt text", MAX_PROMPT_TEXT_BYTES, "send the prompt text of a 3 to 10 s clip"),
+    "lang": ("language", MAX_PROMPT_TEXT_BYTES, "send a language code such as zh or en"),
+    "sovits_weights": ("SoVITS weights path", MAX_PATH_BYTES, "send the path of the weights file"),
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class VoiceSwitch:
     """The voice switch at the head of a primespeech text, if any.
 
-    `VOICE:<name>|<text>` switches to a named voice; `VOICE:CUSTOM|<wav>|<prompt text>|<lang>|<text>`
-    to a reference clip given by path. The value may also be JSON {"prompt": "<one of these>"}."""
+    `VOICE:<name>|<text>` switches to a named voice; `VOICE:CUSTOM|<wav>|<prompt text>|<lang>|<text>` to a
+    reference clip given by path; `VOICE:TRAINED|<gpt>|<sovits>|<wav>|<prompt text>|<lang>|<text>` to a
+    clip given by path, spoken with trained weights. The value may also be JSON {"prompt": "<one of these>"}."""
 
-    name: str  # the voice name, or CUSTOM_VOICE
+    name: str  # the voice name, CUSTOM_VOICE or TRAINED_VOICE
     text: str  # what is left to speak
-    ref_audio: str | None = None  # CUSTOM only
+    ref_audio: str | None = None  # CUSTOM and TRAINED only
     ref_text: str | None = None
     lang: str | None = None
+    sovits_weights: str | None = None  # TRAINED only, as sent: the TTS node resolves it
 
 
 def parse_voice_switch(value: str) -> VoiceSwitch | None:
@@ -227,24 +246,35 @@ def parse_voice_switch(value: str) -> VoiceSwitch | None:
     if not text.startswith(VOICE_PREFIX):
         return None
     head = text[len(VOICE_PREFIX):]
-    if head.startswith(CUSTOM_VOICE + "|"):
-        parts = head[len(CUSTOM_VOICE) + 1:].split("|", 3)
-        if len(parts) != 4 or not parts[0].strip():
-            raise ContractError(f"text {text[:80]!r} is not VOICE:CUSTOM|<ref_audio_path>|<prompt_text>|<lang>|<text>")
-        for what, part in (("prompt text", parts[1]), ("language", parts[2])):  # both reach `mel` metadata
-            try:
-                size = len(part.encode("utf-8"))
-            except UnicodeEncodeError:
-                raise ContractError(f"the VOICE:CUSTOM {what} {ascii(part[:60])} is not valid Unicode (a lone "
-                                    "surrogate, as a JSON \\ud800 escape gives); send UTF-8 text") from None
-            if size > MAX_PROMPT_TEXT_BYTES:
-                raise ContractError(f"the VOICE:CUSTOM {what} is {size} bytes, over {MAX_PROMPT_TEXT_BYTES}; send "
-                                    "the prompt text of a 3 to 10 s clip")
-        return VoiceSwitch(CUSTOM_VOICE, parts[3], ref_audio=parts[0].strip(), ref_text=parts[1], lang=parts[2])
+    for kind, fields in PATH_VOICE_FIELDS.items():
+        if head.startswith(kind + "|"):
+            return _path_voice_switch(text, kind, head[len(kind) + 1:].split("|", len(fields) - 1))
     name, sep, rest = head.partition("|")
     if not sep or not name.strip():
         raise ContractError(f"text {text[:80]!r} starts with VOICE: but is not VOICE:<name>|<text>")
     return VoiceSwitch(name.strip(), rest)
+
+
+def _path_voice_switch(text: str, kind: str, parts: list[str]) -> VoiceSwitch:
+    """A VOICE:CUSTOM or VOICE:TRAINED switch from its '|' fields, or ContractError naming the format."""
+    fields = PATH_VOICE_FIELDS[kind]
+    if len(parts) != len(fields) or not parts[fields.index("ref_audio")].strip():
+        layout = "|".join(f"<{field}>" for field in fields)
+        raise ContractError(f"text {text[:80]!r} is not VOICE:{kind}|{layout} ({len(fields)} fields, ref_audio not "
+                            f"empty)")
+    values = dict(zip(fields, parts, strict=True))
+    for field, (what, limit, fix) in _METADATA_FIELDS.items():
+        if field not in values:
+            continue
+        try:
+            size = len(values[field].encode("utf-8"))
+        except UnicodeEncodeError:
+            raise ContractError(f"the VOICE:{kind} {what} {ascii(values[field][:60])} is not valid Unicode (a lone "
+                                "surrogate, as a JSON \\ud800 escape gives); send UTF-8 text") from None
+        if size > limit:
+            raise ContractError(f"the VOICE:{kind} {what} is {size} bytes, over {limit}; {fix}")
+    return VoiceSwitch(kind, values["text"], ref_audio=values["ref_audio"].strip(), ref_text=values["prompt_text"],
+                       lang=values["lang"], sovits_weights=values.get("sovits_weights") or None)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,13 +15,14 @@ ERROR_CODES = {
     "bad_sample_rate": "sample_rate missing, not an integer, below 4000, above 384000, or of no small ratio to 32 kHz",
     "bad_channels": "channels not an integer, below 1, above 64, or not dividing the sample count",
     "bad_voice": "voice not a string, empty, over 200 UTF-8 bytes, or not a plain name (separators, leading dot, controls)",
-    "bad_text": "a text event that is not one string, a VOICE: line without its '|' parts, or a CUSTOM prompt text "
-                "or language that is not valid Unicode or longer than 16 KiB",
+    "bad_text": "a text event that is not one string, a VOICE: line without its '|' parts, or a CUSTOM or TRAINED "
+                "prompt text, language or SoVITS weights path that is not valid Unicode or over its bound (16 KiB, "
+                "4096 bytes for the path)",
     "unknown_voice": "a voice name neither in voices.json nor in the codes directory",
     "ambiguous_voice": "a voice name that matches two voices of voices.json",
     "no_ref_audio": "a voice with neither a ref_audio nor a usable precomputed spectrogram",
-    "bad_ref_audio": "the voice's (or a CUSTOM) ref_audio is missing, not readable audio, or (CUSTOM only) outside "
-                     "REF_AUDIO_ROOTS",
+    "bad_ref_audio": "the voice's (or a CUSTOM or TRAINED) ref_audio is missing, not readable audio, or (CUSTOM and "
+                     "TRAINED only) outside REF_AUDIO_ROOTS",
     "bad_codes": "the voice's codes file is truncated, of a non-integer dtype, or has values outside 0..1023",
     "bad_voices_config": "voices.json (or one entry of it) is unreadable, not JSON, or of the wrong shape",
     "unknown_input": "an event on an input the node does not have",

@@ -24,7 +24,6 @@ from . import signal
 from .cache import ByteLRU
 from .config import Config
 from .contract import (
-    CUSTOM_VOICE,
     ERROR_OUTPUT,
     INPUT_AUDIO,
     INPUT_TEXT,
@@ -206,7 +205,7 @@ class ReferenceMelService:
             outputs = self._error(err, passthrough, None)
         if switch is not None:
             passthrough = _passthrough(metadata)
-            if switch.name == CUSTOM_VOICE:
+            if switch.ref_audio is not None:  # VOICE:CUSTOM or VOICE:TRAINED: a clip named by path
                 outputs += self._respond(lambda: self._custom_request(switch), passthrough)
             else:
                 outputs += self._respond(lambda: self._voice_request(switch.name), passthrough)
@@ -239,11 +238,13 @@ class ReferenceMelService:
         return Request(voice, audio_path=voice.ref_audio, about=_about(voice))
 
     def _custom_request(self, switch) -> Request:
-        """A VOICE:CUSTOM reference: its path arrives in an event, so the store confines it to REF_AUDIO_ROOTS
-        here, before any cache or file is consulted (the same answer whatever was served before)."""
+        """A VOICE:CUSTOM or VOICE:TRAINED reference: its path arrives in an event, so the store confines it to
+        REF_AUDIO_ROOTS here, before any cache or file is consulted (the same answer whatever was served before).
+        TRAINED's SoVITS weights path goes along unread: the prompt codes of this clip are extracted with it."""
         real = self.store.event_audio_path(switch.ref_audio)
-        about = [("voice", CUSTOM_VOICE), ("ref_text", switch.ref_text)]
+        about = [("voice", switch.name), ("ref_text", switch.ref_text)]
         about += [("prompt_lang", switch.lang)] if switch.lang else []
+        about += [("sovits_weights", switch.sovits_weights)] if switch.sovits_weights else []
         return Request(None, audio_path=real, about=tuple(about), roots=self.store.event_roots())
 
     def _audio_request(self, value, metadata: dict) -> Request:
