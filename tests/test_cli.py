@@ -355,3 +355,5 @@ def test_precompute_and_verify_with_a_codes_dir_named_in_bytes_that_are_not_utf8
     assert checked.returncode == 0 and "verify: 0 stale or corrupt" in checked.stdout, checked.stdout + checked.stderr
     listed = cli("list", *args)
     assert listed.returncode == 0 and "Traceback" not in listed.stderr and "20 voices in voices.json" in listed.stdout
+    listed = cli("list", "--json", *args)  # the folder's name escaped, as JSON writes a lone surrogate
+    assert listed.returncode == 0 and json.loads(listed.stdout)["codes_dir"] == str(codes)

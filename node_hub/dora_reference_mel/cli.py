@@ -100,7 +100,8 @@ def precompute(args, config: Config) -> int:
         print(f"error: {store.library.path} does not exist; pass --voices or set VOICES_CONFIG", file=sys.stderr)
         return 2
     store.clean_leftovers()
-    store.clean_leftovers(store.library.path.parent)  # a killed run's voices.json temporary
+    # A killed run's voices.json temporary: beside the file itself, where a linked voices.json leads.
+    store.clean_leftovers(Path(os.path.realpath(store.library.path)).parent)
     presets = list(config.presets)
     voices, jobs = _library_jobs(store, presets[0])
 
