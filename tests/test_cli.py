@@ -353,6 +353,11 @@ def test_precompute_and_verify_with_a_codes_dir_named_in_bytes_that_are_not_utf8
     assert len(list(codes.glob("voice*_mel.bin"))) == 20
     checked = cli("verify", *args)
     assert checked.returncode == 0 and "verify: 0 stale or corrupt" in checked.stdout, checked.stdout + checked.stderr
+    (codes / "voice02_mel.bin").write_bytes(b"\0" * 100)  # its reason names the folder: shown escaped
+    checked = cli("verify", *args)
+    assert checked.returncode == 1 and "Traceback" not in checked.stderr, checked.stderr
+    assert "corrupt  voice02 v2: " in checked.stdout and "codes-\\udcff" in checked.stdout
+    assert "verify: 1 stale or corrupt" in checked.stdout
     listed = cli("list", *args)
     assert listed.returncode == 0 and "Traceback" not in listed.stderr and "20 voices in voices.json" in listed.stdout
     listed = cli("list", "--json", *args)  # the folder's name escaped, as JSON writes a lone surrogate
