@@ -281,7 +281,7 @@ def edit_json_fields(text: str, updates: dict[str, dict[str, str]]) -> str:
 
     intended = json.loads(text)
     if not isinstance(intended, dict) or not isinstance(intended.get("voices"), dict):
-        raise ValueError('it no longer holds a "voices" object')
+        raise ValueError('voices.json no longer holds a "voices" object')
     top_start = len(text) - len(text.lstrip(_JSON_SPACE))
     voices = last(_json_members(text, top_start)[0], "voices")
     entries = {member[0]: member for member in _json_members(text, voices[2])[0]}  # the last of duplicates
