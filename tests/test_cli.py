@@ -256,3 +256,109 @@ def test_get_preset_applies_the_resampler_to_a_preset_object():
     assert get_preset(v2, resampler="soxr_hq").resampler == "soxr_hq"
     assert get_preset(get_preset("v2", resampler="soxr_hq")).resampler == "soxr_hq"
     assert get_preset(v2, v2_bins=1025).n_bins == 1025
+
+
+# -- voices.json that cannot be written, or changes during the run -------------------------------------
+
+
+def _in_private_mounts(script: str) -> subprocess.CompletedProcess:
+    """`script` (sh) in a mount namespace of its own: its mounts vanish with it, whatever the test does."""
+    return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-euc", script],
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture
+def mounts_allowed():
+    if subprocess.run(["unshare", "--mount", "--propagation", "private", "mount", "-t", "tmpfs", "tmpfs", "/mnt"],
+                      capture_output=True).returncode:
+        pytest.skip("needs unshare and mount (root): the read-only and full file systems are real mounts")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["read-only bind mount", "full tmpfs"])
+def test_precompute_reports_a_voices_json_it_cannot_write(library20, tmp_path, mounts_allowed, how):
+    """voices.json on a read-only mount (as deployment.md suggests mounting it) or on a full disk: every
+    spectrogram is still written, the summary names the file and the fix, exit 1, no traceback, the file
+    untouched and no temporary left; the node then serves every voice from its files by their default names."""
+    codes, conf, out = tmp_path / "codes", tmp_path / "conf", tmp_path / "out"
+    conf.mkdir(), out.mkdir()
+    voices = conf / "voices.json"
+    original = library20["voices"].read_bytes()
+    voices.write_bytes(original)
+    tool = f"{BIN / 'reference-mel'} precompute --voices {voices} --codes-dir {codes} > {out}/stdout 2> {out}/stderr"
+    if how == "read-only bind mount":  # what docker's -v voices.json:...:ro does
+        setup = f"mount --bind {voices} {voices}; mount -o remount,bind,ro {voices}"
+    else:  # a small file system filled up after voices.json was copied in
+        setup = (f"mount -t tmpfs -o size=256k tmpfs {conf}; cp {library20['voices']} {voices}; "
+                 f"cat /dev/zero > {conf}/filler 2>/dev/null || true")
+    done = _in_private_mounts(f"{setup}; rc=0; {tool} || rc=$?; cp {voices} {out}/after.json; "
+                              f"ls -A {conf} > {out}/listing; exit $rc")
+    stdout, stderr = (out / "stdout").read_text(), (out / "stderr").read_text()
+    assert done.returncode == 1, done.stderr + stdout + stderr
+    assert "Traceback" not in stderr and "20 computed, 0 up to date, 0 failed" in stdout
+    assert f"cannot record the mel paths in {voices}" in stdout
+    assert "the node finds them by their default names in CODES_DIR" in stdout
+    assert (out / "after.json").read_bytes() == original
+    assert not [name for name in (out / "listing").read_text().split() if name.startswith(".rmel-")]
+    store = ReferenceStore(codes, VoiceLibrary(library20["voices"]))
+    assert all(store.lookup(store.voice(f"voice{i:02d}"), get_preset("v2")).fresh for i in range(20))
+
+
+@pytest.mark.parametrize("change", ["entries removed or changed", "made unusable", "removed"])
+def test_precompute_survives_voices_json_changing_during_the_run(library20, monkeypatch, capsys, change):
+    """Another writer edits voices.json between the plan and the record: the run records what it still
+    can, leaves the rest, and always ends with its summary."""
+    from dora_reference_mel import cli as tool
+
+    real_compute = tool._compute
+
+    def compute_while_someone_edits(todo, preset):
+        config = json.loads(library20["voices"].read_text())
+        if change == "entries removed or changed":
+            del config["voices"]["voice03"]
+            config["voices"]["voice04"] = "not an entry any more"
+            library20["voices"].write_text(json.dumps(config, indent=2))
+        elif change == "made unusable":
+            library20["voices"].write_text('{"voices": ')
+        else:
+            library20["voices"].unlink()
+        return real_compute(todo, preset)
+
+    monkeypatch.setattr(tool, "_compute", compute_while_someone_edits)
+    status = tool.main(["precompute", *library20["args"]])
+    out = capsys.readouterr().out
+    assert "20 computed, 0 up to date, 0 failed" in out
+    if change == "entries removed or changed":
+        assert status == 0, out
+        after = json.loads(library20["voices"].read_text())
+        assert "voice03" not in after["voices"] and after["voices"]["voice04"] == "not an entry any more"
+        assert all(after["voices"][f"voice{i:02d}"]["mel_path"] for i in range(20) if i not in (3, 4))
+    else:
+        assert status == 1 and "not recorded in voices.json" in out
+        assert "was removed during the run" in out if change == "removed" else "bad_voices_config" in out
+        assert not [p for p in library20["base"].iterdir() if p.name.startswith(".rmel-")]
+
+
+def test_precompute_and_verify_with_a_codes_dir_named_in_bytes_that_are_not_utf8(library20, tmp_path):
+    """A codes directory whose name is not UTF-8: its files are written and served by their default
+    names; voices.json, which holds only UTF-8 text, is left as it was, and the summary says why."""
+    codes = tmp_path / os.fsdecode(b"codes-\xff")
+    before = library20["voices"].read_bytes()
+    args = ["--voices", str(library20["voices"]), "--codes-dir", str(codes)]
+    done = cli("precompute", *args)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "20 computed, 0 up to date, 0 failed" in done.stdout
+    assert "voice00 mel_path=" in done.stdout and "codes-\\udcff" in done.stdout and "not valid Unicode" in done.stdout
+    assert library20["voices"].read_bytes() == before
+    assert len(list(codes.glob("voice*_mel.bin"))) == 20
+    checked = cli("verify", *args)
+    assert checked.returncode == 0 and "verify: 0 stale or corrupt" in checked.stdout, checked.stdout + checked.stderr
+    (codes / "voice02_mel.bin").write_bytes(b"\0" * 100)  # its reason names the folder: shown escaped
+    checked = cli("verify", *args)
+    assert checked.returncode == 1 and "Traceback" not in checked.stderr, checked.stderr
+    assert "corrupt  voice02 v2: " in checked.stdout and "codes-\\udcff" in checked.stdout
+    assert "verify: 1 stale or corrupt" in checked.stdout
+    listed = cli("list", *args)
+    assert listed.returncode == 0 and "Traceback" not in listed.stderr and "20 voices in voices.json" in listed.stdout
+    listed = cli("list", "--json", *args)  # the folder's name escaped, as JSON writes a lone surrogate
+    assert listed.returncode == 0 and json.loads(listed.stdout)["codes_dir"] == str(codes)

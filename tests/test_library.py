@@ -1,11 +1,13 @@
 """voices.json (library.py): entries, name resolution as primespeech resolves names, in-place edits."""
 
 import json
+import os
+import stat
 
 import pytest
 
 from dora_reference_mel import ReferenceMelError, get_preset
-from dora_reference_mel.library import VoiceLibrary
+from dora_reference_mel.library import VoiceLibrary, edit_json_fields
 
 V2, V4 = get_preset("v2"), get_preset("v4")
 
@@ -30,6 +32,41 @@ def test_set_voice_fields_keeps_every_key_and_the_order(library):
     updated["voices"]["aria"].pop("mel_path")
     assert updated == original
     assert lib.resolve("aria").mel_path(V2).as_posix() == "/x/aria_mel.bin"  # re-read after the write
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o444, 0o640])
+def test_set_voice_fields_edits_the_file_a_link_leads_to_and_keeps_its_mode_and_owner(tmp_path, mode):
+    """A linked voices.json stays a link and its target gets the field; the target keeps its permission
+    bits (0600 stays private, 0444 read-only) and its owner, and nothing else is left in either folder."""
+    (tmp_path / "shared").mkdir(), (tmp_path / "conf").mkdir()
+    target, link = tmp_path / "shared" / "voices.json", tmp_path / "conf" / "voices.json"
+    target.write_text('{"voices": {"aria": {"ref_audio": "aria.wav"}}}')
+    os.chmod(target, mode)
+    owner = (12345, 23456) if os.geteuid() == 0 else (os.getuid(), os.getgid())  # root may give any owner
+    os.chown(target, *owner)
+    link.symlink_to(target)
+    VoiceLibrary(link).set_voice_fields({"aria": {"mel_path": "/x/aria_mel.bin"}})
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert target.read_text() == '{"voices": {"aria": {"ref_audio": "aria.wav", "mel_path": "/x/aria_mel.bin"}}}'
+    st = target.stat()
+    assert stat.S_IMODE(st.st_mode) == mode and (st.st_uid, st.st_gid) == owner
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["conf", "shared", "voices.json", "voices.json"]
+
+
+def test_edit_json_fields_on_a_large_library_changes_only_the_fields(tmp_path):
+    """25,000 voices, every one updated (a new field for most, a replaced one for every tenth): the text
+    is exactly what the owner's formatting gives with those fields, nothing else moved."""
+    def library(mel_path) -> str:
+        voices = {}
+        for i in range(25_000):
+            voices[f"v{i}"] = {"ref_audio": f"audio/v{i}.wav", "ref_text": "x", "aliases": [f"V {i}"]}
+            if mel_path(i) is not None:
+                voices[f"v{i}"]["mel_path"] = mel_path(i)
+        return json.dumps({"models_base_path": "/m", "voices": voices, "extra": [1, 2]}, indent=2)
+
+    updates = {f"v{i}": {"mel_path": f"codes/v{i}_mel.bin"} for i in range(25_000)}
+    before = library(lambda i: "old/path.bin" if i % 10 == 0 else None)
+    assert edit_json_fields(before, updates) == library(lambda i: f"codes/v{i}_mel.bin")
 
 
 @pytest.mark.parametrize("content, why", [(b"", "not usable JSON"), (b"[1, 2]", "voices"),

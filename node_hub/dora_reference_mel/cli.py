@@ -22,7 +22,7 @@ from .config import Config, select_device
 from .errors import ReferenceMelError
 from .files import FileStamp, read_audio
 from .library import Voice, mel_path_key
-from .names import check_voice_name, samples_digest
+from .names import check_voice_name, path_problem, samples_digest, shown
 from .recipe import PRESET_NAMES, RESAMPLERS, Preset
 from .store import ABSENT, ReferenceStore, Stored
 
@@ -61,6 +61,14 @@ class Progress:
         sys.stderr.flush()
 
 
+def _why(err: Exception) -> str:
+    """What a voice's error says, for its line: a ReferenceMelError's code and message; anything else
+    (an OSError of a path, a bug) by its type, so that one voice's failure never stops the others."""
+    if isinstance(err, ReferenceMelError):
+        return f"[{err.code}] {err.message}"
+    return f"[{type(err).__name__}] {err}"
+
+
 def _load(store: ReferenceStore, job: Job) -> Job:
     """Read, check and hash the voice's audio (worker threads: I/O and hashing release the GIL)."""
     if job.voice.ref_audio is None:
@@ -70,8 +78,8 @@ def _load(store: ReferenceStore, job: Job) -> Job:
         samples, rate, job.stamp = store.read_audio(job.voice.ref_audio)
         job.samples, job.sample_rate = signal.check_samples(samples, rate), rate
         job.digest = samples_digest(job.samples, rate)
-    except ReferenceMelError as err:
-        job.state, job.reason = "failed", f"[{err.code}] {err.message}"
+    except Exception as err:  # any error fails this voice alone
+        job.state, job.reason = "failed", _why(err)
     return job
 
 
@@ -92,7 +100,8 @@ def precompute(args, config: Config) -> int:
         print(f"error: {store.library.path} does not exist; pass --voices or set VOICES_CONFIG", file=sys.stderr)
         return 2
     store.clean_leftovers()
-    store.clean_leftovers(store.library.path.parent)  # a killed run's voices.json temporary
+    # A killed run's voices.json temporary: beside the file itself, where a linked voices.json leads.
+    store.clean_leftovers(Path(os.path.realpath(store.library.path)).parent)
     presets = list(config.presets)
     voices, jobs = _library_jobs(store, presets[0])
 
@@ -119,22 +128,22 @@ def precompute(args, config: Config) -> int:
             for job in loaded:  # read in place into the library's list: let this chunk's samples go
                 job.samples = None
 
-    _record_mel_paths(store, [j for j in jobs if j.state in ("computed", "up to date")])
-    return _summary(jobs)
+    unrecorded = _record_mel_paths(store, [j for j in jobs if j.state in ("computed", "up to date")])
+    return _summary(jobs, unrecorded)
 
 
 def _plan(store: ReferenceStore, job: Job, force: bool) -> bool:
     """Decide a pending job: up to date, failed (too short), or to compute (with the reason why)."""
     if job.state != "pending":
         return False
-    found = store.lookup(job.voice, job.preset, digest=job.digest)
-    if found.fresh and not force:
-        job.state, job.path = "up to date", found.path
-        return False
     try:
+        found = store.lookup(job.voice, job.preset, digest=job.digest)
+        if found.fresh and not force:
+            job.state, job.path = "up to date", found.path
+            return False
         signal.check_long_enough(job.samples.shape[0], job.sample_rate, job.preset)
-    except ReferenceMelError as err:
-        job.state, job.reason = "failed", err.message
+    except Exception as err:  # too short, or any error: this voice fails alone
+        job.state, job.reason = "failed", _why(err)
         return False
     job.reason = "forced" if found.fresh else f"{found.state}: {found.reason}"
     return True
@@ -147,15 +156,14 @@ def _compute(todo: list[Job], preset: Preset) -> list[np.ndarray | None]:
         return []
     try:
         return signal.reference_mel_batch([j.samples for j in todo], [j.sample_rate for j in todo], preset=preset)
-    except ReferenceMelError:
-        if len(todo) == 1:
-            raise
+    except Exception:  # the clips one by one say which failed, and why
+        pass
     mels = []
     for job in todo:
         try:
             mels.append(signal.reference_mel(job.samples, job.sample_rate, preset=preset))
-        except ReferenceMelError as err:
-            job.state, job.reason = "failed", err.message
+        except Exception as err:
+            job.state, job.reason = "failed", _why(err)
             mels.append(None)
     return mels
 
@@ -170,25 +178,44 @@ def _save(store: ReferenceStore, job: Job, mel: np.ndarray | None) -> None:
         job.path = store.save_mel(job.voice, job.preset, mel[0], source_digest=job.digest,
                                   source_sample_rate=job.sample_rate, audio=job.stamp)
         job.state = "computed"
-    except OSError as err:
-        job.state, job.reason = "failed", f"cannot write {store.mel_file(job.voice, job.preset)}: {err}"
+    except Exception as err:  # a full disk, a read-only folder: this voice fails alone
+        job.state, job.reason = "failed", f"cannot write {store.mel_file(job.voice, job.preset)}: {_why(err)}"
 
 
-def _record_mel_paths(store: ReferenceStore, jobs: list[Job]) -> None:
-    """Set each voice's mel path in voices.json, only where it differs (a no-op run writes nothing)."""
-    data = store.library.data()
-    root = store.library.base_path(data).resolve()
-    updates: dict[str, dict[str, str]] = {}
-    for job in jobs:
-        path = job.path.resolve()
-        value = str(path.relative_to(root)) if path.is_relative_to(root) else str(path)  # relative, as primespeech
-        if data["voices"][job.voice.name].get(mel_path_key(job.preset)) != value:
+def _record_mel_paths(store: ReferenceStore, jobs: list[Job]) -> list[str]:
+    """Set each voice's mel path in voices.json, only where it differs (a no-op run writes nothing).
+    Returns what could not be recorded, and why: voices.json is the owner's and may be read-only, full,
+    or changed by someone else since the run began. Entries removed or changed into non-voices meanwhile
+    are left alone."""
+    fix = ("the files are written and the node finds them by their default names in CODES_DIR; to record "
+           "them, make voices.json writable and run precompute again")
+    try:
+        data = store.library.data()
+        if data is None:
+            return [f"{store.library.path} was removed during the run; nothing recorded ({fix})"]
+        root = store.library.base_path(data).resolve()
+        updates: dict[str, dict[str, str]] = {}
+        unrecorded = []
+        for job in jobs:
+            entry = data["voices"].get(job.voice.name)
+            path = job.path.resolve()
+            value = str(path.relative_to(root)) if path.is_relative_to(root) else str(path)  # relative, as primespeech
+            if not isinstance(entry, dict) or entry.get(mel_path_key(job.preset)) == value:
+                continue
+            problem = path_problem(value)  # the rule voices.json's paths are read by: recorded, it would break the voice
+            if problem:
+                unrecorded.append(f"{job.voice.name} {mel_path_key(job.preset)}={shown(value)} {problem}, which "
+                                  "voices.json cannot hold (the node finds the file by its default name in CODES_DIR)")
+                continue
             updates.setdefault(job.voice.name, {})[mel_path_key(job.preset)] = value
-    if updates:
-        store.library.set_voice_fields(updates)
+        if updates:
+            store.library.set_voice_fields(updates)
+        return unrecorded
+    except Exception as err:  # whatever the file did meanwhile, the summary still comes
+        return [f"cannot record the mel paths in {store.library.path} ({_why(err)}); {fix}"]
 
 
-def _summary(jobs: list[Job]) -> int:
+def _summary(jobs: list[Job], unrecorded: list[str]) -> int:
     counts = {s: sum(j.state == s for j in jobs) for s in ("computed", "up to date", "failed")}
     print(f"precompute: {counts['computed']} computed, {counts['up to date']} up to date, "
           f"{counts['failed']} failed")
@@ -197,9 +224,11 @@ def _summary(jobs: list[Job]) -> int:
             print(f"  computed   {job.voice.name} {job.preset.name} ({job.reason})")
         elif job.state == "failed":
             print(f"  failed     {job.voice.name} {job.preset.name}: {job.reason}")
-    if counts["computed"] == 0 and counts["failed"] == 0:
+    for problem in unrecorded:
+        print(f"  not recorded in voices.json: {problem}")
+    if counts["computed"] == 0 and counts["failed"] == 0 and not unrecorded:
         print("precompute: nothing to do, every spectrogram is up to date")
-    return 1 if counts["failed"] else 0
+    return 1 if counts["failed"] or unrecorded else 0
 
 
 def verify(args, config: Config) -> int:
@@ -208,27 +237,49 @@ def verify(args, config: Config) -> int:
     bad = len(failed)
     for job in failed:
         print(f"corrupt  voices.json entry: {job.reason}")
-    for voice_job in voices:
-        job = _load(store, voice_job)
-        for preset in config.presets:
-            found = store.lookup(job.voice, preset, digest=job.digest or None)
-            if found.state == ABSENT:
-                print(f"missing  {job.voice.name} {preset.name} (not precomputed)")
-                continue
-            if job.state == "failed" and found.fresh:
-                found = dataclasses.replace(found, state="stale", reason=f"cannot check against its audio: {job.reason}")
-            print(f"{'ok' if found.fresh else found.state:8s} {job.voice.name} {preset.name}"
-                  + ("" if found.fresh else f": {found.reason}"))
-            bad += not found.fresh
+    for job in voices:
+        bad += _checked(_verify_voice, store, job, config.presets)
     for voice in _unlisted(store):  # written back for reference_audio events: no audio to check them against
-        for preset in config.presets:
-            found = store.lookup(voice, preset)
-            if found.state != ABSENT:
-                print(f"{'ok' if found.fresh else found.state:8s} {voice.name} {preset.name} (not in voices.json)"
-                      + ("" if found.fresh else f": {found.reason}"))
-                bad += not found.fresh
+        bad += _checked(_verify_unlisted, store, Job(voice, config.presets[0]), config.presets)
     print(f"verify: {bad} stale or corrupt")
     return 1 if bad else 0
+
+
+def _checked(check, store: ReferenceStore, job: Job, presets) -> int:
+    """How many of the voice's files `check` finds stale or corrupt; an error checking it counts as one
+    and is reported on its line, and the other voices are checked all the same."""
+    try:
+        return check(store, job, presets)
+    except Exception as err:
+        print(f"failed   {job.voice.name}: {_why(err)}")
+        return 1
+
+
+def _verify_voice(store: ReferenceStore, job: Job, presets) -> int:
+    job = _load(store, job)
+    bad = 0
+    for preset in presets:
+        found = store.lookup(job.voice, preset, digest=job.digest or None)
+        if found.state == ABSENT:
+            print(f"missing  {job.voice.name} {preset.name} (not precomputed)")
+            continue
+        if job.state == "failed" and found.fresh:
+            found = dataclasses.replace(found, state="stale", reason=f"cannot check against its audio: {job.reason}")
+        print(f"{'ok' if found.fresh else found.state:8s} {job.voice.name} {preset.name}"
+              + ("" if found.fresh else f": {found.reason}"))
+        bad += not found.fresh
+    return bad
+
+
+def _verify_unlisted(store: ReferenceStore, job: Job, presets) -> int:
+    bad = 0
+    for preset in presets:
+        found = store.lookup(job.voice, preset)
+        if found.state != ABSENT:
+            print(f"{'ok' if found.fresh else found.state:8s} {job.voice.name} {preset.name} (not in voices.json)"
+                  + ("" if found.fresh else f": {found.reason}"))
+            bad += not found.fresh
+    return bad
 
 
 def _unlisted(store: ReferenceStore) -> list[Voice]:
@@ -259,12 +310,15 @@ def list_voices(args, config: Config) -> int:
     """Every voice of voices.json and every voice with stored files that it does not list."""
     store = ReferenceStore.from_config(config)
     voices, problems = [], []
-    for entry in store.library.voices():
+    listed = [(entry, True) for entry in store.library.voices()]
+    for entry, in_library in listed + [(voice, False) for voice in _unlisted(store)]:
         if isinstance(entry, ReferenceMelError):
             problems.append(entry.message)
-        else:
-            voices.append(_describe(store, entry, config.presets, in_library=True))
-    voices += [_describe(store, voice, config.presets, in_library=False) for voice in _unlisted(store)]
+            continue
+        try:
+            voices.append(_describe(store, entry, config.presets, in_library=in_library))
+        except Exception as err:  # one voice's error is reported; the others are listed
+            problems.append(f"{entry.name}: {_why(err)}")
     if args.json:
         print(json.dumps({"voices_config": str(store.library.path), "codes_dir": str(store.codes_dir),
                           "voices": voices, "problems": problems}, indent=1, ensure_ascii=False))
@@ -370,6 +424,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="one JSON document")
     p.set_defaults(run=list_voices)
     args = parser.parse_args(argv)
+    for stream in (sys.stdout, sys.stderr):  # a path of non-UTF-8 bytes is shown escaped, never a traceback
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     env = dict(os.environ)
     for option, variable in OPTION_VARIABLES.items():
         value = getattr(args, option)

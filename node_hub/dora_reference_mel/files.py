@@ -158,14 +158,20 @@ def read_audio(path: Path, roots: Sequence[Path] | None, max_seconds: float, *,
 
 
 
-def atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes, *, like: os.stat_result | None = None) -> None:
     """Write `data` to `path` so that readers see either the old file or the whole new one. The
-    rename replaces whatever `path` named (a link, a FIFO): it never writes through it."""
+    rename replaces whatever `path` named (a link, a FIFO): it never writes through it. `like`: the
+    stat of the file being replaced, whose permission bits the new file keeps, and its owner where this
+    process may give it (root, or the owner itself)."""
     path = Path(path)
     tmp = path.parent / f"{TEMP_PREFIX}{os.urandom(6).hex()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
     try:
         with os.fdopen(fd, "wb") as f:
+            if like is not None:
+                with contextlib.suppress(PermissionError):
+                    os.fchown(f.fileno(), like.st_uid, like.st_gid)
+                os.fchmod(f.fileno(), stat.S_IMODE(like.st_mode))  # after chown, which may clear setuid bits
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
