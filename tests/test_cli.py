@@ -278,8 +278,9 @@ def mounts_allowed():
 @pytest.mark.parametrize("how", ["read-only bind mount", "full tmpfs"])
 def test_precompute_reports_a_voices_json_it_cannot_write(library20, tmp_path, mounts_allowed, how):
     """voices.json on a read-only mount (as deployment.md suggests mounting it) or on a full disk: every
-    spectrogram is still written, the summary names the file and the fix, exit 1, no traceback, the file
-    untouched and no temporary left; the node then serves every voice from its files by their default names."""
+    spectrogram is still written, the summary names the file and the fix, exit 0 (every voice was computed),
+    no traceback, the file untouched and no temporary left; the node then serves every voice from its files
+    by their default names."""
     codes, conf, out = tmp_path / "codes", tmp_path / "conf", tmp_path / "out"
     conf.mkdir(), out.mkdir()
     voices = conf / "voices.json"
@@ -294,7 +295,7 @@ def test_precompute_reports_a_voices_json_it_cannot_write(library20, tmp_path, m
     done = _in_private_mounts(f"{setup}; rc=0; {tool} || rc=$?; cp {voices} {out}/after.json; "
                               f"ls -A {conf} > {out}/listing; exit $rc")
     stdout, stderr = (out / "stdout").read_text(), (out / "stderr").read_text()
-    assert done.returncode == 1, done.stderr + stdout + stderr
+    assert done.returncode == 0, done.stderr + stdout + stderr
     assert "Traceback" not in stderr and "20 computed, 0 up to date, 0 failed" in stdout
     assert f"cannot record the mel paths in {voices}" in stdout
     assert "the node finds them by their default names in CODES_DIR" in stdout
@@ -334,7 +335,7 @@ def test_precompute_survives_voices_json_changing_during_the_run(library20, monk
         assert "voice03" not in after["voices"] and after["voices"]["voice04"] == "not an entry any more"
         assert all(after["voices"][f"voice{i:02d}"]["mel_path"] for i in range(20) if i not in (3, 4))
     else:
-        assert status == 1 and "not recorded in voices.json" in out
+        assert status == 0 and "not recorded in voices.json" in out
         assert "was removed during the run" in out if change == "removed" else "bad_voices_config" in out
         assert not [p for p in library20["base"].iterdir() if p.name.startswith(".rmel-")]
 
@@ -346,7 +347,7 @@ def test_precompute_and_verify_with_a_codes_dir_named_in_bytes_that_are_not_utf8
     before = library20["voices"].read_bytes()
     args = ["--voices", str(library20["voices"]), "--codes-dir", str(codes)]
     done = cli("precompute", *args)
-    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
     assert "20 computed, 0 up to date, 0 failed" in done.stdout
     assert "voice00 mel_path=" in done.stdout and "codes-\\udcff" in done.stdout and "not valid Unicode" in done.stdout
     assert library20["voices"].read_bytes() == before
