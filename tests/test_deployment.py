@@ -40,7 +40,7 @@ def in_process_digests(user, startup_voice: str) -> list[str | None]:
             outputs += service.handle("text", pa.array([text]), {})
     finally:
         os.environ["HOME"] = home
-    mels = {o.metadata["request_id"]: xxhash.xxh3_64_hexdigest(np.asarray(o.value).tobytes())
+    mels = {o.metadata["reference_id"]: xxhash.xxh3_64_hexdigest(np.asarray(o.value).tobytes())
             for o in outputs if o.output_id == MEL_OUTPUT}
     return [mels.get(o.metadata.get(REFERENCE_KEY)) for o in outputs if o.output_id == TEXT_OUTPUT]
 
