@@ -212,8 +212,8 @@ class ReferenceMelService:
         with (one the text arrived with is replaced, or removed while none was sent): its own switch's
         when that switch was served for every preset, else the voice before it (the startup voice, an
         earlier switch, or after a restart the last one), as the TTS nodes keep their voice when a switch
-        fails. So a TTS node needs no `error` input: it waits for the named reference, or speaks with its own voice when
-        the text names none."""
+        fails. So a TTS node needs no `error` input: it waits for the named reference, or speaks with its
+        own voice when the text names none."""
         outputs, switch, passthrough = [], None, None
         try:
             switch = parse_voice_switch(one_string(value, "text"))
