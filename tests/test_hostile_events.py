@@ -18,7 +18,7 @@ import pytest
 import soundfile
 
 from dora_reference_mel.config import Config
-from dora_reference_mel.contract import REFERENCE_KEY
+from dora_reference_mel.contract import REFERENCE_KEY, decode_mel_event
 from dora_reference_mel.main import send_outputs
 from dora_reference_mel.service import ReferenceMelService
 from helpers import BIN, ROOT, copy_library, node_run_env, run_node
@@ -249,15 +249,80 @@ def test_a_send_dora_refuses_becomes_an_error_and_the_text_still_goes(library):
 
 def test_texts_name_the_reference_to_speak_them_with(library):
     service = ReferenceMelService(Config.from_env({**library["env"], "VOICE_CHARACTER": "basil"}))
-    startup = service.startup()[0].metadata["request_id"]
+    startup = service.startup()[0].metadata["reference_id"]
     plain = answers(service, "Hello.", {})[-1]
     assert plain.metadata[REFERENCE_KEY] == startup
     mel, switched = answers(service, "VOICE:cleo|Hi.", {"request_id": "q1"})
-    assert switched.metadata[REFERENCE_KEY] == "q1" == mel.metadata["request_id"]
+    assert switched.metadata[REFERENCE_KEY] == mel.metadata["reference_id"] and mel.metadata["request_id"] == "q1"
     failed = answers(service, "VOICE:Nobody|Still Cleo.", {"request_id": "q2"})
-    assert [o.output_id for o in failed] == ["error", "text"] and failed[-1].metadata[REFERENCE_KEY] == "q1"
+    assert [o.output_id for o in failed] == ["error", "text"]
+    assert failed[-1].metadata[REFERENCE_KEY] == mel.metadata["reference_id"]
     none = ReferenceMelService(Config.from_env(library["env"]))
     assert REFERENCE_KEY not in answers(none, "Hello.", {})[-1].metadata  # no reference yet: the TTS's own voice
+
+
+def test_texts_sharing_one_request_id_each_name_their_own_switchs_reference(library):
+    """One answer split into sentences under its request's id (as MoFA sends it), switching voices: each
+    text names a reference of its own switch's voice, as a consumer keys them (decode_mel_event)."""
+    service = ReferenceMelService(Config.from_env({**library["env"], "MEL_PRESET": "v2,v4"}))
+    outputs = []
+    for line in ("VOICE:basil|One.", "VOICE:cleo|Two.", "Three.", "VOICE:basil|Four.", "VOICE:Nobody|Five."):
+        outputs += answers(service, line, {"request_id": "answer-1"})
+    references = {}
+    for out in outputs:
+        if out.output_id == "mel":
+            ref = decode_mel_event({"value": out.value, "metadata": out.metadata})
+            assert ref.request_id == "answer-1"
+            references.setdefault(ref.reference_id, set()).add(ref.voice)
+    spoken = [references[o.metadata[REFERENCE_KEY]] for o in outputs if o.output_id == "text"]
+    assert spoken == [{"basil"}, {"cleo"}, {"cleo"}, {"basil"}, {"basil"}]
+    assert len(references) == 3  # one reference per served switch, both presets under it
+
+
+def test_a_reference_request_id_a_text_arrives_with_is_never_forwarded(library):
+    """Only this node names references: a key a text arrives with (from an upstream node, say) is removed
+    while this node has sent none, and replaced once it has."""
+    service = ReferenceMelService(Config.from_env(library["env"]))
+    stale = {REFERENCE_KEY: "upstream-reference", "question_id": 4}
+    [plain] = answers(service, "Hello.", stale)
+    assert REFERENCE_KEY not in plain.metadata and plain.metadata["question_id"] == 4
+    mel, switched = answers(service, "VOICE:basil|Hi.", stale)
+    assert REFERENCE_KEY not in mel.metadata and switched.metadata[REFERENCE_KEY] == mel.metadata["reference_id"]
+    assert answers(service, "Again.", stale)[-1].metadata[REFERENCE_KEY] == mel.metadata["reference_id"]
+
+
+def test_a_restarted_node_comes_back_with_the_voice_it_last_switched_to(library, tmp_path, caplog):
+    """What dora 1.1's restart_policy does to the node, through its service: the same node id and dataflow
+    id come back with the last switched voice (named or CUSTOM); a new dataflow with the startup voice;
+    a read-only store and MEL_WRITE_BACK=false with the startup voice and one log line."""
+    env = {**library["env"], "VOICE_NAME": "aria"}
+    run = ("reference-mel", "dataflow-1")
+
+    def started(run=run, **extra):
+        mel = ReferenceMelService(Config.from_env({**env, **extra}), run=run).startup()[0]
+        assert mel.metadata["startup"] is True
+        return mel.metadata.get("voice")
+
+    first = ReferenceMelService(Config.from_env(env), run=run)
+    first.startup()
+    answers(first, "VOICE:basil|Hi.", {})
+    answers(first, "VOICE:Nobody|A failed switch changes nothing.", {})
+    answers(first, "Plain text too.", {})
+    assert started() == "basil"
+    assert started(run=("reference-mel", "dataflow-2")) == "aria" and started(run=("other-node", "dataflow-1")) == "aria"
+    assert started(MEL_WRITE_BACK="0") == "aria"
+    clip = library["models"] / "voices/cleo.wav"
+    answers(first, f"VOICE:CUSTOM|{clip}|Custom prompt.|en|Hi.", {})
+    assert started() == "CUSTOM"
+    state = library["codes_dir"] / ".last-voice-reference-mel.state"
+    assert [p for p in library["codes_dir"].iterdir() if p.name.startswith(".")] == [state]  # no temporary left
+    state.unlink()
+    state.mkdir()  # a store the node cannot write its state to (as root, permissions would not stop it)
+    caplog.clear()
+    answers(first, "VOICE:cleo|Not kept.", {})
+    answers(first, "VOICE:basil|Not kept either.", {})
+    assert sum("cannot keep the last voice" in r.message for r in caplog.records) == 1
+    assert started() == "aria"
 
 
 @pytest.mark.parametrize("setting, value", [("MAX_REF_SECONDS", "1e307"), ("MEL_CACHE_MB", "1e303"),

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import soundfile
 from hypothesis import HealthCheck, given, settings
@@ -224,6 +225,7 @@ def _names(*names):
 CRASH = """
 import os, sys
 import numpy as np
+import pyarrow as pa
 from dora_reference_mel import get_preset
 from dora_reference_mel.library import Voice, VoiceLibrary
 from dora_reference_mel.store import ReferenceStore
@@ -416,3 +418,33 @@ def test_a_pair_younger_than_the_stamp_granularity_is_checked_every_time(library
     time.sleep(SETTLED_NS / 1e9 + 0.2)
     assert store.lookup(Voice("young"), V2, digest="d").fresh
     assert (path, V2) in store._verified
+
+
+def test_an_event_never_replaces_a_spectrogram_the_library_cannot_recompute(library, caplog):
+    """A voice served only from its precomputed file (no ref_audio: the sidecar-less layout of the Rust
+    port's plan), named by a reference_audio event by key, alias or display name, or a voice whose
+    mel_path names another name's file: the event is answered, the owner's file stays as it was."""
+    entries = json.loads(library["voices"].read_text())
+    entries["voices"]["legacy"] = {"ref_text": "Only a file.", "aliases": ["Old Timer"]}
+    entries["voices"]["pointed"] = {"ref_text": "Only a file too.",
+                                    "mel_path": str(library["codes_dir"] / "stranger_mel.bin")}
+    library["voices"].write_text(json.dumps(entries))
+    rng = np.random.default_rng(3)
+    kept = {}
+    for name in ("legacy", "stranger"):
+        path = library["codes_dir"] / f"{name}_mel.bin"
+        path.write_bytes(rng.random((704, 40), dtype=np.float32).tobytes())
+        kept[path] = path.read_bytes()
+    service = ReferenceMelService(Config.from_env(library["env"]))
+    for name, clip in [(n, "basil") for n in ("legacy", "LEGACY", "Old Timer", "oldtimer")] + [("stranger", "aria")] * 2:
+        samples, rate = soundfile.read(str(library["models"] / f"voices/{clip}.wav"), dtype="float32")
+        [mel] = [o for o in service.handle("reference_audio", pa.array(samples), {"sample_rate": rate, "voice": name})
+                 if o.output_id == "mel"]
+        assert mel.metadata["source"] in ("computed", "cache") and mel.metadata.get("write_back", "skipped") == "skipped"
+    assert {p: p.read_bytes() for p in kept} == kept and not list(library["codes_dir"].glob("*.json"))
+    assert sum("not writing the computed spectrogram" in r.message for r in caplog.records) == 2  # once per file
+    for fresh in (service, ReferenceMelService(Config.from_env(library["env"]))):  # and after a restart
+        for name, path in (("Old Timer", library["codes_dir"] / "legacy_mel.bin"),
+                           ("pointed", library["codes_dir"] / "stranger_mel.bin")):
+            [mel] = [o for o in fresh.handle("voice", pa.array([name]), {}) if o.output_id == "mel"]
+            assert np.asarray(mel.value).tobytes() == kept[path], name

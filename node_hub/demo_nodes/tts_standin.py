@@ -4,7 +4,7 @@ node that uses this node's tensors takes them. An `error` input is optional: it 
 switch failed.
 
 It does what such a node does at that boundary, without the model. Every text the reference-mel node
-forwards names, in `reference_request_id`, the reference it is to be spoken with (its own voice
+forwards names, in `reference_request_id`, the `reference_id` of the reference it is to be spoken with (its own voice
 switch's, or the voice before it when the switch failed; absent before any reference: the TTS node's
 own voice). dora keeps each input in order, but not the order between `text` and `reference`, so a
 text whose reference has not arrived yet is held until it has. For each text it prepares GPT-SoVITS's
@@ -52,7 +52,7 @@ def main() -> int:
         try:
             if event["id"] == "reference":
                 ref = decode_mel_event(event)
-                references[ref.request_id] = summary(ref)
+                references[ref.reference_id] = summary(ref)
                 if ref.metadata.get("startup"):
                     print(f"tts: startup voice {ref.voice} refer {list(ref.spectrogram.shape)}")
                     record(startup=ref.voice, refer=list(ref.spectrogram.shape))

@@ -44,8 +44,10 @@ INPUT_METADATA = {
     "voice": ("str", "reference_audio: the voice the samples belong to (optional; enables the store)"),
     "request_id": ("str", "any input: echoed on the answer; generated when absent"),
 }
-# The metadata key every forwarded `text` carries once a reference was sent: the request_id of the `mel`
-# events that text is to be spoken with (a TTS node holds the text until they have arrived).
+# The metadata key every forwarded `text` carries once a reference was sent: the reference_id of the `mel`
+# events that text is to be spoken with (a TTS node holds the text until they have arrived). Texts that
+# share one request_id (one answer split into sentences) may switch to different voices, so texts name
+# the reference_id, which is unique to each answer, not the request_id.
 REFERENCE_KEY = "reference_request_id"
 # How a `mel` event's tensor is laid out: the STFT presets' [1, n_bins, n_frames], or the speaker
 # model's [1, n_frames, n_bins] (sv), each as upstream hands it to its model.
@@ -66,6 +68,8 @@ MEL_METADATA = {
     "source": ("str", True, '"cache", "precomputed" or "computed"'),
     "elapsed_ms": ("float", True, "time the node spent on this event"),
     "request_id": ("str", True, "the input's request_id, or one the node generated"),
+    "reference_id": ("str", True, "unique to this answer (its request_id, ':' and 8 hex digits): what a text's "
+                     "reference_request_id names"),
     "n_mels": ("int", False, "v3/v4: mel bands (100); sv: 80"),
     "voice": ("str", False, 'the voice\'s key in voices.json, when the input named one ("CUSTOM" or "TRAINED" for a '
               'clip named by path)'),
@@ -80,11 +84,13 @@ MEL_METADATA = {
     "lang": ("str", False, "voices.json lang, when the voice has it"),
     "codes": ("list[int]", False, "the voice's semantic prompt codes, when it has them"),
     "codes_status": ("str", False, '"missing" when a named voice has no codes file'),
-    "write_back": ("str", False, '"written", "failed", "off" or "skipped" (a voice voices.json does not list, once '
-                   'the codes directory holds 256 of them): what happened to a computed spectrogram'),
+    "write_back": ("str", False, '"written", "failed", "off" or "skipped" (the stored file is one the library cannot '
+                   'recompute, or a voice voices.json does not list once the codes directory holds 256 of them): what '
+                   'happened to a computed spectrogram'),
     "warnings": ("list[str]", False, "legal but suspicious input (duration outside 3 to 10 s, peak > 2)"),
     "request_id_generated": ("bool", False, "true when the input had no request_id"),
-    "startup": ("bool", False, "true on the startup voice's mel (VOICE_CHARACTER / VOICE_NAME)"),
+    "startup": ("bool", False, "true on the mel sent at start: the startup voice's (VOICE_CHARACTER / VOICE_NAME), "
+                "or, in a node dora restarted, the voice its texts were last switched to"),
 }
 ERROR_METADATA = {
     "error": ("str", True, "the stable error code"),
@@ -124,6 +130,7 @@ class ReferenceMel:
     voice: str | None
     source: str
     request_id: str
+    reference_id: str  # what a forwarded text's REFERENCE_KEY names
     warnings: tuple[str, ...]
     metadata: dict
 
@@ -182,7 +189,8 @@ def decode_mel_event(event: dict) -> ReferenceMel:
         spectrogram=spectrogram,
         codes=None if codes is None else np.asarray(codes, dtype=np.int64).reshape(1, 1, -1),
         preset=metadata["preset"], layout=metadata["layout"], voice=metadata.get("voice"), source=metadata["source"],
-        request_id=metadata["request_id"], warnings=tuple(metadata.get("warnings", ())), metadata=metadata,
+        request_id=metadata["request_id"], reference_id=metadata["reference_id"],
+        warnings=tuple(metadata.get("warnings", ())), metadata=metadata,
     )
 
 
@@ -329,13 +337,14 @@ def one_string(value, what: str) -> str:
     return value[0].as_py()
 
 
-def mel_metadata(passthrough: dict, recipe: dict, *, shape, dtype: str, source: str, about=(), codes=None,
+def mel_metadata(passthrough: dict, recipe: dict, *, reference_id: str, shape, dtype: str, source: str, about=(),
+                 codes=None,
                  codes_status: str | None = None, write_back: str | None = None, warnings=(),
                  elapsed_ms: float) -> dict:
     """A `mel` event's metadata (MEL_METADATA): the input's keys, then the recipe's (preset, layout,
     sample_rate, n_fft, hop_length, fingerprint, n_mels), the voice's (`about`: voice, ref_text, ...) and
     what this answer was. Every value is a type dora carries (int, float, str, lists of them)."""
-    metadata = dict(passthrough)
+    metadata = dict(passthrough, reference_id=reference_id)
     metadata.update(recipe, shape=list(shape), dtype=dtype, source=source)
     metadata.update(about)
     if write_back:

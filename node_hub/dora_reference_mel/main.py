@@ -17,6 +17,7 @@ from . import cuda_kernels, resample, signal
 from .config import Config, select_device
 from .contract import ERROR_OUTPUT, LOG_OUTPUT, MEL_OUTPUT, TEXT_OUTPUT, WARMUP_OUTPUT, error_value
 from .errors import ReferenceMelError
+from .last_voice import dora_run
 from .names import shown
 from .service import UPSTREAM_SECONDS, Output, ReferenceMelService
 
@@ -28,7 +29,7 @@ def build_service(config: Config) -> ReferenceMelService:
     `bad_config` when MEL_DEVICE asks for a device MLX does not have."""
     logging.basicConfig(level=config.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     device = select_device(config.device)
-    service = ReferenceMelService(config)
+    service = ReferenceMelService(config, run=dora_run())  # under dora: keeps the last voice for a restart
     start = time.perf_counter()
     if device == "cpu" and resample.compiler_works():
         log.info("building MLX's CPU kernels for presets %s: the first start on a machine compiles them (about 15 s "

@@ -35,6 +35,7 @@ from .contract import (
     REFERENCE_KEY,
     TEXT_OUTPUT,
     ContractError,
+    VoiceSwitch,
     error_value,
     int_metadata,
     log_value,
@@ -45,6 +46,7 @@ from .contract import (
 )
 from .errors import ReferenceMelError
 from .files import FileStamp
+from .last_voice import LastVoice
 from .library import Voice
 from .names import check_voice_name, samples_digest, shown
 from .recipe import Preset
@@ -52,8 +54,9 @@ from .store import CORRUPT, ReferenceStore, Stored
 
 log = logging.getLogger(__name__)
 
-# Metadata keys this node sets on `mel`; every other input key (question_id, session_status, ...) passes through.
-OWN_KEYS = frozenset(MEL_METADATA) - {"request_id"} | {"channels", "error"}
+# Metadata keys this node sets on `mel` (and on texts); every other input key (question_id, session_status, ...)
+# passes through.
+OWN_KEYS = frozenset(MEL_METADATA) - {"request_id"} | {"channels", "error", REFERENCE_KEY}
 # dora stamps every message it carries: an input's `timestamp` is not forwarded (dora 0.4 cannot send it back).
 DORA_KEYS = frozenset({"timestamp"})
 UPSTREAM_SECONDS = (3.0, 10.0)  # GPT-SoVITS refuses references outside this range for code extraction
@@ -112,7 +115,9 @@ class Resolved:
 
 
 class ReferenceMelService:
-    def __init__(self, config: Config, node_name: str = "reference-mel"):
+    def __init__(self, config: Config, node_name: str = "reference-mel", run: tuple[str, str] | None = None):
+        """run: (node id, dataflow id) under dora (last_voice.dora_run): the voice texts were last switched to
+        is kept for a restart of this node in this dataflow."""
         self.config = config
         self.node_name = node_name
         self.store = ReferenceStore.from_config(config)
@@ -122,7 +127,9 @@ class ReferenceMelService:
         # are hashed, not scanned again (the digest covers the rate, the channels and every sample)
         self._checked_audio = ByteLRU(MAX_CHECKED_AUDIO)
         self._write_failures_logged: set[str] = set()
-        self.reference_request_id: str | None = None  # the reference texts are spoken with: see _text
+        self._kept_files_logged: set[Path] = set()
+        self.reference_request_id: str | None = None  # the reference_id texts are spoken with: see _text
+        self.last_voice = LastVoice(config.codes_dir, run, write_back=config.write_back) if run else None
 
     # -- entry points ---------------------------------------------------------------------------
 
@@ -141,18 +148,26 @@ class ReferenceMelService:
             return outputs
 
     def startup(self) -> list[Output]:
-        """The startup voice's mel (VOICE_CHARACTER / VOICE_NAME), sent before any event; [] when unset.
+        """The startup voice's mel (VOICE_CHARACTER / VOICE_NAME), sent before any event; [] when unset. A
+        node dora restarted sends instead the voice its texts were last switched to in this dataflow.
         Never raises: a startup voice that cannot serve answers `error` (marked `startup`) like any event."""
-        if not self.config.startup_voice:
+        restored = self.last_voice.read() if self.last_voice else None
+        if restored is not None:
+            log.info("restarted in the same dataflow: serving %s, the voice texts were last switched to, instead of "
+                     "the startup voice", shown(restored.ref_audio or restored.name))
+            switch = restored
+        elif self.config.startup_voice:
+            switch = VoiceSwitch(self.config.startup_voice, "")
+        else:
             return []
         passthrough = {"request_id": uuid.uuid4().hex, "request_id_generated": True, "startup": True}
         try:
-            outputs = self._respond(lambda: self._voice_request(self.config.startup_voice), passthrough)
+            outputs = self._respond(lambda: self._switch_request(switch), passthrough)
         except Exception:
-            log.exception("internal error on the startup voice %s", shown(self.config.startup_voice))
+            log.exception("internal error on the startup voice %s", shown(switch.name))
             err = ReferenceMelError("internal", "the node failed on its startup voice (see its log); it keeps serving")
-            return self._error(err, passthrough, self.config.startup_voice)
-        self._switched(outputs, passthrough)
+            return self._error(err, passthrough, switch.name)
+        self._switched(outputs)
         return outputs
 
     def handle(self, input_id: str, value, metadata: dict) -> list[Output]:
@@ -177,11 +192,13 @@ class ReferenceMelService:
         except ReferenceMelError as err:
             return self._error(err, passthrough, err.voice)
         outputs = []
+        # Unique to this answer, so that texts sharing one request_id can each name their own switch's reference.
+        reference_id = f"{passthrough['request_id']}:{uuid.uuid4().hex[:8]}"
         for preset in self.config.presets:
             try:  # audio read for one preset serves the next ones too
                 resolved = self._resolve(request, preset)
                 request = resolved.request
-                outputs.append(self._mel_output(resolved, preset, passthrough, start))
+                outputs.append(self._mel_output(resolved, preset, passthrough, reference_id, start))
             except ReferenceMelError as err:
                 outputs += self._error(err, passthrough, dict(request.about).get("voice"), preset)
         outputs += [self._log("WARNING", warning) for warning in request.warnings]
@@ -190,11 +207,12 @@ class ReferenceMelService:
     def _text(self, value, metadata: dict) -> list[Output]:
         """primespeech text: a voice switch first becomes that voice's mel; the text always goes on.
 
-        Every forwarded text names, under REFERENCE_KEY, the request_id of the reference it is to be spoken
-        with: its own switch's when that switch was served for every preset, else the voice before it (the
-        startup voice or an earlier switch), as the TTS nodes keep their voice when a switch fails. So a TTS
-        node needs no `error` input: it waits for the named reference, or speaks with its own voice when
-        the text names none."""
+        Every forwarded text names, under REFERENCE_KEY, the reference_id of the reference it is to be spoken
+        with (one the text arrived with is replaced, or removed while none was sent): its own switch's
+        when that switch was served for every preset, else the voice before it (the startup voice, an
+        earlier switch, or after a restart the last one), as the TTS nodes keep their voice when a switch
+        fails. So a TTS node needs no `error` input: it waits for the named reference, or speaks with its
+        own voice when the text names none."""
         outputs, switch, passthrough = [], None, None
         try:
             switch = parse_voice_switch(one_string(value, "text"))
@@ -205,28 +223,32 @@ class ReferenceMelService:
             outputs = self._error(err, passthrough, None)
         if switch is not None:
             passthrough = _passthrough(metadata)
-            if switch.ref_audio is not None:  # VOICE:CUSTOM or VOICE:TRAINED: a clip named by path
-                outputs += self._respond(lambda: self._custom_request(switch), passthrough)
-            else:
-                outputs += self._respond(lambda: self._voice_request(switch.name), passthrough)
-            self._switched(outputs, passthrough)
+            outputs += self._respond(lambda: self._switch_request(switch), passthrough)
+            if self._switched(outputs) and self.last_voice is not None:
+                self.last_voice.write(switch)
         outputs.append(Output(TEXT_OUTPUT, value, self._forwarded(metadata, passthrough)))
         return outputs
 
-    def _switched(self, outputs: list[Output], passthrough: dict) -> None:
+    def _switched(self, outputs: list[Output]) -> bool:
         """A switch served for every preset becomes the reference later texts are spoken with."""
-        if sum(out.output_id == MEL_OUTPUT for out in outputs) == len(self.config.presets):
-            self.reference_request_id = passthrough["request_id"]
+        mels = [out for out in outputs if out.output_id == MEL_OUTPUT]
+        if len(mels) != len(self.config.presets):
+            return False
+        self.reference_request_id = mels[0].metadata["reference_id"]
+        return True
 
     def _forwarded(self, metadata: dict, passthrough: dict | None) -> dict:
         """A text's metadata as forwarded: unchanged, but for the request_id a switching (or refused) text
         gets when it has no usable one (and request_id_generated), and REFERENCE_KEY."""
-        forwarded = {k: v for k, v in metadata.items() if k not in DORA_KEYS}
+        forwarded = {k: v for k, v in metadata.items() if k not in DORA_KEYS and k != REFERENCE_KEY}
         if passthrough is not None and passthrough.get("request_id_generated"):
             forwarded.update(request_id=passthrough["request_id"], request_id_generated=True)
         if self.reference_request_id is not None:
             forwarded[REFERENCE_KEY] = self.reference_request_id
         return forwarded
+
+    def _switch_request(self, switch: VoiceSwitch) -> Request:
+        return self._custom_request(switch) if switch.ref_audio is not None else self._voice_request(switch.name)
 
     def _voice_request(self, name: str) -> Request:
         voice = self.store.voice(name)
@@ -237,7 +259,7 @@ class ReferenceMelService:
                 "reference_audio", voice=name)
         return Request(voice, audio_path=voice.ref_audio, about=_about(voice))
 
-    def _custom_request(self, switch) -> Request:
+    def _custom_request(self, switch: VoiceSwitch) -> Request:
         """A VOICE:CUSTOM or VOICE:TRAINED reference: its path arrives in an event, so the store confines it to
         REF_AUDIO_ROOTS here, before any cache or file is consulted (the same answer whatever was served before).
         TRAINED's SoVITS weights path goes along unread: the prompt codes of this clip are extracted with it."""
@@ -372,6 +394,13 @@ class ReferenceMelService:
             return "off"
         if not request.voice.in_library and not self.store.may_store_unlisted(request.voice.name):
             return "skipped"
+        kept = self.store.irreplaceable(request.voice, preset)
+        if kept is not None:
+            target = self.store.mel_file(request.voice, preset)
+            if target not in self._kept_files_logged:  # once per file: every later event would say the same
+                self._kept_files_logged.add(target)
+                log.warning("not writing the computed spectrogram: %s; it is served from memory", kept)
+            return "skipped"
         try:
             self.store.save_mel(request.voice, preset, mel, source_digest=request.digest,
                                 source_sample_rate=request.sample_rate, audio=request.stamp)
@@ -398,16 +427,19 @@ class ReferenceMelService:
 
     # -- outputs --------------------------------------------------------------------------------
 
-    def _mel_output(self, resolved: Resolved, preset: Preset, passthrough: dict, start: float) -> Output:
+    def _mel_output(self, resolved: Resolved, preset: Preset, passthrough: dict, reference_id: str,
+                    start: float) -> Output:
         request = resolved.request
         codes = self.store.load_codes(request.voice) if request.voice is not None else None
         named = request.voice is not None or bool(request.about)  # a CUSTOM clip has no codes: the consumer extracts them
         metadata = mel_metadata(
-            passthrough, preset.metadata(), shape=resolved.served.shape, dtype=self.config.mel_dtype,
-            source=resolved.source, about=request.about, codes=codes, codes_status="missing" if named else None,
-            write_back=resolved.write_back, warnings=request.warnings, elapsed_ms=(time.perf_counter() - start) * 1e3)
+            passthrough, preset.metadata(), reference_id=reference_id, shape=resolved.served.shape,
+            dtype=self.config.mel_dtype, source=resolved.source, about=request.about, codes=codes,
+            codes_status="missing" if named else None, write_back=resolved.write_back, warnings=request.warnings,
+            elapsed_ms=(time.perf_counter() - start) * 1e3)
         note = (f"mel voice={metadata.get('voice')} preset={preset.name} source={resolved.source} "
-                f"shape={metadata['shape']} request_id={metadata['request_id']} elapsed_ms={metadata['elapsed_ms']:.2f}")
+                f"shape={metadata['shape']} request_id={metadata['request_id']} reference_id={reference_id} "
+                f"elapsed_ms={metadata['elapsed_ms']:.2f}")
         return Output(MEL_OUTPUT, resolved.served.array, metadata, note)
 
     def _error(self, err: ReferenceMelError, passthrough: dict, voice, preset: Preset | None = None) -> list[Output]:

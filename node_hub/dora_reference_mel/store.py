@@ -384,6 +384,27 @@ class ReferenceStore:
         atomic_write(path, blob)
         return path
 
+    def irreplaceable(self, voice: Voice, preset: Preset) -> str | None:
+        """Why save_mel(voice, preset) must not replace the file already there, None when it may: that file
+        is the stored spectrogram of a voice (this one, or a voices.json voice whose mel_path names it)
+        with no ref_audio file to compute it again from, so replacing it would lose the owner's data."""
+        target = self.mel_file(voice, preset)
+        if not os.path.lexists(target):
+            return None
+        same = {os.path.abspath(target), os.path.realpath(target)}
+        try:
+            listed = [v for v in self.library.voices() if isinstance(v, Voice)]
+        except ReferenceMelError:  # unreadable voices.json: the voice itself is still checked
+            listed = []
+        for owner in (voice, *listed):
+            if owner.ref_audio is not None and owner.ref_audio.is_file():
+                continue
+            for path in (self.mel_file(owner, preset), owner.mel_path(preset)):
+                if path is not None and {os.path.abspath(path), os.path.realpath(path)} & same:
+                    return (f"{target} is the stored {preset.name} spectrogram of voice {owner.name!r}, which has no "
+                            "ref_audio to compute it again from")
+        return None
+
     def stored_files(self) -> list[tuple[str, str, Path]]:
         """Every spectrogram pair in the codes directory, by its sidecar: (voice name, preset name, .bin
         path), sorted; one scan, whatever voices.json lists (lhotse's manifest, made from the files)."""
