@@ -87,7 +87,8 @@ def test_node_and_every_command_judge_codes_alike(library):
         assert f"bad      {name} codes:" in precompute.stdout
         inspected = _reference_mel("inspect", name, env=library["env"])
         assert inspected.returncode == 0 and f"codes      bad: codes file {codes / bad[name]}" in inspected.stdout
-    listed = {v["name"]: v["codes"]["state"] for v in json.loads(_reference_mel("list", "--json", env=library["env"]).stdout)["voices"]}
+    listed = json.loads(_reference_mel("list", "--json", env=library["env"]).stdout)["voices"]
+    listed = {v["name"]: v["codes"]["state"] for v in listed}
     assert listed == {"aria": "ok", "basil": "ok", "cleo": "missing", "floaty": "bad", "past": "bad", "cut": "bad"}
     assert "codes=bad" in _reference_mel("list", env=library["env"]).stdout
 
