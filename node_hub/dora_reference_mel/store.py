@@ -265,9 +265,9 @@ class ReferenceStore:
         if voice.codes_path in self._missing_codes_logged or len(self._missing_codes_logged) >= MAX_MISSING_CODES_LOGGED:
             return
         self._missing_codes_logged.add(voice.codes_path)
-        log.warning("voice %r: its codes_path %s (voices.json, relative paths joined to models_base_path %s) does not "
-                    "exist; its mel goes out with codes_status missing: fix codes_path or models_base_path",
-                    voice.name, voice.codes_path, self.library.base_path())
+        log.warning("voice %r: its codes_path %s does not exist (voices.json: a relative path joins models_base_path); "
+                    "its mel goes out with codes_status missing: fix codes_path or models_base_path",
+                    voice.name, voice.codes_path)
 
     def codes_report(self, voice: Voice) -> tuple[str, str]:
         """The voice's codes as the node judges them (load_codes), in words for the tools: ("ok", how many),
@@ -290,7 +290,7 @@ class ReferenceStore:
     def knows(self, voice: Voice, presets: Sequence[Preset]) -> bool:
         """Whether a voice switch to `voice` can be served (else `unknown_voice`): voices.json lists it, or
         the codes directory has a spectrogram file of it (written back, or made without sidecar)."""
-        return voice.in_library or voice.ref_audio is not None or self.has_stored(voice, presets)
+        return voice.in_library or self.has_stored(voice, presets)
 
     def mel_file(self, voice: Voice, preset: Preset) -> Path:
         """Where this package writes (voice, preset): always the codes directory, named after the voice."""
