@@ -40,3 +40,94 @@ def test_codes_found_by_voices_json_and_by_name(store, library):
     with pytest.raises(ReferenceMelError) as err:
         store.load_codes(store.voice("broken"))
     assert err.value.code == "bad_codes" and "broken_codes.bin" in err.value.message
+
+
+def _reference_mel(*args, env: dict, cwd=None):
+    import os
+    import subprocess
+
+    from helpers import BIN
+
+    return subprocess.run([str(BIN / "reference-mel"), *args], capture_output=True, text=True, timeout=300,
+                          cwd=cwd, env={**os.environ, **env})
+
+
+def test_node_and_every_command_judge_codes_alike(library):
+    """float32 codes, a code past the 1024-entry codebook, a truncated .bin: the node refuses each switch
+    with bad_codes, and verify, list, inspect and precompute say the same of each voice."""
+    import json
+
+    import pyarrow as pa
+
+    from dora_reference_mel.config import Config
+    from dora_reference_mel.service import ReferenceMelService
+
+    codes = library["models"] / "codes"
+    np.save(codes / "floaty_codes.npy", np.arange(50, dtype=np.float32))
+    (codes / "past_codes.bin").write_bytes(np.array([1, 1024], "<i4").tobytes())
+    (codes / "cut_codes.bin").write_bytes(np.arange(50, dtype="<i4").tobytes()[:-1])
+    voices = json.loads(library["voices"].read_text())
+    bad = {"floaty": "floaty_codes.npy", "past": "past_codes.bin", "cut": "cut_codes.bin"}
+    for name, file in bad.items():
+        voices["voices"][name] = {"ref_audio": "voices/basil.wav", "ref_text": "t", "codes_path": f"codes/{file}"}
+    library["voices"].write_text(json.dumps(voices))
+
+    service = ReferenceMelService(Config.from_env(library["env"]))
+    for name in bad:
+        error = service.handle("text", pa.array([f"VOICE:{name}|Hi."]), {})[0]
+        assert error.output_id == "error" and json.loads(error.value[0].as_py())["error"] == "bad_codes", name
+
+    precompute = _reference_mel("precompute", env=library["env"])
+    assert precompute.returncode == 1 and "5 computed" in precompute.stdout, precompute.stdout
+    verify = _reference_mel("verify", env=library["env"])
+    assert verify.returncode == 1
+    for name, why in (("floaty", "float32 is not an integer"), ("past", "outside the codebook"),
+                      ("cut", "not a whole number")):
+        assert f"bad      {name} codes: codes file" in verify.stdout and why in verify.stdout
+        assert f"bad      {name} codes:" in precompute.stdout
+        inspected = _reference_mel("inspect", name, env=library["env"])
+        assert inspected.returncode == 0 and f"codes      bad: codes file {codes / bad[name]}" in inspected.stdout
+    listed = json.loads(_reference_mel("list", "--json", env=library["env"]).stdout)["voices"]
+    listed = {v["name"]: v["codes"]["state"] for v in listed}
+    assert listed == {"aria": "ok", "basil": "ok", "cleo": "missing", "floaty": "bad", "past": "bad", "cut": "bad"}
+    assert "codes=bad" in _reference_mel("list", env=library["env"]).stdout
+
+
+def test_a_relative_models_base_path_is_the_same_folder_for_node_and_tool(library, tmp_path):
+    """models_base_path "." is the working folder, as for the MLX node: the node (run from its dataflow's
+    folder) and reference-mel from the same folder find the same files; from elsewhere both say where they
+    looked, the node once per voice."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    voices = json.loads(library["voices"].read_text())
+    voices["models_base_path"] = "."
+    library["voices"].write_text(json.dumps(voices))
+    flow = tmp_path / "flow"
+    flow.mkdir()
+    # The node's own service, in a process started in `cwd` (as dora starts it), sent two switches to aria.
+    code = ("import logging, sys, pyarrow as pa; from dora_reference_mel.config import Config; "
+            "from dora_reference_mel.service import ReferenceMelService; logging.basicConfig(); "
+            "service = ReferenceMelService(Config.from_env()); "
+            "print([service.handle('text', pa.array(['VOICE:aria|Hi.']), {})[0].metadata.get('codes_status') "
+            "for _ in range(2)])")
+
+    def node(cwd):
+        done = subprocess.run([sys.executable, "-c", code], cwd=cwd, env={**os.environ, **library["env"]},
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout.strip(), done.stderr
+
+    statuses, log = node(library["models"])
+    assert statuses == "[None, None]" and "models_base_path '.' is relative" in log
+    assert _reference_mel("verify", env=library["env"], cwd=library["models"]).returncode == 0
+
+    statuses, log = node(flow)
+    assert statuses == "['missing', 'missing']"
+    assert f"working folder: {flow} here" in log
+    assert log.count(f"its codes_path {flow / 'codes/aria_codes.bin'} ") == 1  # said once, not per switch
+    verify = _reference_mel("verify", env=library["env"], cwd=flow)
+    assert verify.returncode == 1 and f"missing  aria codes: no file {flow / 'codes/aria_codes.bin'}" in verify.stdout
+    assert f"working folder: {flow} here" in verify.stderr

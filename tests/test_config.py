@@ -1,7 +1,9 @@
 """The configuration (config.py): every variable parsed once, typed and bounded; a bad value is one line
 naming the variable and what it must be."""
 
+import os
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -57,3 +59,29 @@ def test_the_cpu_reuses_freed_memory_where_glibc_runs_it():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["True", "0", "True"]
+
+
+def test_blank_path_variables_mean_the_default():
+    blank = Config.from_env({"PRIMESPEECH_MODEL_DIR": "/m", "CODES_DIR": " ", "VOICES_CONFIG": "\t",
+                             "REF_AUDIO_ROOTS": " : "})
+    assert (str(blank.codes_dir), str(blank.voices_config)) == ("/m/gpt-sovits-mlx/codes", "/m/voices.json")
+    assert blank.ref_audio_roots == (blank.model_dir,)
+    assert Config.from_env({"PRIMESPEECH_MODEL_DIR": "  "}).model_dir == Config.from_env({}).model_dir
+    assert Config.from_env({"REF_AUDIO_ROOTS": "/a: :/b"}).ref_audio_roots == (Path("/a"), Path("/b"))
+
+
+def test_the_tool_with_blank_paths_uses_the_defaults_and_writes_no_blank_folder(library, tmp_path):
+    """CODES_DIR=" " once made a folder named " " in the working folder; VOICES_CONFIG=" " hid every voice."""
+    from helpers import BIN
+
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {**os.environ, "PRIMESPEECH_MODEL_DIR": str(library["models"]), "CODES_DIR": " ", "VOICES_CONFIG": " ",
+           "REF_AUDIO_ROOTS": " "}
+    done = subprocess.run([str(BIN / "reference-mel"), "precompute"], cwd=work, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "3 computed" in done.stdout
+    assert sorted(p.name for p in (library["models"] / "gpt-sovits-mlx" / "codes").glob("*_mel.bin")) == [
+        "aria_mel.bin", "basil_mel.bin", "cleo_mel.bin"]
+    assert list(work.iterdir()) == []

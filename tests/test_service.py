@@ -314,7 +314,7 @@ def test_custom_and_trained_texts_are_served_from_moxin_voices_folders_by_defaul
     samples, rate = aria(library)
     spectrogram = decode_mel_event({"value": trained[0].value, "metadata": meta}).spectrogram
     assert np.abs(spectrogram - oracle.reference_feature(samples, rate)).max() <= 1e-3
-    assert trained[1].value.to_pylist() == [line] and trained[1].metadata[REFERENCE_KEY] == "t1"
+    assert trained[1].value.to_pylist() == [line] and trained[1].metadata[REFERENCE_KEY] == meta["reference_id"]
 
 
 @pytest.mark.parametrize("kind, code, message", [

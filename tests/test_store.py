@@ -108,3 +108,79 @@ def test_symlink_out_of_the_codes_dir_is_read_and_never_written_through(store, l
 
 
 
+
+
+def test_stored_files_count_spectrograms_without_sidecar(store, library):
+    codes = library["codes_dir"]
+    store.save_mel(store.voice("visitor"), V2, np.ones((704, 3), np.float32), source_digest="d", source_sample_rate=1)
+    (codes / "legacy_mel.bin").write_bytes(np.ones((704, 2), "<f4").tobytes())  # the Rust port's layout
+    (codes / "legacy_codes.bin").write_bytes(np.arange(4, dtype="<i4").tobytes())
+    assert store.stored_files() == [("legacy", "v2", codes / "legacy_mel.bin"), ("visitor", "v2", codes / "visitor_mel.bin")]
+
+
+def test_inspect_finds_the_voices_the_node_serves_from_the_codes_dir(library):
+    """A voice written back for a reference_audio event, and a sidecar-less <voice>_mel.bin: the node serves
+    both by name, so inspect shows both; a name with neither is unknown to both."""
+    import subprocess
+
+    import pyarrow as pa
+    import soundfile
+
+    from dora_reference_mel.config import Config
+    from dora_reference_mel.service import ReferenceMelService
+    from helpers import BIN, ROOT
+
+    service = ReferenceMelService(Config.from_env(library["env"]))
+    samples, rate = soundfile.read(str(ROOT / "models/voices/basil.wav"), dtype="float32")
+    out = service.handle("reference_audio", pa.array(samples), {"sample_rate": rate, "voice": "visitor"})
+    assert out[0].metadata["write_back"] == "written"
+    (library["codes_dir"] / "legacy_mel.bin").write_bytes(np.ones((704, 20), "<f4").tobytes())
+    for name in ("visitor", "legacy", "nobody"):
+        served = service.handle("text", pa.array([f"VOICE:{name}|Hi."]), {})[0]
+        inspected = subprocess.run([str(BIN / "reference-mel"), "inspect", name], capture_output=True, text=True,
+                                   timeout=300, env={**os.environ, **library["env"]})
+        if name == "nobody":
+            assert served.output_id == "error" and json.loads(served.value[0].as_py())["error"] == "unknown_voice"
+            assert inspected.returncode == 2 and "neither an audio file nor a voice" in inspected.stderr
+        else:
+            assert served.output_id == "mel" and served.metadata["source"] in ("precomputed", "cache")
+            assert inspected.returncode == 0, inspected.stderr
+            assert f"source     precomputed file {library['codes_dir'] / name}_mel.bin" in inspected.stdout
+
+
+def _unlisted_writer(args):
+    """One node process: reference_audio events for `count` new voices voices.json does not list."""
+    import pyarrow as pa
+    import soundfile
+
+    from dora_reference_mel.config import Config
+    from dora_reference_mel.service import ReferenceMelService
+    from helpers import ROOT
+
+    env, worker, count = args
+    service = ReferenceMelService(Config.from_env(env))
+    samples, rate = soundfile.read(str(ROOT / "models/voices/basil.wav"), dtype="float32", frames=16000)
+    states = []
+    for i in range(count):  # other samples each time: no cache hit
+        out = service.handle("reference_audio", pa.array(samples * (1 - (2 * i + worker) / 1e4)),
+                             {"sample_rate": rate, "voice": f"w{worker}v{i}"})
+        states.append(out[0].metadata["write_back"])
+    return states
+
+
+@pytest.mark.slow
+def test_two_node_processes_keep_one_bound_on_unlisted_voices(library):
+    """The bound is the store's: two processes on one CODES_DIR together write files of at most 256
+    voices voices.json does not list, sidecar-less .bin files already there counted."""
+    import multiprocessing
+
+    from dora_reference_mel.store import MAX_UNLISTED_VOICES
+
+    for i in range(56):
+        (library["codes_dir"] / f"old{i}_mel.bin").write_bytes(np.ones((704, 2), "<f4").tobytes())
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        results = pool.map(_unlisted_writer, [(library["env"], w, 120) for w in range(2)])
+    assert sum(states.count("written") for states in results) == MAX_UNLISTED_VOICES - 56
+    assert all(set(states) == {"written", "skipped"} for states in results)
+    names = {p.name.rsplit("_mel", 1)[0] for p in library["codes_dir"].iterdir()}
+    assert len(names) == MAX_UNLISTED_VOICES

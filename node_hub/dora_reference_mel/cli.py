@@ -129,7 +129,9 @@ def precompute(args, config: Config) -> int:
                 job.samples = None
 
     unrecorded = _record_mel_paths(store, [j for j in jobs if j.state in ("computed", "up to date")])
-    return _summary(jobs, unrecorded)
+    status = _summary(jobs, unrecorded)
+    codes_problems = sum(_codes_problem(store, job.voice) for job in voices)  # not precompute's to fix: said
+    return 1 if codes_problems else status
 
 
 def _plan(store: ReferenceStore, job: Job, force: bool) -> bool:
@@ -257,7 +259,7 @@ def _checked(check, store: ReferenceStore, job: Job, presets) -> int:
 
 def _verify_voice(store: ReferenceStore, job: Job, presets) -> int:
     job = _load(store, job)
-    bad = 0
+    bad = _codes_problem(store, job.voice)
     for preset in presets:
         found = store.lookup(job.voice, preset, digest=job.digest or None)
         if found.state == ABSENT:
@@ -272,7 +274,7 @@ def _verify_voice(store: ReferenceStore, job: Job, presets) -> int:
 
 
 def _verify_unlisted(store: ReferenceStore, job: Job, presets) -> int:
-    bad = 0
+    bad = _codes_problem(store, job.voice)
     for preset in presets:
         found = store.lookup(job.voice, preset)
         if found.state != ABSENT:
@@ -280,6 +282,16 @@ def _verify_unlisted(store: ReferenceStore, job: Job, presets) -> int:
                   + ("" if found.fresh else f": {found.reason}"))
             bad += not found.fresh
     return bad
+
+
+def _codes_problem(store: ReferenceStore, voice: Voice) -> bool:
+    """Print the voice's codes when the node would refuse them (`bad_codes`) or voices.json's codes_path
+    names no file; True then."""
+    state, detail = store.codes_report(voice)
+    if state == "bad" or state == "missing" and voice.codes_path is not None:
+        print(f"{state:8s} {voice.name} codes: {detail}")
+        return True
+    return False
 
 
 def _unlisted(store: ReferenceStore) -> list[Voice]:
@@ -302,8 +314,10 @@ def _describe(store: ReferenceStore, voice: Voice, presets, *, in_library: bool)
         producer = found.sidecar.raw.get("producer") if found.sidecar else None
         stored[preset.name] = {"state": found.state, "path": str(found.path) if found.path else None,
                                "reason": found.reason or None, "producer": producer}
+    codes_state, codes_detail = store.codes_report(voice)
     return {"name": voice.name, "in_library": in_library,
-            "ref_audio": str(voice.ref_audio) if voice.ref_audio else None, "stored": stored}
+            "ref_audio": str(voice.ref_audio) if voice.ref_audio else None, "stored": stored,
+            "codes": {"state": codes_state, "detail": codes_detail}}
 
 
 def list_voices(args, config: Config) -> int:
@@ -326,7 +340,7 @@ def list_voices(args, config: Config) -> int:
     for voice in voices:
         where = "voices.json" if voice["in_library"] else "codes dir only"
         states = " ".join(f"{name}={item['state']}" for name, item in voice["stored"].items())
-        print(f"{voice['name']:24s} {where:15s} {states}")
+        print(f"{voice['name']:24s} {where:15s} {states} codes={voice['codes']['state']}")
     for problem in problems:
         print(f"unusable entry: {problem}")
     print(f"list: {sum(v['in_library'] for v in voices)} voices in voices.json, "
@@ -351,9 +365,9 @@ def inspect(args, config: Config) -> int:
         origin = "compute (an audio file: the node computes it, then caches it)"
     else:
         voice = store.voice(args.target)
-        if voice.ref_audio is None and not voice.in_library:
-            print(f"error: {args.target!r} is neither an audio file nor a voice in {store.library.path}",
-                  file=sys.stderr)
+        if not store.knows(voice, config.presets):  # the node's unknown_voice
+            print(f"error: {args.target!r} is neither an audio file nor a voice in {store.library.path} or with "
+                  f"a spectrogram file in {store.codes_dir}", file=sys.stderr)
             return 2
         job = _load(store, Job(voice, preset))
         samples, rate = job.samples, job.sample_rate
@@ -374,11 +388,8 @@ def inspect(args, config: Config) -> int:
         print(f"audio      {samples.shape[0] / rate:.2f} s at {rate} Hz, {samples.shape[1]} channel(s)")
     print(f"values     min {spec.min():.4g}  max {spec.max():.4g}  mean {spec.mean():.4g}")
     if voice is not None:
-        try:
-            codes = store.load_codes(voice)
-            print(f"codes      {'missing' if codes is None else f'{codes.size} codes ({codes.size / 50:.2f} s)'}")
-        except ReferenceMelError as err:
-            print(f"codes      unusable: {err.message}")
+        state, detail = store.codes_report(voice)
+        print(f"codes      {state}: {detail}")
     if args.png:
         try:
             import matplotlib  # noqa: F401  (plot.py imports it lazily: ask here, before any work)

@@ -23,14 +23,16 @@ MOXIN_VOICE_FOLDERS = ("~/.dora/primespeech/custom_voices", "~/.dora/primespeech
 
 # name -> (type, default, meaning). The one list of variables; `from_env` reads exactly these.
 ENV_VARS: dict[str, tuple[str, str, str]] = {
-    "PRIMESPEECH_MODEL_DIR": ("string", DEFAULT_MODEL_DIR, "models root of primespeech"),
+    "PRIMESPEECH_MODEL_DIR": ("string", DEFAULT_MODEL_DIR, "models root of primespeech; empty or blank: the default"),
     "CODES_DIR": ("string", "$PRIMESPEECH_MODEL_DIR/gpt-sovits-mlx/codes",
-                  "folder of <voice>_codes.bin and the precomputed <voice>_mel*.bin files"),
-    "VOICES_CONFIG": ("string", "$PRIMESPEECH_MODEL_DIR/voices.json", "the primespeech voice library"),
+                  "folder of <voice>_codes.bin and the precomputed <voice>_mel*.bin files; empty or blank: the default"),
+    "VOICES_CONFIG": ("string", "$PRIMESPEECH_MODEL_DIR/voices.json",
+                      "the primespeech voice library; empty or blank: the default"),
     "REF_AUDIO_ROOTS": ("string", ":".join(("$PRIMESPEECH_MODEL_DIR", *MOXIN_VOICE_FOLDERS)),
                         "folders (separated by ':') a VOICE:CUSTOM or VOICE:TRAINED path from a text event may lead "
                         "into (the models root, models_base_path and the codes folder always may); paths in "
-                        "voices.json are read wherever they lead"),
+                        "voices.json are read wherever they lead; blank entries are skipped, and none left means "
+                        "the default"),
     "MEL_PRESET": ("string", "v2", "comma-separated presets to emit per input: v2, v3, v4, sv (v2Pro: v2,sv)"),
     "MEL_BINS": ("int", str(V2_DEFAULT_BINS), "v2 only: linear bins kept (704 for v2+ models, 1025 for v1)"),
     "MEL_RESAMPLER": ("string", "torchaudio", "torchaudio (GPT-SoVITS main) or soxr_hq (early-2025 releases)"),
@@ -71,13 +73,13 @@ class Config:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
         env = os.environ if env is None else env
 
-        def get(name: str) -> str:
+        def get(name: str) -> str:  # blank (empty or spaces only) is the default, as if unset
             value = env.get(name, "").strip()
             return value if value else ENV_VARS[name][1]
 
         model_dir = _path(get("PRIMESPEECH_MODEL_DIR"))
-        codes_dir = _path(env.get("CODES_DIR") or str(model_dir / "gpt-sovits-mlx" / "codes"))
-        voices = _path(env.get("VOICES_CONFIG") or str(model_dir / "voices.json"))
+        codes_dir = _path(env.get("CODES_DIR", "").strip() or str(model_dir / "gpt-sovits-mlx" / "codes"))
+        voices = _path(env.get("VOICES_CONFIG", "").strip() or str(model_dir / "voices.json"))
         resampler = get("MEL_RESAMPLER")
         bins = _parse_int("MEL_BINS", get("MEL_BINS"))
         names = [p.strip() for p in get("MEL_PRESET").split(",") if p.strip()]
@@ -100,9 +102,8 @@ class Config:
         log_level = get("LOG_LEVEL").upper()
         if log_level not in LOG_LEVELS:
             raise ReferenceMelError("bad_config", f"LOG_LEVEL={get('LOG_LEVEL')!r} must be one of {', '.join(LOG_LEVELS)}")
-        roots = env.get("REF_AUDIO_ROOTS", "").strip()
-        ref_audio_roots = tuple(_path(p) for p in roots.split(os.pathsep) if p) if roots else (
-            model_dir, *map(_path, MOXIN_VOICE_FOLDERS))
+        roots = [p.strip() for p in env.get("REF_AUDIO_ROOTS", "").split(os.pathsep)]
+        ref_audio_roots = tuple(_path(p) for p in roots if p) or (model_dir, *map(_path, MOXIN_VOICE_FOLDERS))
         startup = (env.get("VOICE_CHARACTER") or "").strip() or (env.get("VOICE_NAME") or "").strip() or None
         return cls(codes_dir=codes_dir, voices_config=voices, presets=presets, model_dir=model_dir,
                    ref_audio_roots=ref_audio_roots, startup_voice=startup, device=device, mel_dtype=mel_dtype,

@@ -47,6 +47,13 @@ VOICE_INFO_KEYS = {"ref_text": str, "speed_factor": (int, float), "text_lang": s
 PATH_KEYS = ("ref_audio", "codes_path")
 
 
+def resolve_path(value: str, base: Path) -> Path:
+    """A path of voices.json as the MLX node resolves it (config.rs::resolve_path), the one rule for the
+    node and every command: `/` and `~` paths as they are (`~` expanded), any other joined to `base`."""
+    expanded = os.path.expanduser(value)  # os.path's: Path.expanduser raises on ~nosuchuser
+    return Path(expanded) if os.path.isabs(expanded) else base / expanded
+
+
 def mel_file_stem(voice: str, preset: Preset) -> str:
     return f"{voice}_mel" if preset.name == "v2" else f"{voice}_mel_{preset.name}"
 
@@ -130,9 +137,10 @@ def parse_voices_json(blob: bytes, path: Path) -> dict:
 class VoiceLibrary:
     """voices.json as the MLX primespeech line reads it; re-read when the file changes on disk.
 
-    Lookup: the name lowercased as a key, then lowercased with spaces removed (the Python node's
-    display names: "Luo Xiang" is "luoxiang"), then among aliases, compared lowercased. Relative
-    paths join `models_base_path`, which defaults to the models root (PRIMESPEECH_MODEL_DIR)."""
+    Lookup: the lowercased name as a key, then among aliases compared lowercased (the MLX node's
+    order), then as a key compared lowercased, then lowercased with spaces removed (the Python node's
+    display names: "Luo Xiang" is "luoxiang"). Relative paths join `models_base_path`, which defaults
+    to the models root (PRIMESPEECH_MODEL_DIR): see resolve_path."""
 
     def __init__(self, path: Path, model_dir: Path | None = None):
         self.path = Path(path)
@@ -159,6 +167,11 @@ class VoiceLibrary:
             self._parsed, self._error = None, err
         if self._error is not None:
             log.warning("%s", self._error.message)
+        base = self._parsed["data"].get("models_base_path") if self._parsed else None
+        if base and not os.path.isabs(os.path.expanduser(base)):  # where the files are depends on the process
+            log.warning("%s: models_base_path %r is relative, so it is taken from the working folder: %s here (dora "
+                        "starts a node in its dataflow's folder; run reference-mel from that folder too, or make "
+                        "models_base_path absolute)", self.path, base, self.base_path(self._parsed["data"]))
         self._stamp = stamp  # the error stays until the file changes: every event is told, not just one
 
     def parsed(self) -> dict | None:
@@ -174,11 +187,11 @@ class VoiceLibrary:
         return None if parsed is None else parsed["data"]
 
     def base_path(self, data: dict | None = None) -> Path:
-        """`models_base_path` (`~` expanded; a relative value is taken from the working directory, as
-        the MLX node does), or the models root when absent."""
+        """`models_base_path`, or the models root when absent. A relative value is taken from the working
+        directory, as the MLX node opens "<models_base_path>/<path>": under dora, the dataflow's folder."""
         data = self.data() if data is None else data
         base = (data or {}).get("models_base_path")
-        return Path(os.path.abspath(os.path.expanduser(base))) if base else self.model_dir
+        return Path(os.path.abspath(resolve_path(base, Path(os.getcwd())))) if base else self.model_dir
 
     def resolve(self, name: str) -> Voice | None:
         """The voice called `name` (key, display name or alias), or None; `ambiguous_voice` when two match."""
@@ -189,9 +202,13 @@ class VoiceLibrary:
         found = parsed["resolved"].get(lower)  # this file's earlier answer to the same name
         if found is not None:
             return found
-        how, keys = "keys", parsed["by_key"].get(lower) or parsed["by_key"].get(lower.replace(" ", ""))
+        # The MLX node's order first (config.rs::find_voice: the key equal to the lowercased name, then
+        # aliases compared lowercased), then this node's additions: keys of any case, then without spaces.
+        how, keys = "keys", [lower] if lower in voices else None
         if not keys:
             how, keys = "aliases", parsed["by_alias"].get(lower)
+        if not keys:
+            how, keys = "keys", parsed["by_key"].get(lower) or parsed["by_key"].get(lower.replace(" ", ""))
         if not keys:
             return None
         found = self._pick(keys, name, parsed, how)
@@ -219,10 +236,7 @@ class VoiceLibrary:
     def _voice(key: str, entry: dict, base: Path) -> Voice:
         def path(field: str) -> Path | None:
             value = entry.get(field)
-            if not value:
-                return None
-            value = os.path.expanduser(value)
-            return Path(value) if os.path.isabs(value) else base / value
+            return resolve_path(value, base) if value else None
 
         mel_keys = [k for k in entry if k.startswith("mel_") and k.endswith("path")]
         info = tuple((k, entry[k]) for k in VOICE_INFO_KEYS if k in entry)

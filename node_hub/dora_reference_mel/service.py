@@ -252,7 +252,7 @@ class ReferenceMelService:
 
     def _voice_request(self, name: str) -> Request:
         voice = self.store.voice(name)
-        if voice.ref_audio is None and not voice.in_library and not self.store.has_stored(voice, self.config.presets):
+        if not self.store.knows(voice, self.config.presets):
             raise ReferenceMelError(
                 "unknown_voice", f"voice {shown(name)} is not in {self.store.library.path} (VOICES_CONFIG) and has no "
                 f"precomputed spectrogram in {self.store.codes_dir} (CODES_DIR); add it to voices.json or send "
@@ -392,8 +392,6 @@ class ReferenceMelService:
     def _write_back(self, request: Request, mel: np.ndarray, preset: Preset) -> str:
         if not self.config.write_back:
             return "off"
-        if not request.voice.in_library and not self.store.may_store_unlisted(request.voice.name):
-            return "skipped"
         kept = self.store.irreplaceable(request.voice, preset)
         if kept is not None:
             target = self.store.mel_file(request.voice, preset)
@@ -402,9 +400,9 @@ class ReferenceMelService:
                 log.warning("not writing the computed spectrogram: %s; it is served from memory", kept)
             return "skipped"
         try:
-            self.store.save_mel(request.voice, preset, mel, source_digest=request.digest,
-                                source_sample_rate=request.sample_rate, audio=request.stamp)
-            return "written"
+            written = self.store.save_mel(request.voice, preset, mel, source_digest=request.digest,
+                                          source_sample_rate=request.sample_rate, audio=request.stamp)
+            return "written" if written else "skipped"  # skipped: the bound on voices voices.json does not list
         except OSError as err:
             folder = str(self.store.codes_dir)
             if folder not in self._write_failures_logged:  # once per folder: a read-only store is a state

@@ -31,7 +31,9 @@ operator and every `reference-mel` command call it and nothing else. It returns 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import importlib.metadata
 import json
 import logging
@@ -68,8 +70,10 @@ MAX_VERIFIED_FILES = 4096
 MAX_CODES_MEMO_BYTES = 32 * 2**20  # parsed codes kept: 10,000 voices of 10 s (500 codes each) take 48 MB
 MAX_KNOWN_AUDIO = 4096  # audio files whose samples' digest is remembered (by the path asked with)
 # Voices that voices.json does not list get files here (so a restart serves them) only while the codes
-# directory holds fewer than this many of them: reference_audio events with ever new names must not fill the disk.
+# directory holds files of fewer than this many of them: reference_audio events with ever new names must not
+# fill the disk. Counted on disk under a lock on the folder, so it bounds the store, whichever process writes.
 MAX_UNLISTED_VOICES = 256
+MAX_MISSING_CODES_LOGGED = 4096  # codes_path files said missing once each (they come from voices.json)
 
 FRESH, STALE, CORRUPT, ABSENT = "fresh", "stale", "corrupt", "absent"
 
@@ -158,8 +162,8 @@ class ReferenceStore:
         self._codes_memo = ByteLRU(MAX_CODES_MEMO_BYTES)  # path -> (stamp, codes): parsed once per unchanged file
         # audio file -> (stamp, samples_digest): a repeated voice switch knows its samples after one stat
         self._audio_digests = ByteLRU(MAX_KNOWN_AUDIO)
-        self._unlisted: set[str] | None = None  # voices with files here that voices.json does not list, once counted
         self._unlisted_full_logged = False
+        self._missing_codes_logged: set[Path] = set()
         # (path, preset) -> (stamp, sidecar stamp, sidecar) of each pair verified whole: see _reread
         self._verified = ByteLRU(MAX_VERIFIED_FILES)
 
@@ -242,6 +246,8 @@ class ReferenceStore:
                 codes = parse_codes(blob, path.suffix)
             except StoreFileError as err:
                 if err.missing:
+                    if path == voice.codes_path:
+                        self._say_codes_path_missing(voice)
                     continue
                 reason = err.reason
             except ValueError as err:
@@ -254,11 +260,37 @@ class ReferenceStore:
                 "re-extract the codes for this voice", voice=voice.name)
         return None
 
+    def _say_codes_path_missing(self, voice: Voice) -> None:
+        """Once per file: a voice whose voices.json codes_path names no file is served without codes."""
+        if voice.codes_path in self._missing_codes_logged or len(self._missing_codes_logged) >= MAX_MISSING_CODES_LOGGED:
+            return
+        self._missing_codes_logged.add(voice.codes_path)
+        log.warning("voice %r: its codes_path %s does not exist (voices.json: a relative path joins models_base_path); "
+                    "its mel goes out with codes_status missing: fix codes_path or models_base_path",
+                    voice.name, voice.codes_path)
+
+    def codes_report(self, voice: Voice) -> tuple[str, str]:
+        """The voice's codes as the node judges them (load_codes), in words for the tools: ("ok", how many),
+        ("missing", where they were looked for) or ("bad", why the node refuses them with `bad_codes`)."""
+        try:
+            codes = self.load_codes(voice)
+        except ReferenceMelError as err:
+            return "bad", err.message
+        if codes is None:
+            where = voice.codes_path or self.codes_dir / f"{voice.name}_codes.bin (or .npy)"
+            return "missing", f"no file {where}"
+        return "ok", f"{codes.size} codes ({codes.size / 50:.2f} s)"
+
     # -- spectrograms ---------------------------------------------------------------------------
 
     def has_stored(self, voice: Voice, presets: Sequence[Preset]) -> bool:
         """Whether the codes directory has a spectrogram file of this voice for any of the presets."""
         return any(self.mel_file(voice, p).exists() for p in presets)
+
+    def knows(self, voice: Voice, presets: Sequence[Preset]) -> bool:
+        """Whether a voice switch to `voice` can be served (else `unknown_voice`): voices.json lists it, or
+        the codes directory has a spectrogram file of it (written back, or made without sidecar)."""
+        return voice.in_library or self.has_stored(voice, presets)
 
     def mel_file(self, voice: Voice, preset: Preset) -> Path:
         """Where this package writes (voice, preset): always the codes directory, named after the voice."""
@@ -363,9 +395,10 @@ class ReferenceStore:
         return Stored(FRESH, "", path, data)
 
     def save_mel(self, voice: Voice, preset: Preset, data: np.ndarray, *, source_digest: str,
-                 source_sample_rate: int, audio: FileStamp | None = None) -> Path:
+                 source_sample_rate: int, audio: FileStamp | None = None) -> Path | None:
         """Write the feature matrix (float32, in the preset's layout) and its sidecar to the voice's file in
-        the codes directory.
+        the codes directory; None when the voice is one voices.json does not list and may_store_unlisted
+        refuses it (decided and written under the folder's lock).
 
         Sidecar first, then the data, each by rename: a crash in between leaves a sidecar whose
         data_digest does not match the old .bin, so the pair is refused and recomputed."""
@@ -380,8 +413,11 @@ class ReferenceStore:
             "producer": PRODUCER,
         }
         self.codes_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(path.with_suffix(".json"), (json.dumps(sidecar, indent=1) + "\n").encode())
-        atomic_write(path, blob)
+        with contextlib.nullcontext() if voice.in_library else self._folder_locked():
+            if not voice.in_library and not self.may_store_unlisted(voice.name):
+                return None
+            atomic_write(path.with_suffix(".json"), (json.dumps(sidecar, indent=1) + "\n").encode())
+            atomic_write(path, blob)
         return path
 
     def irreplaceable(self, voice: Voice, preset: Preset) -> str | None:
@@ -405,46 +441,60 @@ class ReferenceStore:
                             "ref_audio to compute it again from")
         return None
 
+    @contextlib.contextmanager
+    def _folder_locked(self):
+        """An exclusive flock on the codes directory itself (nothing is created for it): the processes
+        sharing the folder count and write unlisted voices one at a time."""
+        fd = os.open(self.codes_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
     def stored_files(self) -> list[tuple[str, str, Path]]:
-        """Every spectrogram pair in the codes directory, by its sidecar: (voice name, preset name, .bin
-        path), sorted; one scan, whatever voices.json lists (lhotse's manifest, made from the files)."""
-        files = []
+        """Every spectrogram file in the codes directory, with its sidecar or without (a legacy .bin):
+        (voice name, preset name, .bin path), sorted; one scan, whatever voices.json lists (lhotse's
+        manifest, made from the files)."""
+        files = set()
         try:
             entries = list(os.scandir(self.codes_dir))
         except OSError:
-            return files
+            return []
         for entry in entries:
-            stem = entry.name[:-len(".json")] if entry.name.endswith(".json") else ""
+            stem, dot, extension = entry.name.rpartition(".")
+            if not dot or extension not in ("bin", "json"):
+                continue
             for name in PRESET_NAMES:
                 suffix = "_mel" if name == "v2" else f"_mel_{name}"
                 if stem.endswith(suffix) and len(stem) > len(suffix):
-                    files.append((stem[:-len(suffix)], name, self.codes_dir / f"{stem}.bin"))
+                    files.add((stem[:-len(suffix)], name, self.codes_dir / f"{stem}.bin"))
         return sorted(files)
 
     def stored_voice_names(self) -> set[str]:
-        """Names of the voices that have a spectrogram pair in the codes directory."""
+        """Names of the voices that have a spectrogram file in the codes directory."""
         return {voice for voice, _, _ in self.stored_files()}
 
     def may_store_unlisted(self, name: str) -> bool:
         """Whether a voice voices.json does not list may get files here: one that has some already, or a
-        new one while fewer than MAX_UNLISTED_VOICES have (counted by one scan, then kept up to date)."""
-        if self._unlisted is None:
-            try:
-                listed = {v.name for v in self.library.voices() if isinstance(v, Voice)}
-            except ReferenceMelError:  # an unusable voices.json lists nothing
-                listed = set()
-            self._unlisted = self.stored_voice_names() - listed
-        if name in self._unlisted:
+        new one while the codes directory holds files of fewer than MAX_UNLISTED_VOICES such voices,
+        counted on disk each time (save_mel asks under the folder's lock, so the bound is the store's)."""
+        stored = self.stored_voice_names()
+        if name in stored:
             return True
-        if len(self._unlisted) >= MAX_UNLISTED_VOICES:
-            if not self._unlisted_full_logged:
-                self._unlisted_full_logged = True
-                log.warning("%s holds spectrograms of %d voices that voices.json does not list; computed spectrograms "
-                            "of further unlisted voices are served from memory, not written (add the voices to "
-                            "voices.json, or remove files of voices no longer used)", self.codes_dir, len(self._unlisted))
-            return False
-        self._unlisted.add(name)
-        return True
+        try:
+            parsed = self.library.parsed()
+        except ReferenceMelError:  # an unusable voices.json lists nothing
+            parsed = None
+        unlisted = stored - set(parsed["data"]["voices"] if parsed else ())
+        if len(unlisted) < MAX_UNLISTED_VOICES:
+            return True
+        if not self._unlisted_full_logged:
+            self._unlisted_full_logged = True
+            log.warning("%s holds spectrograms of %d voices that voices.json does not list; computed spectrograms "
+                        "of further unlisted voices are served from memory, not written (add the voices to "
+                        "voices.json, or remove files of voices no longer used)", self.codes_dir, len(unlisted))
+        return False
 
     def clean_leftovers(self, folder: Path | None = None) -> int:
         """Remove crash leftovers in `folder` (default: the codes directory; precompute also sweeps
