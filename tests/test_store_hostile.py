@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import soundfile
 from hypothesis import HealthCheck, given, settings
@@ -224,6 +225,7 @@ def _names(*names):
 CRASH = """
 import os, sys
 import numpy as np
+import pyarrow as pa
 from dora_reference_mel import get_preset
 from dora_reference_mel.library import Voice, VoiceLibrary
 from dora_reference_mel.store import ReferenceStore
@@ -416,3 +418,55 @@ def test_a_pair_younger_than_the_stamp_granularity_is_checked_every_time(library
     time.sleep(SETTLED_NS / 1e9 + 0.2)
     assert store.lookup(Voice("young"), V2, digest="d").fresh
     assert (path, V2) in store._verified
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["kernel", "stat"])
+def test_a_clip_swapped_for_a_link_out_is_never_served(library, tmp_path, monkeypatch, where):
+    """Someone who can write in a root swaps the clip for a link to a file outside, again and again, while
+    CUSTOM switches name it: the file read is the file judged, so the outside file is never served.
+    where: how the descriptor's file is located (the kernel's name for it, or, where the system has none,
+    the path resolved again and compared by device and inode)."""
+    import threading
+
+    from dora_reference_mel import files
+
+    if where == "stat":
+        monkeypatch.setattr(files, "descriptor_path", lambda fd: None)
+    secret = tmp_path / "outside" / "secret.wav"
+    secret.parent.mkdir()
+    shutil.copy(ROOT / "models/voices/cleo.wav", secret)
+    voices = library["models"] / "voices"
+    keep, clip, swap = voices / "keep.wav", voices / "clip.wav", voices / ".swap"
+    shutil.copy(ROOT / "models/voices/basil.wav", keep)
+    os.link(keep, clip)
+    service = ReferenceMelService(Config.from_env(library["env"]))
+
+    def switch(path):
+        return [o for o in service.handle("text", pa.array([f"VOICE:CUSTOM|{path}|Hello.|en|Hi."]), {})
+                if o.output_id != "log"][0]
+
+    inside = np.asarray(switch(keep).value)
+    stop = threading.Event()
+
+    def swapper():
+        while not stop.is_set():
+            os.symlink(secret, swap)
+            os.replace(swap, clip)
+            os.link(keep, swap)
+            os.replace(swap, clip)
+
+    thread = threading.Thread(target=swapper)
+    thread.start()
+    answers = []
+    try:
+        for _ in range(400):
+            answers.append(switch(clip))
+    finally:
+        stop.set()
+        thread.join()
+    served = [np.asarray(a.value) for a in answers if a.output_id == "mel"]
+    refused = [json.loads(a.value[0].as_py()) for a in answers if a.output_id == "error"]
+    assert served and all(np.array_equal(mel, inside) for mel in served)  # basil's, never cleo's
+    assert {body["error"] for body in refused} <= {"bad_ref_audio"}, refused[:3]
+    assert all(str(secret) not in body["message"] for body in refused)
