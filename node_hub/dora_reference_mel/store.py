@@ -15,7 +15,7 @@ operator and every `reference-mel` command call it and nothing else. It returns 
   directory are the owner's configuration, so their paths are read wherever they lead (as the MLX
   primespeech node reads them); a path that arrives inside an event (VOICE:CUSTOM) is read only
   inside `event_roots()` (REF_AUDIO_ROOTS, the models root, the library's models_base_path and the codes
-  directory);
+  directory), judged again on the descriptor it is read through (files.open_regular);
 - a pair is checked whole (sidecar, size, data digest, finite values) once per unchanged file: later
   lookups compare the stat stamps of both files (the data's from the descriptor they read) and read
   the data without checking it again; any change to either file, or a stamp too recent to tell, means
