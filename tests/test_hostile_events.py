@@ -9,6 +9,7 @@ import collections
 import json
 import os
 import re
+import shutil
 import struct
 import subprocess
 
@@ -58,6 +59,7 @@ def hostile_library(library) -> None:
     """voices.json entries a user may write by mistake, spelled as raw JSON (numbers beyond int64 and float)."""
     soundfile.write(str(library["models"] / "voices/long.wav"), np.zeros(16000 * 61, np.float32), 16000)
     sparse_wav(library["models"] / "voices/fast.wav", 2_000_000_000)
+    (library["models"] / "voices/clip.m4a").write_bytes(b"\0\0\0\x18ftypM4A \0\0\0\0M4A mp42" + bytes(4000))
     text_ = library["voices"].read_text()
     extra = ('"fast": {"ref_audio": "voices/aria.wav", "speed_factor": 10000000000000000000000}, '
              '"huge": {"ref_audio": "voices/aria.wav", "speed_factor": 1e400}, '
@@ -84,6 +86,7 @@ CASES = {
     "ref_audio_over_max_seconds": (voice("longref"), ["error"], "too_long"),
     "rate_7_hz": (audio([0.1] * 256, 7), ["error"], "bad_sample_rate"),
     "wav_header_2_ghz": (custom("MODELS/voices/fast.wav"), ["error", "text"], "bad_sample_rate"),
+    "custom_m4a": (custom("MODELS/voices/clip.m4a"), ["error", "text"], "bad_ref_audio"),
     "good_text_at_the_end": (text("VOICE:aria|Still serving."), ["mel", "text"], None),
 }
 
@@ -128,11 +131,45 @@ def test_messages_name_the_fix(replay):
     assert "NUL" in messages["custom_path_nul"] and "NUL" in messages["voices_json_nul_path"]
     assert "2000000000 Hz" in messages["wav_header_2_ghz"]
     assert "4000" in messages["rate_7_hz"]
+    m4a = messages["custom_m4a"]
+    assert "voices/clip.m4a" in m4a and "not in a format libsndfile reads" in m4a, m4a
+    assert all(name in m4a for name in ("WAV", "FLAC", "OGG", "MP3")) and "BufferedReader" not in m4a, m4a
 
 
 def test_a_2_ghz_header_allocates_nothing_big(replay):
     peak = float(re.search(r"peak RSS (\d+) MB", replay["log"]).group(1))
     assert peak < 1500, peak  # decoding and resampling that clip took 7.5 GiB
+
+
+@pytest.mark.slow
+def test_files_that_decode_large_are_refused_before_decoding(tmp_path, library):
+    """Each of these took 520 MB to 1.1 GB of the node's memory (with MAX_REF_SECONDS=10; 5.9 GB at 60):
+    rate, channels and length pass one by one, their product does not."""
+    voices = library["models"] / "voices"
+    with soundfile.SoundFile(str(voices / "wide.ogg"), "w", 192000, 64, format="OGG") as f:  # 9 KiB
+        for _ in range(3):
+            f.write(np.zeros((192000, 64), np.float32))
+    with soundfile.SoundFile(str(voices / "deep.flac"), "w", 384000, 8, format="FLAC") as f:  # 29 KiB
+        for _ in range(9):
+            f.write(np.zeros((384000, 8), np.float32))
+    data = 9 * 384000 * 32 * 2  # 9 s of 32 channels at 384 kHz, 16 bits: 211 MiB, sparse (4 KiB on disk)
+    header = b"RIFF" + struct.pack("<I", 36 + data) + b"WAVEfmt " + struct.pack(
+        "<IHHIIHH", 16, 1, 32, 384000, 384000 * 64, 64, 16) + b"data" + struct.pack("<I", data)
+    with open(voices / "sparse.wav", "wb") as f:
+        f.write(header)
+        f.truncate(len(header) + data)
+    env = {**library["env"], "MAX_REF_SECONDS": "10"}
+    _, alone = run_node(tmp_path, [text("VOICE:aria|Still serving.")], env, name="alone")
+    names = ["wide.ogg", "deep.flac", "sparse.wav"]
+    events = [custom(str(voices / name)) for name in names] + [text("VOICE:aria|Still serving.")]
+    outputs, log = run_node(tmp_path, events, env)
+    assert [o["id"] for o in outputs] == ["error", "text"] * 3 + ["mel", "text"], log[-3000:]
+    for name, error in zip(names, outputs[0:6:2], strict=True):
+        body = json.loads(error["data"][0])
+        assert body["error"] == "bad_ref_audio" and name in body["message"], body
+        assert "channels at" in body["message"] and "MAX_REF_SECONDS=10" in body["message"], body
+    peak = lambda text_: float(re.search(r"peak RSS (\d+) MB", text_).group(1))  # noqa: E731
+    assert peak(log) < peak(alone) + 100, (peak(log), peak(alone))
 
 
 def test_float16_overflow_is_an_error_not_inf(tmp_path, library):
@@ -343,3 +380,25 @@ def test_the_node_forwards_the_texts_of_a_long_replay(tmp_path, library):
     events = [text(f"VOICE:aria|t{i}" if i % 10 == 0 else f"t{i}") for i in range(100)]
     outputs, _ = run_node(tmp_path, events, library["env"])
     assert [o["data"][0] for o in outputs if o["id"] == "text"] == [e["data"][0] for e in events]
+
+
+def test_every_custom_path_outside_the_roots_gets_one_answer(tmp_path, library):
+    """Missing, outside, a link out, unresolvable: one refusal that says nothing of the machine's files."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shutil.copy(library["models"] / "voices/basil.wav", outside / "clip.wav")
+    (library["models"] / "voices/out.wav").symlink_to(outside / "clip.wav")
+    # Another process's folder: readlink is refused even to root here, so realpath raises PermissionError
+    # (where this machine lets it be read, it is an outside path like the others)
+    paths = [outside / "clip.wav", outside / "missing.wav", library["models"] / "voices/out.wav",
+             "/proc/1/cwd/clip.wav"]
+    service = ReferenceMelService(Config.from_env(library["env"]))
+    messages = set()
+    for path in paths:
+        error = answers(service, f"VOICE:CUSTOM|{path}|Hello.|en|Hi.", {})[0]
+        body = json.loads(error.value[0].as_py())
+        assert body["error"] == "bad_ref_audio", body
+        assert str(outside) not in body["message"].replace(str(path), "PATH"), body  # never where a link leads
+        messages.add(body["message"].replace(str(path), "PATH"))
+    assert len(messages) == 1, messages
+    assert "REF_AUDIO_ROOTS" in messages.pop()

@@ -55,7 +55,7 @@ def test_mofa_tts_serves_every_switch_before_its_text(name, store, line):
     assert [s["question_id"] for s in spoken] == list(range(8))
     errors = re.findall(r"system-log: ERROR reference-mel: \[(\w+)\]", out)
     assert errors == ["bad_ref_audio", "unknown_voice", "bad_text"]
-    assert "VOICE:CUSTOM ref_audio /etc/hostname leads to /etc/hostname, outside the folders" in out
+    assert "VOICE:CUSTOM ref_audio /etc/hostname is not a file inside the folders a CUSTOM path may lead into" in out
     assert "add its folder to REF_AUDIO_ROOTS" in out
 
 

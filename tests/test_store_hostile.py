@@ -448,3 +448,55 @@ def test_an_event_never_replaces_a_spectrogram_the_library_cannot_recompute(libr
                            ("pointed", library["codes_dir"] / "stranger_mel.bin")):
             [mel] = [o for o in fresh.handle("voice", pa.array([name]), {}) if o.output_id == "mel"]
             assert np.asarray(mel.value).tobytes() == kept[path], name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["kernel", "stat"])
+def test_a_clip_swapped_for_a_link_out_is_never_served(library, tmp_path, monkeypatch, where):
+    """Someone who can write in a root swaps the clip for a link to a file outside, again and again, while
+    CUSTOM switches name it: the file read is the file judged, so the outside file is never served.
+    where: how the descriptor's file is located (the kernel's name for it, or, where the system has none,
+    the path resolved again and compared by device and inode)."""
+    import threading
+
+    from dora_reference_mel import files
+
+    if where == "stat":
+        monkeypatch.setattr(files, "descriptor_path", lambda fd: None)
+    secret = tmp_path / "outside" / "secret.wav"
+    secret.parent.mkdir()
+    shutil.copy(ROOT / "models/voices/cleo.wav", secret)
+    voices = library["models"] / "voices"
+    keep, clip, swap = voices / "keep.wav", voices / "clip.wav", voices / ".swap"
+    shutil.copy(ROOT / "models/voices/basil.wav", keep)
+    os.link(keep, clip)
+    service = ReferenceMelService(Config.from_env(library["env"]))
+
+    def switch(path):
+        return [o for o in service.handle("text", pa.array([f"VOICE:CUSTOM|{path}|Hello.|en|Hi."]), {})
+                if o.output_id != "log"][0]
+
+    inside = np.asarray(switch(keep).value)
+    stop = threading.Event()
+
+    def swapper():
+        while not stop.is_set():
+            os.symlink(secret, swap)
+            os.replace(swap, clip)
+            os.link(keep, swap)
+            os.replace(swap, clip)
+
+    thread = threading.Thread(target=swapper)
+    thread.start()
+    answers = []
+    try:
+        for _ in range(400):
+            answers.append(switch(clip))
+    finally:
+        stop.set()
+        thread.join()
+    served = [np.asarray(a.value) for a in answers if a.output_id == "mel"]
+    refused = [json.loads(a.value[0].as_py()) for a in answers if a.output_id == "error"]
+    assert served and all(np.array_equal(mel, inside) for mel in served)  # basil's, never cleo's
+    assert {body["error"] for body in refused} <= {"bad_ref_audio"}, refused[:3]
+    assert all(str(secret) not in body["message"] for body in refused)

@@ -21,8 +21,8 @@ ERROR_CODES = {
     "unknown_voice": "a voice name neither in voices.json nor in the codes directory",
     "ambiguous_voice": "a voice name that matches two voices of voices.json",
     "no_ref_audio": "a voice with neither a ref_audio nor a usable precomputed spectrogram",
-    "bad_ref_audio": "the voice's (or a CUSTOM or TRAINED) ref_audio is missing, not readable audio, or (CUSTOM and "
-                     "TRAINED only) outside REF_AUDIO_ROOTS",
+    "bad_ref_audio": "the voice's (or a CUSTOM or TRAINED) ref_audio is missing, not readable audio, decodes to more "
+                     "samples than MAX_REF_SECONDS allows, or (CUSTOM and TRAINED only) outside REF_AUDIO_ROOTS",
     "bad_codes": "the voice's codes file is truncated, of a non-integer dtype, or has values outside 0..1023",
     "bad_voices_config": "voices.json (or one entry of it) is unreadable, not JSON, or of the wrong shape",
     "unknown_input": "an event on an input the node does not have",

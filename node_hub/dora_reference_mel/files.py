@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
+import fcntl
 import logging
 import os
 import stat
@@ -23,6 +25,13 @@ log = logging.getLogger(__name__)
 TEMP_PREFIX = ".rmel-"  # every temporary file this package writes; older ones are crash leftovers
 LEFTOVER_AGE_S = 600  # a writer finishes in well under this; older temporaries belong to no one
 SETTLED_NS = 2_000_000_000  # coarser than any file system's timestamp tick (FAT: 2 s)
+# Decoded samples (frames x channels) a reference file may hold per second of MAX_REF_SECONDS: 48 kHz
+# stereo. The header's rate, channels and length are each bounded, but their product is what decoding
+# allocates (64 channels at 192 kHz for 59 s would be 5.8 GB of float32 from a 116 KiB OGG).
+MAX_DECODED_SAMPLES_PER_SECOND = 96_000
+# Why a path from an event is not read, whatever the cause (outside, missing outside, a link out, no
+# permission): one wording, so that the answer tells nothing of the files outside the roots.
+OUTSIDE_ROOTS = "is not a file inside the folders a CUSTOM path may lead into"
 
 
 class StoreFileError(Exception):
@@ -77,33 +86,93 @@ def is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def resolved(path) -> str:
+    """os.path.realpath of `path`, or StoreFileError when a link on the way cannot be read (a folder
+    without search permission, /proc/<pid>/cwd of another user's process): the one path resolution."""
+    try:
+        return os.path.realpath(path)
+    except (OSError, ValueError) as err:
+        raise StoreFileError(path, f"cannot be resolved ({getattr(err, 'strerror', None) or err})") from None
+
+
 def real_inside(real: str, roots: Iterable[Path]) -> bool:
-    """Whether the resolved path `real` lies in one of `roots` (resolved too)."""
-    return any(os.path.commonpath([real, root]) == root for root in map(os.path.realpath, roots))
+    """Whether the resolved path `real` lies in one of `roots` (resolved too; one that cannot be is no root)."""
+    for root in roots:
+        with contextlib.suppress(StoreFileError):
+            root = resolved(root)
+            if os.path.commonpath([real, root]) == root:
+                return True
+    return False
+
+
+def descriptor_path(fd: int) -> str | None:
+    """Where the kernel says the file open on `fd` lies (Linux: /proc/self/fd, macOS: F_GETPATH), or
+    None where the system cannot say."""
+    try:
+        if hasattr(fcntl, "F_GETPATH"):
+            return os.fsdecode(fcntl.fcntl(fd, fcntl.F_GETPATH, bytes(1024)).split(b"\0", 1)[0])
+        where = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None
+    return where if where.startswith("/") else None
+
+
+def opened_inside(fd: int, st: os.stat_result, real: str, roots: Sequence[Path]) -> bool:
+    """Whether the file open on `fd` (fstat `st`, opened as `real`) lies in one of `roots`, judged on the
+    descriptor: a link or folder swapped in between the check of the path and its open cannot lead the
+    read elsewhere. Where the system cannot name a descriptor's file, `real` is resolved again after the
+    open and must still lead into the roots, to this very file (device and inode)."""
+    where = descriptor_path(fd)
+    if where is None:
+        try:
+            where = resolved(real)
+            now = os.stat(where)
+        except (StoreFileError, OSError):
+            return False
+        if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+            return False
+    return real_inside(where, roots)
 
 
 @contextlib.contextmanager
 def open_regular(path: Path, roots: Sequence[Path] | None, max_bytes: int):
     """An open binary file object for `path` and its FileStamp, or StoreFileError.
 
-    Links are resolved first and the target must lie inside one of `roots` (None: anywhere). Opened
-    with O_NONBLOCK, so a FIFO cannot block; then fstat must say regular file and at most max_bytes."""
+    Opened with O_NONBLOCK, so a FIFO cannot block; then fstat of the descriptor must say regular file
+    and at most max_bytes. With `roots` (a path from an event), the path must resolve inside one of
+    them; the resolved path is opened without following a link in its last part, and the descriptor's
+    own file must lie inside the roots too: the file read is the file judged (OUTSIDE_ROOTS otherwise)."""
     path = Path(path)
-    real = os.path.realpath(path)  # resolved once: the folder check and the open see the same target
-    if roots is not None and not real_inside(real, roots):
-        raise StoreFileError(path, f"leads outside REF_AUDIO_ROOTS and the models folders (to {real}); not read")
+    target, no_follow = path, 0
+    if roots is not None:
+        try:
+            target = resolved(path)
+        except StoreFileError:
+            raise StoreFileError(path, OUTSIDE_ROOTS) from None
+        if not real_inside(target, roots):
+            raise StoreFileError(path, OUTSIDE_ROOTS)
+        no_follow = getattr(os, "O_NOFOLLOW", 0)
     try:
-        fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(target, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | no_follow)
     except FileNotFoundError:
         raise StoreFileError(path, "does not exist", missing=True) from None
-    except (OSError, ValueError) as err:
+    except OSError as err:
+        if no_follow and err.errno == errno.ELOOP:  # a link put in place since the path was resolved
+            raise StoreFileError(path, OUTSIDE_ROOTS) from None
+        raise StoreFileError(path, f"cannot be opened ({err.strerror})") from None
+    except ValueError as err:
         raise StoreFileError(path, f"cannot be opened ({err})") from None
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode) or st.st_size > max_bytes:
-        os.close(fd)
+    try:
+        st = os.fstat(fd)
+        if roots is not None and not opened_inside(fd, st, target, roots):
+            raise StoreFileError(path, OUTSIDE_ROOTS)
         if not stat.S_ISREG(st.st_mode):
             raise StoreFileError(path, "is not a regular file (a FIFO, device or folder); not read")
-        raise StoreFileError(path, f"holds {st.st_size} bytes, more than the {max_bytes} this file may hold")
+        if st.st_size > max_bytes:
+            raise StoreFileError(path, f"holds {st.st_size} bytes, more than the {max_bytes} this file may hold")
+    except BaseException:
+        os.close(fd)
+        raise
     with os.fdopen(fd, "rb") as f:
         yield f, FileStamp.of_stat(st)
 
@@ -123,7 +192,9 @@ def read_audio(path: Path, roots: Sequence[Path] | None, max_seconds: float, *,
                fix: str = "fix the path") -> tuple[np.ndarray, int, FileStamp]:
     """A reference audio file as float32 [n, channels], its rate and stamp; `bad_ref_audio` (or
     `too_long`) when it cannot serve, the message ending with `fix`. The header is checked before any
-    sample is decoded: rate, channels and length bound what decoding may allocate."""
+    sample is decoded: rate, channels, length and the decoded size they make (at most
+    MAX_DECODED_SAMPLES_PER_SECOND x max_seconds samples) bound what decoding may allocate. Decoded from
+    the descriptor open_regular checked, never reopened by name."""
     import soundfile
 
     def refuse(why: str, code: str = "bad_ref_audio"):
@@ -135,7 +206,10 @@ def read_audio(path: Path, roots: Sequence[Path] | None, max_seconds: float, *,
                 info = soundfile.info(f)
                 f.seek(0)
             except (RuntimeError, OSError, ValueError, TypeError) as err:  # LibsndfileError is a RuntimeError
-                raise refuse(f"is not readable audio ({str(err)[:200]}); use WAV, FLAC or OGG") from None
+                # its str() names the file object (<_io.BufferedReader name=49>), not the file
+                why = (getattr(err, "error_string", None) or type(err).__name__)[:200]
+                raise refuse(f"is not readable audio: not in a format libsndfile reads ({why}); convert it to one "
+                             f"it reads: {audio_formats()}") from None
             if not MIN_SAMPLE_RATE <= info.samplerate <= MAX_SAMPLE_RATE:
                 raise refuse(f"declares {info.samplerate} Hz, outside {MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE} Hz; "
                              "resample it to a standard rate such as 16000, 24000, 32000 or 48000 Hz", "bad_sample_rate")
@@ -145,10 +219,17 @@ def read_audio(path: Path, roots: Sequence[Path] | None, max_seconds: float, *,
             if info.frames > max_seconds * info.samplerate:
                 raise refuse(f"is {info.frames / info.samplerate:.1f} s, over MAX_REF_SECONDS={max_seconds:g} "
                              "(use 3 to 10 s of speech, or raise MAX_REF_SECONDS)", "too_long")
+            budget = int(max_seconds * MAX_DECODED_SAMPLES_PER_SECOND)
+            if info.frames * info.channels > budget:
+                raise refuse(
+                    f"declares {info.channels} channels at {info.samplerate} Hz for {info.frames / info.samplerate:.1f} s: "
+                    f"{info.frames * info.channels} samples, over the {budget} that MAX_REF_SECONDS={max_seconds:g} "
+                    f"allows ({max_seconds:g} s of 48 kHz stereo); downmix it to mono or stereo and resample it "
+                    "to 48 kHz or less (or raise MAX_REF_SECONDS)")
             try:
                 samples, sample_rate = soundfile.read(f, dtype="float32", always_2d=True)
             except (RuntimeError, OSError, ValueError, TypeError, MemoryError) as err:
-                raise refuse(f"is not readable audio ({str(err)[:200]}); use WAV, FLAC or OGG") from None
+                raise refuse(f"is not readable audio ({str(err)[:200]}); convert it to WAV or FLAC") from None
     except StoreFileError as err:
         raise refuse(err.reason) from None
     if samples.shape[0] == 0:
@@ -156,6 +237,11 @@ def read_audio(path: Path, roots: Sequence[Path] | None, max_seconds: float, *,
     return samples, int(sample_rate), stamp
 
 
+def audio_formats() -> str:
+    """The formats the installed libsndfile reads, as a message lists them."""
+    import soundfile
+
+    return ", ".join(name for name in soundfile.available_formats() if name != "RAW")  # RAW has no header
 
 
 def atomic_write(path: Path, data: bytes, *, like: os.stat_result | None = None) -> None:

@@ -380,7 +380,7 @@ class ReferenceMelService:
                 f"{preset.name} spectrogram {why}; add ref_audio or run `reference-mel precompute`",
                 voice=request.voice.name)
         if request.voice is None:  # a CUSTOM path, from an event
-            fix = "send the path of a WAV, FLAC or OGG file inside REF_AUDIO_ROOTS"
+            fix = "send the path of an audio file inside REF_AUDIO_ROOTS"
         else:
             fix = f"fix voice {shown(request.voice.name)}'s ref_audio in {self.store.library.path} (VOICES_CONFIG)"
         samples, sample_rate, stamp = self.store.read_audio(request.audio_path, request.roots, fix)

@@ -15,7 +15,7 @@ operator and every `reference-mel` command call it and nothing else. It returns 
   directory are the owner's configuration, so their paths are read wherever they lead (as the MLX
   primespeech node reads them); a path that arrives inside an event (VOICE:CUSTOM) is read only
   inside `event_roots()` (REF_AUDIO_ROOTS, the models root, the library's models_base_path and the codes
-  directory);
+  directory), judged again on the descriptor it is read through (files.open_regular);
 - a pair is checked whole (sidecar, size, data digest, finite values) once per unchanged file: later
   lookups compare the stat stamps of both files (the data's from the descriptor they read) and read
   the data without checking it again; any change to either file, or a stamp too recent to tell, means
@@ -48,14 +48,17 @@ from .codes import parse_codes
 from .contract import FRAMES_BINS
 from .errors import ReferenceMelError
 from .files import (
+    OUTSIDE_ROOTS,
     FileStamp,
     StoreFileError,
     atomic_write,
+    audio_formats,
     is_int,
     read_audio,
     read_regular,
     real_inside,
     remove_leftovers,
+    resolved,
     settled,
 )
 from .library import Voice, VoiceLibrary, mel_file_stem
@@ -170,24 +173,29 @@ class ReferenceStore:
     def event_audio_path(self, given: str) -> Path:
         """The resolved path of an audio file named inside an event (VOICE:CUSTOM), or `bad_ref_audio`
         naming the fix: the path checked as text first, `~` expanded, a relative one taken from the
-        working folder (as primespeech takes it), then it must exist and lead into event_roots()."""
+        working folder (as primespeech takes it), then it must lead into event_roots() and exist. Any path
+        that does not lead there (missing, a link out, unresolvable) gets one answer, which never says
+        where it leads. read_audio checks the file it opens again."""
         problem = path_problem(given)
         if problem:
             raise ReferenceMelError("bad_ref_audio", f"VOICE:CUSTOM ref_audio {shown(given)} {problem}; send the "
-                                    "path of a WAV, FLAC or OGG file")
+                                    f"path of an audio file ({audio_formats()})")
         expanded = os.path.expanduser(given)  # os.path's: Path.expanduser raises on ~nosuchuser
-        real = os.path.realpath(os.path.abspath(expanded))
         relative = "" if os.path.isabs(expanded) else (
             f" (a relative path is taken from the node's working folder {os.getcwd()})")
+        roots = self.event_roots()
+        try:
+            real = resolved(os.path.abspath(expanded))
+        except StoreFileError:
+            real = None
+        if real is None or not real_inside(real, roots):
+            raise ReferenceMelError(
+                "bad_ref_audio", f"VOICE:CUSTOM ref_audio {shown(given)} {OUTSIDE_ROOTS} (REF_AUDIO_ROOTS: "
+                f"{', '.join(map(str, roots))}){relative}; add its folder to REF_AUDIO_ROOTS on the reference-mel "
+                "node, or move the clip into one of them")
         if not os.path.lexists(real):
             raise ReferenceMelError("bad_ref_audio", f"VOICE:CUSTOM ref_audio {shown(given)} does not exist{relative}; "
                                     "send an absolute path")
-        roots = self.event_roots()
-        if not real_inside(real, roots):
-            raise ReferenceMelError(
-                "bad_ref_audio", f"VOICE:CUSTOM ref_audio {shown(given)} leads to {shown(real)}, outside the folders "
-                f"a CUSTOM path may name (REF_AUDIO_ROOTS: {', '.join(map(str, roots))}){relative}; add its folder "
-                "to REF_AUDIO_ROOTS on the reference-mel node, or move the clip into one of them")
         return Path(real)
 
     @classmethod
