@@ -19,7 +19,7 @@ import yaml
 from dora_reference_mel.config import Config
 from dora_reference_mel.contract import MEL_OUTPUT, REFERENCE_KEY, TEXT_OUTPUT
 from dora_reference_mel.service import ReferenceMelService
-from helpers import DORA_LINES, PROMPTS, ROOT, cluster, dora, spoken, user_home, with_stand_ins
+from helpers import BIN, DORA_LINES, PROMPTS, ROOT, cluster, dora, spoken, user_home, with_stand_ins
 
 pytestmark = pytest.mark.dataflow
 TWO_MACHINES = ROOT / "dataflows" / "two-machines"
@@ -160,3 +160,8 @@ def test_three_tts_nodes_each_with_its_own_reference_mel(tmp_path, line):
     assert all(len(found) == 1 for found in digests.values()), digests  # one spectrogram per voice, whoever served it
     stored = sorted(p.name for p in user["codes_dir"].iterdir())
     assert not [name for name in stored if name.endswith(".tmp")], stored  # the shared folder holds whole files only
+    verify = subprocess.run([str(BIN / "reference-mel"), "verify"], env={**os.environ, **user["env"]},
+                            capture_output=True, text=True, timeout=300)
+    assert verify.returncode == 0 and "verify: 0 stale or corrupt" in verify.stdout, verify.stdout
+    # four files: linked's recording is absolute's, so it is served from the cache and never computed
+    assert len(re.findall(r"^ok ", verify.stdout, re.M)) == 4, verify.stdout
