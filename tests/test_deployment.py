@@ -1,12 +1,15 @@
 """One dataflow over two dora daemons, as docs/deployment.md tells users to run it: a coordinator and two
 daemons on loopback (free ports, no multicast), of each dora line, running the shipped two-machine
 dataflows with only MoFA's dynamic prompt node and the TTS nodes replaced by stand-ins. Every mel must
-arrive byte-identical to the node's own in-process answer, and every text in order."""
+arrive byte-identical to the node's own in-process answer, and every text in order. On one machine,
+several TTS nodes each with its own reference-mel, all sharing one codes directory."""
 
 import contextlib
 import json
 import os
+import re
 import signal
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -20,7 +23,7 @@ import yaml
 from dora_reference_mel.config import Config
 from dora_reference_mel.contract import MEL_OUTPUT, REFERENCE_KEY, TEXT_OUTPUT
 from dora_reference_mel.service import ReferenceMelService
-from helpers import DORA_LINES, PROMPTS, ROOT, cluster, spoken, user_home, with_stand_ins
+from helpers import BIN, DORA_LINES, PROMPTS, ROOT, cluster, dora, spoken, user_home, with_stand_ins
 
 pytestmark = pytest.mark.dataflow
 TWO_MACHINES = ROOT / "dataflows" / "two-machines"
@@ -139,3 +142,71 @@ def test_restart_policy_brings_the_node_back_with_the_voice_it_last_switched_to(
     assert len(after_restart) > 1, out[-3000:]  # texts were spoken by the restarted node, before the last switch
     assert {e["voice"] for e in spoken(transcript)[:-1]} == {"absolute"}, out[-3000:]
     assert not processes_marked(marker)
+
+
+# -- several TTS nodes on one machine, each with its own reference-mel (docs/primespeech.md) ------------
+
+# Each participant's texts, and the voice (voices.json key) each must be spoken with: at every position
+# the three participants speak with different voices, so a switch reaching another participant shows.
+PARTICIPANTS = {
+    "student1": [("student1: before any switch, the startup voice.", "absolute"),
+                 ("VOICE:linked|student1: a symlinked recording.", "linked"),
+                 ("student1: still the linked voice.", "linked"),
+                 ('{"prompt": "VOICE:Doubao|student1: by display name, wrapped in JSON."}', "doubao")],
+    "student2": [("student2: before any switch, the startup voice.", "doubao"),
+                 ("VOICE:absolute|student2: a recording named by an absolute path.", "absolute"),
+                 ("VOICE:Tilde|student2: by alias, under ~.", "tilde"),
+                 ("student2: still the tilde voice.", "tilde")],
+    "tutor": [("tutor: before any switch, the startup voice.", "tilde"),
+              ("VOICE:罗翔|tutor: a CJK alias.", "luoxiang"),
+              ("VOICE:absolute|tutor: the voice student2 took first.", "absolute"),
+              ("VOICE:Nobody|tutor: an unknown voice, the voice before it speaks.", "absolute")],
+}
+
+
+def voice_chat_wiring(tmp_path, transcripts: dict) -> str:
+    """docs/primespeech.md's voice-chat YAML, with a scripted text source per segmenter output and the
+    TTS nodes replaced by stand-ins."""
+    doc = (ROOT / "docs" / "primespeech.md").read_text()
+    nodes = yaml.safe_load(re.search(r"<!-- wiring:voice-chat -->\n```yaml\n(.*?)```", doc, re.S).group(1))
+    for node in list(nodes):
+        source = node["inputs"]["text"]["source"]
+        if source.startswith("multi-text-segmenter/"):  # one scripted source in place of each segmenter output
+            participant, output = node["id"].removeprefix("reference-mel-"), source.split("/")[1]
+            node["inputs"]["text"]["source"] = f"text-{participant}/{output}"
+            nodes.append({"id": f"text-{participant}", "path": str(ROOT / "node_hub/demo_nodes/prompt_source.py"),
+                          "inputs": {"tick": "dora/timer/millis/150"}, "outputs": [output],
+                          "env": {"OUTPUT": output,
+                                  "PROMPTS": json.dumps([text for text, _ in PARTICIPANTS[participant]])}})
+    path = tmp_path / "voice-chat.yml"
+    path.write_text(yaml.safe_dump({"nodes": with_stand_ins(nodes, [], transcripts)}, allow_unicode=True))
+    return str(path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("line", list(DORA_LINES))
+def test_three_tts_nodes_each_with_its_own_reference_mel(tmp_path, line):
+    user = user_home(tmp_path)
+    library = json.loads((user["models"] / "voices.json").read_text())
+    library["voices"]["absolute"]["aliases"] = ["Zhao Daniu"]  # the doc's startup voices
+    library["voices"]["tilde"]["aliases"].append("Ma Yun")
+    (user["models"] / "voices.json").write_text(json.dumps(library, ensure_ascii=False))
+    transcripts = {f"primespeech-{p}": tmp_path / f"{p}.jsonl" for p in PARTICIPANTS}
+    result = dora("run", voice_chat_wiring(tmp_path, transcripts), line=line, cwd=tmp_path, env=user["env"])
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-4000:]
+    assert "Traceback" not in out, out[-4000:]
+    digests = {}
+    for participant, expected in PARTICIPANTS.items():
+        texts = spoken(transcripts[f"primespeech-{participant}"])
+        assert [(t["text"], t["voice"]) for t in texts] == expected, (participant, out[-3000:])  # all, in order
+        for t in texts:
+            digests.setdefault(t["voice"], set()).add(t["digest"])
+    assert all(len(found) == 1 for found in digests.values()), digests  # one spectrogram per voice, whoever served it
+    stored = sorted(p.name for p in user["codes_dir"].iterdir())
+    assert not [name for name in stored if name.endswith(".tmp")], stored  # the shared folder holds whole files only
+    verify = subprocess.run([str(BIN / "reference-mel"), "verify"], env={**os.environ, **user["env"]},
+                            capture_output=True, text=True, timeout=300)
+    assert verify.returncode == 0 and "verify: 0 stale or corrupt" in verify.stdout, verify.stdout
+    # four files: linked's recording is absolute's, so it is served from the cache and never computed
+    assert len(re.findall(r"^ok ", verify.stdout, re.M)) == 4, verify.stdout
