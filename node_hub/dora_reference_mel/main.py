@@ -26,6 +26,7 @@ from .contract import (
     TEXT_OUTPUT,
     WARMUP_OUTPUT,
     error_value,
+    log_value,
 )
 from .errors import ReferenceMelError
 from .names import shown
@@ -149,6 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     node = Node()
     sent = collections.Counter()
     prewarm_transport(node, service)
+    send_outputs(node.send_output, start_warnings(node, service), sent)
     send_outputs(node.send_output, service.startup(), sent)  # the startup voice's mel, before any event
     # STOP is not the end of the inputs: dora still delivers the inputs queued before it (a source that
     # sends a burst and exits). The loop runs until dora ends the stream, so none of them is dropped.
@@ -161,6 +163,42 @@ def main(argv: list[str] | None = None) -> None:
         elif kind == "ERROR":
             log.warning("dora error event: %s", event.get("error"))
     log_stop(service, sent)
+
+
+def start_warnings(node, service: ReferenceMelService) -> list[Output]:
+    """What the dataflow and voices.json get wrong, found at start: logged once, and sent on `log`."""
+    messages = inputs_without_backpressure(node)
+    try:
+        messages += service.store.library.collisions()
+    except ReferenceMelError:  # an unusable voices.json: the library has logged it, and every event says it
+        pass
+    for message in messages:
+        log.warning("%s", message)
+    return [Output(LOG_OUTPUT, log_value("WARNING", message, service.node_name), {}) for message in messages]
+
+
+def inputs_without_backpressure(node) -> list[str]:
+    """A message for each of this node's inputs wired without `queue_policy: backpressure`: dora 1.1's
+    default policy drops the oldest message of a full queue without a word (docs/delivery.md), and a
+    lost text is never spoken. dora 0.4 has no queue policy, so there is nothing to say there."""
+    import dora
+
+    if not getattr(dora, "__version__", "0").startswith("1."):
+        return []
+    try:
+        inputs = node.node_config().get("inputs") or {}
+    except (RuntimeError, AttributeError):  # dora's test mode has no dataflow configuration
+        return []
+    messages = []
+    for name, spec in inputs.items():
+        spec = spec if isinstance(spec, dict) else {"source": spec}
+        if name in INPUTS and spec.get("queue_policy") != "backpressure":
+            messages.append(
+                f"input {name} (from {spec.get('source')}) has no queue_policy: backpressure, so dora drops its "
+                f"messages when its queue is full and a lost {name} is never answered; wire it as `{name}: "
+                f"{{source: {spec.get('source')}, queue_size: {spec.get('queue_size', 100)}, queue_policy: "
+                "backpressure}` in the dataflow")
+    return messages
 
 
 def prewarm_transport(node, service: ReferenceMelService) -> None:
