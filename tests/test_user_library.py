@@ -18,7 +18,7 @@ import yaml
 from dora_reference_mel import reference_mel, resample, signal
 from dora_reference_mel.config import Config
 from dora_reference_mel.service import ReferenceMelService
-from helpers import BIN, DORA_LINES, PROMPTS, ROOT, dora, run_node, user_home, with_stand_ins
+from helpers import BIN, DORA_LINES, PROMPTS, ROOT, dora, user_home, with_stand_ins
 
 
 def readme_wiring(tmp_path, transcript) -> str:
