@@ -135,7 +135,7 @@ def check_arguments(args: list[str]) -> None:
 
 def started_by_dora(env=os.environ) -> bool:
     """Whether dora started this process: its daemon sets DORA_NODE_CONFIG, its test mode DORA_TEST_WITH_INPUTS."""
-    return bool(env.get("DORA_NODE_CONFIG") or env.get("DORA_TEST_WITH_INPUTS"))
+    return any(env.get(name) for name in ("DORA_NODE_CONFIG", "DORA_TEST_WITH_INPUTS"))
 
 
 def main(argv: list[str] | None = None) -> None:
