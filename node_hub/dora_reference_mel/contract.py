@@ -78,7 +78,7 @@ MEL_METADATA = {
     "write_back": ("str", False, '"written", "failed", "off" or "skipped" (a voice voices.json does not list, once '
                    'the codes directory holds 256 of them): what happened to a computed spectrogram'),
     "warnings": ("list[str]", False, "legal but suspicious input (duration outside 3 to 10 s, peak > 2); on every "
-                 "serving of that reference, also on `log`"),
+                 "serving of that reference, and on the log output"),
     "request_id_generated": ("bool", False, "true when the input had no request_id"),
     "startup": ("bool", False, "true on the startup voice's mel (VOICE_CHARACTER / VOICE_NAME)"),
 }
