@@ -188,6 +188,7 @@ def test_scripts_demo_sh_shows_voice_switches_and_a_second_run_serves_the_store(
     for run in runs:
         assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
     assert "is up to date" in runs[1].stdout + runs[1].stderr  # the second run installs nothing
+    assert not any(".venv-dora04" in run.stdout + run.stderr for run in runs)  # the demo runs on .venv alone
     lines = [json.loads(line) for line in (ROOT / "out/demo-switches/tts.jsonl").read_text().splitlines()]
     spoken = [line for line in lines if "text" in line]
     assert len(spoken) == 14 and [s["voice"] for s in spoken[:7]] == [
