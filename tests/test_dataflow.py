@@ -161,12 +161,13 @@ for event in Node():
 @pytest.mark.slow
 def test_an_input_without_backpressure_is_named_once_at_start(tmp_path):
     """dora 1.1 drops the oldest message of a full queue under its default policy: the node reads its
-    own wiring and says, on its log and its `log` output, which input lacks backpressure and the fix."""
+    own wiring and says, on its log and its `log` output, which input lacks backpressure and the fix.
+    dora 0.4 has no queue policy: there it says nothing."""
     library = copy_library(tmp_path)
     (tmp_path / "log_sink.py").write_text(LOG_SINK)
     backpressure = {"queue_size": 100, "queue_policy": "backpressure"}
     outputs = {}
-    for policy in ("default", "backpressure"):
+    for line, policy in (("1.1", "default"), ("1.1", "backpressure"), ("0.4", "default")):
         text = {"source": "prompts/control", "queue_size": 100, **({"queue_policy": policy} if policy != "default" else {})}
         nodes = [
             {"id": "prompts", "path": str(ROOT / "node_hub/demo_nodes/prompt_source.py"), "outputs": ["control"],
@@ -180,15 +181,15 @@ def test_an_input_without_backpressure_is_named_once_at_start(tmp_path):
             {"id": "log-sink", "path": str(tmp_path / "log_sink.py"),
              "inputs": {"log": {"source": "reference-mel/log", **backpressure}}},
         ]
-        flow = tmp_path / f"{policy}.yml"
+        flow = tmp_path / f"{line}-{policy}.yml"
         flow.write_text(yaml.safe_dump({"nodes": nodes}))
-        result = dora("run", str(flow), cwd=tmp_path)
-        outputs[policy] = result.stdout + result.stderr
-        assert result.returncode == 0, outputs[policy][-4000:]
-        assert "tts: spoke 2 texts" in outputs[policy]
+        result = dora("run", str(flow), line=line, cwd=tmp_path)
+        outputs[line, policy] = result.stdout + result.stderr
+        assert result.returncode == 0, outputs[line, policy][-4000:]
+        assert "tts: spoke 2 texts" in outputs[line, policy]
     wanted = "input text (from prompts/control) has no queue_policy: backpressure"
     fix = "text: {source: prompts/control, queue_size: 100, queue_policy: backpressure}"
-    unwired = outputs["default"]
+    unwired = outputs["1.1", "default"]
     assert unwired.count(f"log-sink: {wanted}") == 1 and fix in unwired
     assert len(re.findall(f"reference-mel.*WARNING.*{re.escape(wanted)}", unwired)) == 1  # the node's own log
-    assert "queue_policy" not in outputs["backpressure"]
+    assert "queue_policy" not in outputs["1.1", "backpressure"] + outputs["0.4", "default"]
