@@ -256,3 +256,19 @@ def test_get_preset_applies_the_resampler_to_a_preset_object():
     assert get_preset(v2, resampler="soxr_hq").resampler == "soxr_hq"
     assert get_preset(get_preset("v2", resampler="soxr_hq")).resampler == "soxr_hq"
     assert get_preset(v2, v2_bins=1025).n_bins == 1025
+
+
+def test_verify_and_list_name_voices_json_collisions(library):
+    voices = json.loads(library["voices"].read_text())
+    voices["voices"]["Narrator"] = dict(voices["voices"]["aria"], aliases=["Teller"])
+    voices["voices"]["narrator"] = dict(voices["voices"]["basil"], aliases=["teller", "Basil"])  # a key wins
+    library["voices"].write_text(json.dumps(voices))
+    env = {**os.environ, **library["env"]}
+    verify = cli("verify", env=env)
+    listed = cli("list", env=env)
+    as_json = json.loads(cli("list", "--json", env=env).stdout)
+    assert "'basil' matches" not in verify.stdout + listed.stdout
+    for name in ("'narrator' matches 2 voices", "'teller' matches 2 voices"):
+        assert f"ambiguous voice {name}" in verify.stdout, verify.stdout
+        assert f"ambiguous name: voice {name}" in listed.stdout, listed.stdout
+        assert sum(name in message for message in as_json["collisions"]) == 1
