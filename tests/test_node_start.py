@@ -1,6 +1,7 @@
 """The node's start, as users meet it: its command line, a start outside dora, and what it finds wrong
 at start (voices.json's name collisions; MLX's kernels to build)."""
 
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -32,7 +33,8 @@ def test_help_prints_usage_without_warming_up(flag, tmp_path):
 
 def test_version_prints_the_package_version(tmp_path):
     result = run_by_hand("--version", tmp_path=tmp_path)
-    assert result.returncode == 0 and result.stdout.strip() == "dora-reference-mel 0.1.0"
+    version = importlib.metadata.version("dora-reference-mel")
+    assert result.returncode == 0 and result.stdout.strip() == f"dora-reference-mel {version}"
 
 
 @pytest.mark.parametrize("args", [["--voice", "aria"], ["flow.yml"]])
