@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Sets up .venv and runs every test: lint, the recipe parity matrix, store, node replay, real dataflows.
+# Sets up .venv and .venv-dora04 and runs every test: lint, the recipe parity matrix, store, node replay, real dataflows.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

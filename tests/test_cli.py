@@ -363,3 +363,19 @@ def test_precompute_and_verify_with_a_codes_dir_named_in_bytes_that_are_not_utf8
     assert listed.returncode == 0 and "Traceback" not in listed.stderr and "20 voices in voices.json" in listed.stdout
     listed = cli("list", "--json", *args)  # the folder's name escaped, as JSON writes a lone surrogate
     assert listed.returncode == 0 and json.loads(listed.stdout)["codes_dir"] == str(codes)
+
+
+def test_verify_and_list_name_voices_json_collisions(library):
+    voices = json.loads(library["voices"].read_text())
+    voices["voices"]["Narrator"] = dict(voices["voices"]["aria"], aliases=["Teller"])
+    voices["voices"]["narrator"] = dict(voices["voices"]["basil"], aliases=["teller", "Basil"])  # a key wins
+    library["voices"].write_text(json.dumps(voices))
+    env = {**os.environ, **library["env"]}
+    verify = cli("verify", env=env)
+    listed = cli("list", env=env)
+    as_json = json.loads(cli("list", "--json", env=env).stdout)
+    assert "'basil' matches" not in verify.stdout + listed.stdout
+    for name in ("'narrator' matches 2 voices", "'teller' matches 2 voices"):
+        assert f"ambiguous voice {name}" in verify.stdout, verify.stdout
+        assert f"ambiguous name: voice {name}" in listed.stdout, listed.stdout
+        assert sum(name in message for message in as_json["collisions"]) == 1

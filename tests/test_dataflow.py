@@ -1,5 +1,6 @@
 """dataflows/tts.yml with the real dora CLI and daemon, both ways users start it."""
 
+import json
 import re
 import shutil
 import subprocess
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import ROOT, dora
+from helpers import ROOT, copy_library, dora
 
 DATAFLOWS = ROOT / "dataflows"
 STORE = ROOT / "out" / "demo-store"
@@ -147,3 +148,48 @@ def test_every_shipped_input_uses_backpressure():
                 if isinstance(spec, str) and spec.startswith("dora/timer/"):
                     continue  # a lost tick only delays the next line of a scripted source
                 assert isinstance(spec, dict) and spec.get("queue_policy") == "backpressure", (path.name, node["id"], name)
+
+
+LOG_SINK = """import json
+from dora import Node
+for event in Node():
+    if event["type"] == "INPUT":
+        print("log-sink:", json.loads(event["value"][0].as_py())["message"], flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_an_input_without_backpressure_is_named_once_at_start(tmp_path):
+    """dora 1.1 drops the oldest message of a full queue under its default policy: the node reads its
+    own wiring and says, on its log and its `log` output, which input lacks backpressure and the fix.
+    dora 0.4 has no queue policy: there it says nothing."""
+    library = copy_library(tmp_path)
+    (tmp_path / "log_sink.py").write_text(LOG_SINK)
+    backpressure = {"queue_size": 100, "queue_policy": "backpressure"}
+    outputs = {}
+    for line, policy in (("1.1", "default"), ("1.1", "backpressure"), ("0.4", "default")):
+        text = {"source": "prompts/control", "queue_size": 100, **({"queue_policy": policy} if policy != "default" else {})}
+        nodes = [
+            {"id": "prompts", "path": str(ROOT / "node_hub/demo_nodes/prompt_source.py"), "outputs": ["control"],
+             "inputs": {"tick": "dora/timer/millis/150"},
+             "env": {"OUTPUT": "control", "PROMPTS": json.dumps(["VOICE:aria|Hello.", "Plain text."])}},
+            {"id": "reference-mel", "path": "dora-reference-mel", "inputs": {"text": text},
+             "outputs": ["mel", "text", "error", "log"], "env": library["env"]},
+            {"id": "tts", "path": str(ROOT / "node_hub/demo_nodes/tts_standin.py"),
+             "inputs": {"text": {"source": "reference-mel/text", **backpressure},
+                        "reference": {"source": "reference-mel/mel", **backpressure}}},
+            {"id": "log-sink", "path": str(tmp_path / "log_sink.py"),
+             "inputs": {"log": {"source": "reference-mel/log", **backpressure}}},
+        ]
+        flow = tmp_path / f"{line}-{policy}.yml"
+        flow.write_text(yaml.safe_dump({"nodes": nodes}))
+        result = dora("run", str(flow), line=line, cwd=tmp_path)
+        outputs[line, policy] = result.stdout + result.stderr
+        assert result.returncode == 0, outputs[line, policy][-4000:]
+        assert "tts: spoke 2 texts" in outputs[line, policy]
+    wanted = "input text (from prompts/control) has no queue_policy: backpressure"
+    fix = "text: {source: prompts/control, queue_size: 100, queue_policy: backpressure}"
+    unwired = outputs["1.1", "default"]
+    assert unwired.count(f"log-sink: {wanted}") == 1 and fix in unwired
+    assert len(re.findall(f"reference-mel.*WARNING.*{re.escape(wanted)}", unwired)) == 1  # the node's own log
+    assert "queue_policy" not in outputs["1.1", "backpressure"] + outputs["0.4", "default"]

@@ -362,3 +362,26 @@ def test_the_node_process_serves_moxin_voices_texts_with_its_default_folders(tmp
     assert [o["data"] for o in outputs[1::2]] == [[line] for line in lines]
     assert "mel voice=CUSTOM preset=v2 source=computed shape=[1, 704, 295]" in log
     assert "mel voice=TRAINED preset=v2 source=computed shape=[1, 704, 500]" in log
+
+
+def test_a_short_references_warning_comes_with_every_serving(library):
+    """Computed, then from the cache, then (a restart) from the store, then its samples sent as audio:
+    each `mel` carries the reference's duration warning, and each answer says it on `log`."""
+    samples, rate = aria(library)
+    soundfile.write(str(library["models"] / "voices/short.wav"), samples[:int(2.9 * rate)], rate)
+    voices = json.loads(library["voices"].read_text())
+    voices["voices"]["short"] = {"ref_audio": "voices/short.wav", "ref_text": "Short."}
+    library["voices"].write_text(json.dumps(voices))
+    wanted = "duration 2.90 s is outside GPT-SoVITS's 3 to 10 s reference range"
+
+    def told(outputs):
+        (mel,) = [o for o in outputs if o.output_id == "mel"]
+        logs = [json.loads(o.value[0].as_py())["message"] for o in outputs if o.output_id == "log"]
+        assert mel.metadata.get("warnings") == [wanted] and logs == [wanted], (mel.metadata, logs)
+        return mel.metadata["source"]
+
+    first, restarted = service(library), service(library)
+    assert [told(first.handle("voice", pa.array(["short"]), {})) for _ in range(2)] == ["computed", "cache"]
+    assert told(restarted.handle("voice", pa.array(["short"]), {})) == "precomputed"
+    short, _ = soundfile.read(str(library["models"] / "voices/short.wav"), dtype="float32")
+    assert told(restarted.handle("reference_audio", *audio_event(short, rate))) == "cache"

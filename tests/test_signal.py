@@ -157,6 +157,37 @@ def test_too_short_is_a_clear_error(n, code):
 
 
 
+def test_an_integral_float_rate_is_the_integer_rate_and_a_fractional_one_is_named():
+    samples, sr = speech("mono", 24000)
+    assert np.array_equal(reference_mel(samples, 24000.0), reference_mel(samples, sr))
+    assert np.array_equal(reference_mel_batch([samples], [np.float64(24000)])[0], reference_mel(samples, sr))
+    for rate in (24000.5, "24000", None):
+        with pytest.raises(ReferenceMelError) as err:
+            reference_mel(samples, rate)
+        assert err.value.code == "bad_sample_rate" and f"sample_rate={rate!r}" in err.value.message
+
+
+def test_torchaudios_channels_first_layout_is_named_with_the_fix():
+    samples, sr = speech("stereo", 48000)
+    for layout in (samples.T, samples[:, :1].T):  # torchaudio.load: [channels, n]
+        with pytest.raises(ReferenceMelError) as err:
+            reference_mel(layout, sr)
+        assert err.value.code == "bad_shape" and "[channels, n]" in err.value.message
+        assert "transpose" in err.value.message and str(layout.shape) in err.value.message
+    assert reference_mel(samples, sr).shape == reference_mel(samples.T.T, sr).shape  # [n, channels] still serves
+
+
+def test_a_batch_error_names_the_clip():
+    samples, sr = speech("mono", 48000)
+    clips = [samples, samples, np.zeros(100, np.float32), samples]
+    with pytest.raises(ReferenceMelError) as err:
+        reference_mel_batch(clips, sr)
+    assert err.value.code == "too_short" and err.value.message.startswith("clip 2 of 4: ")
+    with pytest.raises(ReferenceMelError) as err:
+        reference_mel_batch(clips[:2], [sr, 24000.5])
+    assert err.value.code == "bad_sample_rate" and err.value.message.startswith("clip 1 of 2: ")
+
+
 @pytest.mark.parametrize("preset", ["v3", "v4", "sv"])
 def test_one_gather_filterbank_gives_the_grouped_sums(preset):
     """A GPU sums all mel bands in one gather padded to the widest band; the CPU in runs of similar

@@ -239,6 +239,8 @@ def verify(args, config: Config) -> int:
     bad = len(failed)
     for job in failed:
         print(f"corrupt  voices.json entry: {job.reason}")
+    for message in _collisions(store):  # switches to these names fail: said here, before a dataflow meets them
+        print(f"ambiguous {message}")
     for job in voices:
         bad += _checked(_verify_voice, store, job, config.presets)
     for voice in _unlisted(store):  # written back for reference_audio events: no audio to check them against
@@ -333,9 +335,11 @@ def list_voices(args, config: Config) -> int:
             voices.append(_describe(store, entry, config.presets, in_library=in_library))
         except Exception as err:  # one voice's error is reported; the others are listed
             problems.append(f"{entry.name}: {_why(err)}")
+    collisions = _collisions(store)
     if args.json:
         print(json.dumps({"voices_config": str(store.library.path), "codes_dir": str(store.codes_dir),
-                          "voices": voices, "problems": problems}, indent=1, ensure_ascii=False))
+                          "voices": voices, "problems": problems, "collisions": collisions}, indent=1,
+                         ensure_ascii=False))
         return 0
     for voice in voices:
         where = "voices.json" if voice["in_library"] else "codes dir only"
@@ -343,9 +347,19 @@ def list_voices(args, config: Config) -> int:
         print(f"{voice['name']:24s} {where:15s} {states} codes={voice['codes']['state']}")
     for problem in problems:
         print(f"unusable entry: {problem}")
+    for message in collisions:
+        print(f"ambiguous name: {message}")
     print(f"list: {sum(v['in_library'] for v in voices)} voices in voices.json, "
           f"{sum(not v['in_library'] for v in voices)} more with stored files only")
     return 0
+
+
+def _collisions(store: ReferenceStore) -> list[str]:
+    """voices.json's names that match two voices (none when the file is unusable: that is reported apart)."""
+    try:
+        return store.library.collisions()
+    except ReferenceMelError:
+        return []
 
 
 def _origin(found: Stored) -> str:

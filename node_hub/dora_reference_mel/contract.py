@@ -87,7 +87,8 @@ MEL_METADATA = {
     "write_back": ("str", False, '"written", "failed", "off" or "skipped" (the stored file is one the library cannot '
                    'recompute, or a voice voices.json does not list once the codes directory holds 256 of them): what '
                    'happened to a computed spectrogram'),
-    "warnings": ("list[str]", False, "legal but suspicious input (duration outside 3 to 10 s, peak > 2)"),
+    "warnings": ("list[str]", False, "legal but suspicious input (duration outside 3 to 10 s, peak > 2); on every "
+                 "serving of that reference, and on the log output"),
     "request_id_generated": ("bool", False, "true when the input had no request_id"),
     "startup": ("bool", False, "true on the mel sent at start: the startup voice's (VOICE_CHARACTER / VOICE_NAME), "
                 "or, in a node dora restarted, the voice its texts were last switched to"),

@@ -226,6 +226,24 @@ class VoiceLibrary:
             raise parsed["problems"][key]
         return self._voice(key, parsed["data"]["voices"][key], self.base_path(parsed["data"]))
 
+    def collisions(self) -> list[str]:
+        """What `resolve` answers, as `ambiguous_voice`, for each name that matches two or more voices (keys
+        equal but for case, an alias shared by several entries): found when the file loads, not when a
+        switch first sends the name. Raises `bad_voices_config` as `parsed` does."""
+        parsed = self.parsed()
+        if parsed is None:
+            return []
+        shared = [name for index in (parsed["by_key"], parsed["by_alias"]) for name, keys in index.items()
+                  if len(keys) > 1]
+        messages = []
+        for name in dict.fromkeys(shared):
+            try:
+                self.resolve(name)
+            except ReferenceMelError as err:
+                if err.code == "ambiguous_voice":
+                    messages.append(err.message)
+        return messages
+
     def voices(self) -> list[Voice | ReferenceMelError]:
         """Every entry: a Voice, or the error that keeps it from being one."""
         parsed = self.parsed() or {"data": {"voices": {}}, "problems": {}}

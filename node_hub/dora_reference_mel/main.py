@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import collections
+import importlib.metadata
 import logging
+import os
 import resource
 import sys
 import tempfile
@@ -14,8 +16,18 @@ import numpy as np
 import pyarrow as pa
 
 from . import cuda_kernels, resample, signal
-from .config import Config, select_device
-from .contract import ERROR_OUTPUT, LOG_OUTPUT, MEL_OUTPUT, TEXT_OUTPUT, WARMUP_OUTPUT, error_value
+from .config import ENV_VARS, Config, select_device
+from .contract import (
+    ERROR_OUTPUT,
+    INPUTS,
+    LOG_OUTPUT,
+    MEL_OUTPUT,
+    OUTPUTS,
+    TEXT_OUTPUT,
+    WARMUP_OUTPUT,
+    error_value,
+    log_value,
+)
 from .errors import ReferenceMelError
 from .last_voice import dora_run
 from .names import shown
@@ -31,19 +43,36 @@ def build_service(config: Config) -> ReferenceMelService:
     device = select_device(config.device)
     service = ReferenceMelService(config, run=dora_run())  # under dora: keeps the last voice for a restart
     start = time.perf_counter()
-    if device == "cpu" and resample.compiler_works():
-        log.info("building MLX's CPU kernels for presets %s: the first start on a machine compiles them (about 15 s "
-                 "on 2 cores), later starts load them from MLX's cache in %s (under a second)",
-                 ",".join(p.name for p in config.presets), Path(tempfile.gettempdir()) / "mlx")
+    kernels_before = mlx_cpu_kernels()
+    if device == "cpu" and resample.compiler_works() and not kernels_before:
+        log.info("building MLX's CPU kernels for presets %s: MLX's kernel cache %s is empty, so this first start on "
+                 "the machine compiles them; later starts load them from there",
+                 ",".join(p.name for p in config.presets), mlx_cpu_kernel_dir())
     elif device == "gpu" and cuda_kernels.available():
         log.info("compiling the CUDA resampling and framing kernels (about 3 s each on an H200, once per start; "
                  "they serve every rate and clip length)")
     # No event waits for a kernel build: clips at rates not warmed here resample uncompiled (same output).
     resample.compile_only(signal.warm_up(config.presets))
-    log.info("ready on %s: presets %s, codes %s, warm-up %.0f ms, idle RSS %.0f MB", device,
+    built = len(mlx_cpu_kernels() - kernels_before)
+    log.info("ready on %s: presets %s, codes %s, warm-up %.0f ms%s, idle RSS %.0f MB", device,
              ",".join(p.name for p in config.presets), config.codes_dir, (time.perf_counter() - start) * 1e3,
-             peak_rss_mb())
+             f" ({built} MLX CPU kernels built into {mlx_cpu_kernel_dir()})" if built else "", peak_rss_mb())
     return service
+
+
+def mlx_cpu_kernel_dir() -> Path:
+    """Where MLX keeps the CPU kernels it compiles, one shared library each (mlx/backend/cpu/compiled.cpp:
+    the temporary folder, then mlx/<version>/cpu), and loads them from on later starts."""
+    import mlx.core as mx
+
+    return Path(tempfile.gettempdir()) / "mlx" / mx.__version__ / "cpu"
+
+
+def mlx_cpu_kernels() -> set[str]:
+    try:
+        return {name for name in os.listdir(mlx_cpu_kernel_dir()) if name.startswith("lib")}
+    except OSError:
+        return set()
 
 
 def configured_service(config_source=Config.from_env) -> ReferenceMelService:
@@ -56,13 +85,73 @@ def configured_service(config_source=Config.from_env) -> ReferenceMelService:
         raise SystemExit(1) from None
 
 
-def main() -> None:
+def usage() -> str:
+    """What `dora-reference-mel --help` prints: the node, its inputs and outputs, and its variables."""
+    def rows(table: dict[str, str]) -> str:
+        return "\n".join(f"  {name:<16} {what}" for name, what in table.items())
+
+    variables = "\n".join(f"  {name} ({kind}, default {default or 'unset'}): {meaning}"
+                          for name, (kind, default, meaning) in ENV_VARS.items())
+    return f"""usage: dora-reference-mel [--help | --version]
+
+A dora node ({package_version()}) that serves GPT-SoVITS reference tensors (spectrograms, semantic codes,
+prompt text) to a TTS node: dora starts it from a dataflow (`dora run flow.yml`, with
+`path: dora-reference-mel`); it takes no arguments and reads its settings from the environment.
+
+inputs:
+{rows(INPUTS)}
+
+outputs:
+{rows(OUTPUTS)}
+
+environment (the dataflow's `env:`):
+{variables}
+
+Precompute, verify and inspect a voice library offline: reference-mel --help
+"""
+
+
+def package_version() -> str:
+    try:
+        return f"dora-reference-mel {importlib.metadata.version('dora-reference-mel')}"
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that is not installed
+        return "dora-reference-mel, not installed"
+
+
+def check_arguments(args: list[str]) -> None:
+    """--help and --version print and exit 0; any other argument is an error (exit 2): the node is
+    configured by its environment, so an argument is a mistake to name before the warm-up."""
+    if args in (["--help"], ["-h"]):
+        print(usage(), end="")
+        raise SystemExit(0)
+    if args == ["--version"]:
+        print(package_version())
+        raise SystemExit(0)
+    if args:
+        print(usage(), file=sys.stderr)
+        print(f"dora-reference-mel: unexpected arguments {' '.join(args)!r}: the node takes none (see above)",
+              file=sys.stderr)
+        raise SystemExit(2)
+
+
+def started_by_dora(env=os.environ) -> bool:
+    """Whether dora started this process: its daemon sets DORA_NODE_CONFIG, its test mode DORA_TEST_WITH_INPUTS."""
+    return any(env.get(name) for name in ("DORA_NODE_CONFIG", "DORA_TEST_WITH_INPUTS"))
+
+
+def main(argv: list[str] | None = None) -> None:
+    check_arguments(sys.argv[1:] if argv is None else argv)
+    if not started_by_dora():
+        print("dora-reference-mel: this is a dora node; start it from a dataflow (`dora run flow.yml`, "
+              "`path: dora-reference-mel`), not by hand (usage: dora-reference-mel --help)", file=sys.stderr)
+        raise SystemExit(1)
     from dora import Node
 
     service = configured_service()
     node = Node()
     sent = collections.Counter()
     prewarm_transport(node, service)
+    send_outputs(node.send_output, start_warnings(node, service), sent)
     send_outputs(node.send_output, service.startup(), sent)  # the startup voice's mel, before any event
     # STOP is not the end of the inputs: dora still delivers the inputs queued before it (a source that
     # sends a burst and exits). The loop runs until dora ends the stream, so none of them is dropped.
@@ -75,6 +164,42 @@ def main() -> None:
         elif kind == "ERROR":
             log.warning("dora error event: %s", event.get("error"))
     log_stop(service, sent)
+
+
+def start_warnings(node, service: ReferenceMelService) -> list[Output]:
+    """What the dataflow and voices.json get wrong, found at start: logged once, and sent on `log`."""
+    messages = inputs_without_backpressure(node)
+    try:
+        messages += service.store.library.collisions()
+    except ReferenceMelError:  # an unusable voices.json: the library has logged it, and every event says it
+        pass
+    for message in messages:
+        log.warning("%s", message)
+    return [Output(LOG_OUTPUT, log_value("WARNING", message, service.node_name), {}) for message in messages]
+
+
+def inputs_without_backpressure(node) -> list[str]:
+    """A message for each of this node's inputs wired without `queue_policy: backpressure`: dora 1.1's
+    default policy drops the oldest message of a full queue without a word (docs/delivery.md), and a
+    lost text is never spoken. dora 0.4 has no queue policy, so there is nothing to say there."""
+    import dora
+
+    if not getattr(dora, "__version__", "0").startswith("1."):
+        return []
+    try:
+        inputs = node.node_config().get("inputs") or {}
+    except (RuntimeError, AttributeError):  # dora's test mode has no dataflow configuration
+        return []
+    messages = []
+    for name, spec in inputs.items():
+        spec = spec if isinstance(spec, dict) else {"source": spec}
+        if name in INPUTS and spec.get("queue_policy") != "backpressure":
+            messages.append(
+                f"input {name} (from {spec.get('source')}) has no queue_policy: backpressure, so dora drops its "
+                f"messages when its queue is full and a lost {name} is never answered; wire it as `{name}: "
+                f"{{source: {spec.get('source')}, queue_size: {spec.get('queue_size', 100)}, queue_policy: "
+                "backpressure}` in the dataflow")
+    return messages
 
 
 def prewarm_transport(node, service: ReferenceMelService) -> None:

@@ -82,6 +82,7 @@ class Served:
 
     array: pa.Array  # flat, C-order data of `shape`
     shape: tuple[int, int, int]
+    warnings: tuple[str, ...] = ()  # the samples' own (duration, peak): told again whenever this is served
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +97,7 @@ class Request:
     stamp: FileStamp | None = None  # of audio_path, when the samples were read from it
     roots: tuple[Path, ...] | None = None  # folders audio_path must lie in: set for a path from an event
     warnings: tuple[str, ...] = ()
+    audio_warnings: tuple[str, ...] = ()  # those of `warnings` that belong to the samples (with_samples')
     about: tuple[tuple[str, object], ...] = ()  # voice metadata: voice, ref_text, speed_factor, languages
 
     def with_samples(self, samples: np.ndarray, sample_rate: int, warnings, stamp: FileStamp | None = None,
@@ -103,7 +105,13 @@ class Request:
         """digest: samples_digest of these samples when the caller has it already."""
         return dataclasses.replace(self, samples=samples, sample_rate=sample_rate, stamp=stamp,
                                    digest=digest or samples_digest(samples, sample_rate),
-                                   warnings=self.warnings + tuple(warnings))
+                                   warnings=self.warnings + tuple(warnings), audio_warnings=tuple(warnings))
+
+    def told(self, served: Served) -> Request:
+        """This request, with the warnings of the samples `served` was made from, when it is served without
+        reading them (from the cache or the store)."""
+        new = tuple(w for w in served.warnings if w not in self.warnings)
+        return dataclasses.replace(self, warnings=self.warnings + new) if new else self
 
 
 @dataclasses.dataclass(frozen=True)
@@ -326,7 +334,7 @@ class ReferenceMelService:
             stamp = FileStamp.of(request.audio_path)  # one stat serves the cache check and the lookup
             hit = self._cached_file(request.audio_path, stamp, preset)
             if hit is not None:
-                return Resolved(hit, "cache", request)
+                return Resolved(hit, "cache", request.told(hit))
             if request.voice is not None:
                 found = self._lookup(request.voice, preset, audio=stamp)
                 if found.fresh:
@@ -335,18 +343,20 @@ class ReferenceMelService:
         signal.check_long_enough(request.samples.shape[0], request.sample_rate, preset)
         cached = self.cache.get((request.digest, preset.fingerprint))
         if cached is not None:
-            return Resolved(cached, "cache", request)
+            return Resolved(cached, "cache", request.told(cached))
         if request.voice is not None:
             found = found.against(request.digest) if found else self._lookup(request.voice, preset,
                                                                              digest=request.digest)
             if found.fresh:
-                return Resolved(self._remember(found.data, request.digest, preset), "precomputed", request)
+                served = self._remember(found.data, request.digest, preset, request.audio_warnings)
+                return Resolved(served, "precomputed", request)
         mel = signal.reference_mel(request.samples, request.sample_rate, preset=preset)[0]
         if not np.isfinite(mel).all():
             raise ReferenceMelError(
                 "non_finite_audio", f"the {preset.name} spectrogram overflows float32: the samples reach "
                 f"{np.abs(request.samples).max():.3g}; send PCM scaled to [-1, 1]")
-        served = self._remember(mel, request.digest, preset)  # checked in the element type sent, before any write
+        # checked in the element type sent, before any write
+        served = self._remember(mel, request.digest, preset, request.audio_warnings)
         write_back = self._write_back(request, mel, preset) if request.voice is not None else None
         return Resolved(served, "computed", request, write_back)
 
@@ -369,8 +379,9 @@ class ReferenceMelService:
             self.store.remember_digest(request.audio_path, found.sidecar.source_audio, digest)  # proven by the stamp
         cached = self.cache.get((digest, preset.fingerprint)) if digest else None
         if cached is not None:
-            return Resolved(cached, "cache", request)
-        return Resolved(self._remember(found.data, digest, preset), "precomputed", request)
+            return Resolved(cached, "cache", request.told(cached))
+        served = self._remember(found.data, digest, preset, found.sidecar.warnings if found.sidecar else ())
+        return Resolved(served, "precomputed", request.told(served))
 
     def _read_audio(self, request: Request, preset: Preset, found: Stored | None) -> Request:
         if request.audio_path is None:
@@ -401,7 +412,8 @@ class ReferenceMelService:
             return "skipped"
         try:
             written = self.store.save_mel(request.voice, preset, mel, source_digest=request.digest,
-                                          source_sample_rate=request.sample_rate, audio=request.stamp)
+                                          source_sample_rate=request.sample_rate, audio=request.stamp,
+                                          warnings=request.audio_warnings)
             return "written" if written else "skipped"  # skipped: the bound on voices voices.json does not list
         except OSError as err:
             folder = str(self.store.codes_dir)
@@ -410,15 +422,16 @@ class ReferenceMelService:
                 log.error("cannot write precomputed spectrograms to %s (%s); serving from memory only", folder, err)
             return "failed"
 
-    def _remember(self, mel: np.ndarray, digest: str | None, preset: Preset) -> Served:
-        """The spectrogram as sent (MEL_DTYPE), checked finite in that type, and cached."""
+    def _remember(self, mel: np.ndarray, digest: str | None, preset: Preset, warnings=()) -> Served:
+        """The spectrogram as sent (MEL_DTYPE), checked finite in that type, and cached with the warnings of
+        its samples."""
         flat = np.ascontiguousarray(mel, dtype=self.config.mel_dtype).reshape(-1)
         if self.config.mel_dtype != "float32" and not np.isfinite(flat).all():
             raise ReferenceMelError(
                 "non_finite_audio", f"the {preset.name} spectrogram reaches {float(np.abs(mel).max()):.3g}, beyond "
                 f"{self.config.mel_dtype}'s range (MEL_DTYPE={self.config.mel_dtype}): the samples are far outside "
                 "[-1, 1]; send PCM scaled to [-1, 1], or set MEL_DTYPE=float32")
-        served = Served(pa.array(flat), (1, *mel.shape))
+        served = Served(pa.array(flat), (1, *mel.shape), tuple(warnings))
         if digest:
             self.cache.put((digest, preset.fingerprint), served, flat.nbytes)
         return served

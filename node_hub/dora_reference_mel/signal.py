@@ -22,7 +22,7 @@ import mlx.core as mx
 import numpy as np
 
 from . import cuda_kernels
-from .contract import DTYPES, FRAMES_BINS, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
+from .contract import DTYPES, FRAMES_BINS, MAX_CHANNELS, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 from .errors import ReferenceMelError
 from .recipe import (
     FBANK,
@@ -65,14 +65,23 @@ _INT_SCALE = {np.dtype(np.int16): 32768.0, np.dtype(np.int32): 2147483648.0}
 # ---------------------------------------------------------------------------------------------
 
 
-def check_samples(samples: np.ndarray, sample_rate: int) -> np.ndarray:
-    """Validate PCM and return it as [n, channels] (float32, or int16/int32 PCM, unscaled)."""
+def check_sample_rate(sample_rate) -> int:
+    """The rate in Hz as an int: an integer, or a float with an integral value (24000.0, as soundfile
+    and librosa users may hold it); `bad_sample_rate` naming the value otherwise."""
+    if isinstance(sample_rate, (float, np.floating)) and float(sample_rate).is_integer():
+        sample_rate = int(sample_rate)
     if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)):
         raise ReferenceMelError("bad_sample_rate", f"sample_rate={sample_rate!r} must be a positive integer in Hz")
     if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
         raise ReferenceMelError(
             "bad_sample_rate", f"sample_rate={sample_rate} must be between {MIN_SAMPLE_RATE} and {MAX_SAMPLE_RATE} "
             "Hz; resample the audio to a standard rate such as 16000, 24000, 32000 or 48000 Hz")
+    return int(sample_rate)
+
+
+def check_samples(samples: np.ndarray, sample_rate: int) -> np.ndarray:
+    """Validate PCM and return it as [n, channels] (float32, or int16/int32 PCM, unscaled)."""
+    check_sample_rate(sample_rate)
     samples = np.asarray(samples)
     if samples.dtype not in (np.float32, np.float64, np.int16, np.int32):
         raise ReferenceMelError(
@@ -82,6 +91,10 @@ def check_samples(samples: np.ndarray, sample_rate: int) -> np.ndarray:
     if samples.ndim != 2 or samples.shape[1] == 0:
         raise ReferenceMelError(
             "bad_shape", f"samples of shape {samples.shape} must be [n] or [n, channels]")
+    if samples.shape[0] <= MAX_CHANNELS < samples.shape[1]:  # torchaudio.load's layout: far more columns than rows
+        raise ReferenceMelError(
+            "bad_shape", f"samples of shape {samples.shape} look like [channels, n] (torchaudio's layout); pass [n] "
+            "or [n, channels]: transpose them (samples.T)")
     if samples.shape[0] == 0:
         raise ReferenceMelError("empty_audio", "the reference audio has no samples; send 3 to 10 s of speech")
     if samples.dtype.kind == "f":
@@ -350,14 +363,23 @@ def reference_mel_batch(
     preset = get_preset(preset, resampler=resampler)
     if dtype not in OUTPUT_DTYPES:
         raise ReferenceMelError("bad_config", f"dtype={dtype!r} must be one of {', '.join(OUTPUT_DTYPES)}")
-    rates = [sample_rate] * len(clips) if isinstance(sample_rate, (int, np.integer)) else list(sample_rate)
+    one_rate = isinstance(sample_rate, (str, bytes)) or np.ndim(sample_rate) == 0
+    rates = [sample_rate] * len(clips) if one_rate else list(sample_rate)
     if len(rates) != len(clips):
         raise ReferenceMelError(
             "bad_sample_rate", f"{len(rates)} sample rates for {len(clips)} clips; give one rate or one per clip")
     if not clips:
         return []
-    checked = [check_samples(x, sr) for x, sr in zip(clips, rates, strict=True)]
-    counts = [preset.n_frames(check_long_enough(x.shape[0], sr, preset)) for x, sr in zip(checked, rates, strict=True)]
+    checked, counts = [], []
+    for index, (clip, rate) in enumerate(zip(clips, rates, strict=True)):
+        try:
+            rates[index] = check_sample_rate(rate)
+            checked.append(check_samples(clip, rates[index]))
+            counts.append(preset.n_frames(check_long_enough(checked[-1].shape[0], rates[index], preset)))
+        except ReferenceMelError as err:
+            if len(clips) == 1:
+                raise
+            raise ReferenceMelError(err.code, f"clip {index} of {len(clips)}: {err.message}") from None
     # Frames per MLX graph: a GPU wants big launches; MLX's CPU kernels slow down once a graph's spectra
     # leave the cache (benchmarks/inprocess.py: the FFT of 4000 frames costs about 8.5x that of 500).
     budget = CPU_FRAMES_PER_GRAPH if mx.default_device() == mx.cpu else GPU_FRAMES_PER_GRAPH

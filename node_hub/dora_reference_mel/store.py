@@ -77,6 +77,7 @@ MAX_KNOWN_AUDIO = 4096  # audio files whose samples' digest is remembered (by th
 # fill the disk. Counted on disk under a lock on the folder, so it bounds the store, whichever process writes.
 MAX_UNLISTED_VOICES = 256
 MAX_MISSING_CODES_LOGGED = 4096  # codes_path files said missing once each (they come from voices.json)
+MAX_SOURCE_WARNINGS, MAX_WARNING_CHARS = 8, 200  # a sidecar's source_warnings, as told again (save_mel writes two at most)
 
 FRESH, STALE, CORRUPT, ABSENT = "fresh", "stale", "corrupt", "absent"
 
@@ -128,6 +129,14 @@ class Sidecar:
             raise ValueError("source_sample_rate must be an integer")
         return cls((shape[0], shape[1]), texts["fingerprint"], texts["source_digest"], raw["source_sample_rate"],
                    FileStamp.from_json(raw.get("source_audio")), texts["data_digest"], raw)
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """The source audio's warnings, as save_mel wrote them; none from a sidecar that holds other things."""
+        found = self.raw.get("source_warnings")
+        if not isinstance(found, list) or len(found) > MAX_SOURCE_WARNINGS:
+            return ()
+        return tuple(shown(w, MAX_WARNING_CHARS) for w in found if isinstance(w, str))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -403,10 +412,11 @@ class ReferenceStore:
         return Stored(FRESH, "", path, data)
 
     def save_mel(self, voice: Voice, preset: Preset, data: np.ndarray, *, source_digest: str,
-                 source_sample_rate: int, audio: FileStamp | None = None) -> Path | None:
+                 source_sample_rate: int, audio: FileStamp | None = None, warnings: Sequence[str] = ()) -> Path | None:
         """Write the feature matrix (float32, in the preset's layout) and its sidecar to the voice's file in
         the codes directory; None when the voice is one voices.json does not list and may_store_unlisted
-        refuses it (decided and written under the folder's lock).
+        refuses it (decided and written under the folder's lock). warnings: the source audio's (duration,
+        peak), told again whenever it is served.
 
         Sidecar first, then the data, each by rename: a crash in between leaves a sidecar whose
         data_digest does not match the old .bin, so the pair is refused and recomputed."""
@@ -417,7 +427,8 @@ class ReferenceStore:
             "dtype": "float32", "layout": f"C-order {preset.layout}, little-endian",
             "fingerprint": preset.fingerprint, "recipe": preset.recipe(),
             "source_digest": source_digest, "source_sample_rate": int(source_sample_rate),
-            "source_audio": dataclasses.asdict(audio) if audio else None, "data_digest": data_digest(blob),
+            "source_audio": dataclasses.asdict(audio) if audio else None, "source_warnings": list(warnings),
+            "data_digest": data_digest(blob),
             "producer": PRODUCER,
         }
         self.codes_dir.mkdir(parents=True, exist_ok=True)
