@@ -379,3 +379,86 @@ def test_verify_and_list_name_voices_json_collisions(library):
         assert f"ambiguous voice {name}" in verify.stdout, verify.stdout
         assert f"ambiguous name: voice {name}" in listed.stdout, listed.stdout
         assert sum(name in message for message in as_json["collisions"]) == 1
+
+
+# -- the tool's output, as a user reads it ---------------------------------------------------------------
+
+
+@pytest.fixture
+def named_library(tmp_path):
+    """Three voices of real speech: a CJK name with 2.9 s, one of 5 s, one of 10.1 s (GPT-SoVITS wants 3 to 10 s)."""
+    speech, rate = soundfile.read(str(SPEECH / "mono_16000.wav"), dtype="int16")
+    (tmp_path / "audio").mkdir()
+    voices = {}
+    for name, seconds in (("志玲", 2.9), ("plain", 5.0), ("long", 10.1)):
+        soundfile.write(str(tmp_path / "audio" / f"{name}.wav"), np.resize(speech, int(seconds * rate)), rate)
+        voices[name] = {"ref_audio": f"audio/{name}.wav"}
+    config = tmp_path / "voices.json"
+    config.write_text(json.dumps({"models_base_path": str(tmp_path), "voices": voices}, ensure_ascii=False))
+    return {"base": tmp_path, "args": ["--voices", str(config), "--codes-dir", str(tmp_path / "codes")]}
+
+
+def test_precompute_draws_progress_only_for_work_done_and_no_command_prints_a_bare_timing(named_library):
+    first = cli("precompute", *named_library["args"])
+    assert first.returncode == 0 and first.stderr.count("computing [") == 3, first.stderr
+    second = cli("precompute", *named_library["args"])
+    assert second.returncode == 0 and "0 computed, 3 up to date, 0 failed, in " in second.stdout
+    assert second.stderr == ""  # nothing about computing: nothing was computed
+    for command in (["verify"], ["list"], ["inspect", "plain"]):
+        result = cli(*command, *named_library["args"])
+        assert result.returncode == 0 and result.stderr == "", result.stderr  # no "(0.0 s)"
+
+
+@pytest.mark.parametrize("command", [["list", "--json"], ["list"], ["verify"], ["inspect", "plain"], ["precompute"]])
+def test_a_closed_pipe_ends_every_command_quietly(named_library, command):
+    """`reference-mel ... | head -1`: the reader is gone before the command writes; it ends with the
+    status a shell gives a command SIGPIPE ended, and no traceback."""
+    tool = subprocess.Popen([str(BIN / "reference-mel"), *command, *named_library["args"]],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    tool.stdout.close()  # closed at once: the command starts writing a good while later
+    stderr = tool.stderr.read()
+    assert tool.wait(timeout=600) == 141 and "Traceback" not in stderr and "Error" not in stderr, stderr
+
+
+def test_a_closed_pipe_in_a_shell_pipeline(named_library):
+    out = subprocess.run(["sh", "-c", f"{BIN / 'reference-mel'} list --json \"$@\" | head -1", "sh",
+                          *named_library["args"]], capture_output=True, text=True, timeout=600)
+    assert out.stdout == "{\n" and out.stderr == "", out.stderr
+
+
+def test_list_aligns_cjk_names_by_display_width(named_library):
+    import unicodedata
+
+    assert cli("precompute", *named_library["args"]).returncode == 0
+    rows = [line for line in cli("list", *named_library["args"]).stdout.splitlines() if " voices.json " in line]
+    assert [row.split()[0] for row in rows] == ["志玲", "plain", "long"]
+    columns = {sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in row[:row.index(" voices.json")])
+               for row in rows}
+    assert columns == {24}  # the second column starts at the same place on a terminal
+
+
+def test_names_are_printed_as_written(named_library):
+    assert cli("precompute", *named_library["args"]).returncode == 0
+    (named_library["base"] / "audio/志玲.wav").unlink()  # its error names its audio file, CJK and all
+    for result in (cli("verify", *named_library["args"]), cli("precompute", *named_library["args"])):
+        assert result.returncode == 1 and "志玲 v2" in result.stdout and "audio/志玲.wav does not exist" in result.stdout
+        assert "\\u5fd7" not in result.stdout
+
+
+def test_every_command_warns_of_a_duration_gpt_sovits_refuses(named_library):
+    def warned(text):
+        return [n for n, s in (("志玲", "2.9"), ("long", "10.1")) if f"duration {s}" in text and n in text] == \
+            ["志玲", "long"] and text.count("outside GPT-SoVITS's 3 to 10 s reference range") == 2
+
+    done = cli("precompute", *named_library["args"], "--preset", "v2", "v4")
+    assert done.returncode == 0 and warned(done.stdout), done.stdout  # once a voice, whatever its presets
+    assert "  warning    志玲: duration 2.90 s is outside" in done.stdout
+    checked = cli("verify", *named_library["args"])
+    assert checked.returncode == 0 and warned(checked.stdout) and "warning  long: duration 10.10 s" in checked.stdout
+    listed = cli("list", *named_library["args"])  # from the stored frames: no audio read
+    assert warned(listed.stdout), listed.stdout
+    document = json.loads(cli("list", "--json", *named_library["args"]).stdout)
+    assert [bool(v["warnings"]) for v in document["voices"]] == [True, False, True]
+    for name, seconds in (("志玲", "2.90"), ("long", "10.10"), ("plain", None)):
+        out = cli("inspect", name, *named_library["args"]).stdout
+        assert (f"warning    duration {seconds} s is outside" in out) if seconds else "warning" not in out, out

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import dataclasses
 import json
 import os
 import sys
 import time
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +24,13 @@ from .config import Config, select_device
 from .errors import ReferenceMelError
 from .files import FileStamp, read_audio
 from .library import Voice, mel_path_key
-from .names import check_voice_name, path_problem, samples_digest, shown
+from .names import check_voice_name, path_problem, printable, samples_digest, shown
 from .recipe import PRESET_NAMES, RESAMPLERS, Preset
+from .service import duration_warning
 from .store import ABSENT, ReferenceStore, Stored
 
 VOICES_PER_CHUNK = 32  # voices read, computed and written together: bounds memory, still few MLX calls
+SIGPIPE_STATUS = 128 + 13  # what a shell reports for a command that a closed pipe (SIGPIPE) ended
 
 
 @dataclasses.dataclass
@@ -42,21 +46,26 @@ class Job:
     state: str = "pending"  # pending | up to date | computed | failed
     reason: str = ""
     path: Path | None = None  # the file that serves it, once up to date or computed
+    warning: str = ""  # what the voice's audio gives GPT-SoVITS to complain about (its duration)
 
 
 class Progress:
-    """A one-line progress bar on stderr (plain lines when stderr is not a terminal)."""
+    """A one-line progress bar on stderr (plain lines when stderr is not a terminal), drawn only for
+    items that took work: a run with nothing to do draws nothing."""
 
     def __init__(self, total: int, label: str):
-        self.total, self.label, self.done = max(total, 1), label, 0
+        self.total, self.label, self.done, self.drawn = max(total, 1), label, 0, False
         self.tty = sys.stderr.isatty()
 
-    def step(self, what: str) -> None:
+    def step(self, what: str | None) -> None:
+        """One more item done; `what` names it on the bar, None counts it silently (it needed no work)."""
         self.done += 1
-        filled = int(30 * self.done / self.total)
-        line = f"{self.label} [{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total} {what}"
-        sys.stderr.write(("\r" + line[:100].ljust(100)) if self.tty else line + "\n")
-        if self.tty and self.done >= self.total:
+        if what is not None:
+            filled = int(30 * self.done / self.total)
+            line = f"{self.label} [{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total} {what}"
+            sys.stderr.write(("\r" + line[:100].ljust(100)) if self.tty else line + "\n")
+            self.drawn = True
+        if self.tty and self.drawn and self.done == self.total:
             sys.stderr.write("\n")
         sys.stderr.flush()
 
@@ -78,6 +87,7 @@ def _load(store: ReferenceStore, job: Job) -> Job:
         samples, rate, job.stamp = store.read_audio(job.voice.ref_audio)
         job.samples, job.sample_rate = signal.check_samples(samples, rate), rate
         job.digest = samples_digest(job.samples, rate)
+        job.warning = duration_warning(job.samples.shape[0] / rate) or ""
     except Exception as err:  # any error fails this voice alone
         job.state, job.reason = "failed", _why(err)
     return job
@@ -88,13 +98,14 @@ def _library_jobs(store: ReferenceStore, preset: Preset) -> tuple[list[Job], lis
     good, bad = [], []
     for entry in store.library.voices():
         if isinstance(entry, ReferenceMelError):
-            bad.append(Job(Voice(name=ascii(entry.message[:40])), preset, state="failed", reason=entry.message))
+            bad.append(Job(Voice(name=shown(entry.message[:40])), preset, state="failed", reason=entry.message))
         else:
             good.append(Job(entry, preset))
     return good, bad
 
 
 def precompute(args, config: Config) -> int:
+    started = time.perf_counter()
     store = ReferenceStore.from_config(config)
     if store.library.data() is None:
         print(f"error: {store.library.path} does not exist; pass --voices or set VOICES_CONFIG", file=sys.stderr)
@@ -123,13 +134,13 @@ def precompute(args, config: Config) -> int:
                     _save(store, job, mel)
                 for job in chunk:
                     job.samples = None
-                    progress.step(f"{job.voice.name} {preset.name}")
+                    progress.step(f"{printable(job.voice.name)} {preset.name}" if job.state == "computed" else None)
                 jobs += chunk
             for job in loaded:  # read in place into the library's list: let this chunk's samples go
                 job.samples = None
 
     unrecorded = _record_mel_paths(store, [j for j in jobs if j.state in ("computed", "up to date")])
-    status = _summary(jobs, unrecorded)
+    status = _summary(jobs, unrecorded, time.perf_counter() - started)
     codes_problems = sum(_codes_problem(store, job.voice) for job in voices)  # not precompute's to fix: said
     return 1 if codes_problems else status
 
@@ -217,15 +228,22 @@ def _record_mel_paths(store: ReferenceStore, jobs: list[Job]) -> list[str]:
         return [f"cannot record the mel paths in {store.library.path} ({_why(err)}); {fix}"]
 
 
-def _summary(jobs: list[Job], unrecorded: list[str]) -> int:
+def _summary(jobs: list[Job], unrecorded: list[str], seconds: float) -> int:
     counts = {s: sum(j.state == s for j in jobs) for s in ("computed", "up to date", "failed")}
+    took = f"{seconds:.2g} s" if seconds < 1 else f"{seconds:.1f} s"
     print(f"precompute: {counts['computed']} computed, {counts['up to date']} up to date, "
-          f"{counts['failed']} failed")
+          f"{counts['failed']} failed, in {took}")
+    warnings = {}
     for job in jobs:
+        name = printable(job.voice.name)
         if job.state == "computed":
-            print(f"  computed   {job.voice.name} {job.preset.name} ({job.reason})")
+            print(f"  computed   {name} {job.preset.name} ({job.reason})")
         elif job.state == "failed":
-            print(f"  failed     {job.voice.name} {job.preset.name}: {job.reason}")
+            print(f"  failed     {name} {job.preset.name}: {job.reason}")
+        if job.warning:
+            warnings.setdefault(name, job.warning)  # one line a voice, whatever its presets
+    for name, warning in warnings.items():
+        print(f"  warning    {name}: {warning}")
     for problem in unrecorded:
         print(f"  not recorded in voices.json: {problem}")
     if counts["computed"] == 0 and counts["failed"] == 0 and not unrecorded:
@@ -254,24 +272,28 @@ def _checked(check, store: ReferenceStore, job: Job, presets) -> int:
     and is reported on its line, and the other voices are checked all the same."""
     try:
         return check(store, job, presets)
+    except BrokenPipeError:  # the reader is gone: not this voice's failure (main ends the command)
+        raise
     except Exception as err:
-        print(f"failed   {job.voice.name}: {_why(err)}")
+        print(f"failed   {printable(job.voice.name)}: {_why(err)}")
         return 1
 
 
 def _verify_voice(store: ReferenceStore, job: Job, presets) -> int:
     job = _load(store, job)
-    bad = _codes_problem(store, job.voice)
+    name, bad = printable(job.voice.name), _codes_problem(store, job.voice)
     for preset in presets:
         found = store.lookup(job.voice, preset, digest=job.digest or None)
         if found.state == ABSENT:
-            print(f"missing  {job.voice.name} {preset.name} (not precomputed)")
+            print(f"missing  {name} {preset.name} (not precomputed)")
             continue
         if job.state == "failed" and found.fresh:
             found = dataclasses.replace(found, state="stale", reason=f"cannot check against its audio: {job.reason}")
-        print(f"{'ok' if found.fresh else found.state:8s} {job.voice.name} {preset.name}"
+        print(f"{'ok' if found.fresh else found.state:8s} {name} {preset.name}"
               + ("" if found.fresh else f": {found.reason}"))
         bad += not found.fresh
+    if job.warning:  # the files may be sound; GPT-SoVITS still complains of the audio
+        print(f"warning  {name}: {job.warning}")
     return bad
 
 
@@ -280,7 +302,7 @@ def _verify_unlisted(store: ReferenceStore, job: Job, presets) -> int:
     for preset in presets:
         found = store.lookup(job.voice, preset)
         if found.state != ABSENT:
-            print(f"{'ok' if found.fresh else found.state:8s} {job.voice.name} {preset.name} (not in voices.json)"
+            print(f"{'ok' if found.fresh else found.state:8s} {printable(job.voice.name)} {preset.name} (not in voices.json)"
                   + ("" if found.fresh else f": {found.reason}"))
             bad += not found.fresh
     return bad
@@ -291,7 +313,7 @@ def _codes_problem(store: ReferenceStore, voice: Voice) -> bool:
     names no file; True then."""
     state, detail = store.codes_report(voice)
     if state == "bad" or state == "missing" and voice.codes_path is not None:
-        print(f"{state:8s} {voice.name} codes: {detail}")
+        print(f"{state:8s} {printable(voice.name)} codes: {detail}")
         return True
     return False
 
@@ -309,17 +331,28 @@ def _unlisted(store: ReferenceStore) -> list[Voice]:
 
 
 def _describe(store: ReferenceStore, voice: Voice, presets, *, in_library: bool) -> dict:
-    """What the store holds for a voice, judged by stat stamps alone (no audio is read)."""
-    stored = {}
+    """What the store holds for a voice, judged by stat stamps alone (no audio is read): the duration
+    warning comes from the frames of a file made from the voice's current audio."""
+    stored, warnings = {}, []
     for preset in presets:
         found = store.lookup(voice, preset, audio=FileStamp.of(voice.ref_audio) if voice.ref_audio else None)
         producer = found.sidecar.raw.get("producer") if found.sidecar else None
         stored[preset.name] = {"state": found.state, "path": str(found.path) if found.path else None,
                                "reason": found.reason or None, "producer": producer}
+        if found.fresh and found.sidecar and not warnings:
+            warning = duration_warning(*preset.seconds_of(preset.frames_in(found.sidecar.shape)))
+            warnings += [warning] if warning else []
     codes_state, codes_detail = store.codes_report(voice)
     return {"name": voice.name, "in_library": in_library,
-            "ref_audio": str(voice.ref_audio) if voice.ref_audio else None, "stored": stored,
+            "ref_audio": str(voice.ref_audio) if voice.ref_audio else None, "stored": stored, "warnings": warnings,
             "codes": {"state": codes_state, "detail": codes_detail}}
+
+
+def _padded(text: str, columns: int) -> str:
+    """`text` padded with spaces to `columns` terminal columns: East Asian wide and fullwidth characters
+    take two, combining marks none."""
+    width = sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+    return text + " " * (columns - width)
 
 
 def list_voices(args, config: Config) -> int:
@@ -344,7 +377,9 @@ def list_voices(args, config: Config) -> int:
     for voice in voices:
         where = "voices.json" if voice["in_library"] else "codes dir only"
         states = " ".join(f"{name}={item['state']}" for name, item in voice["stored"].items())
-        print(f"{voice['name']:24s} {where:15s} {states} codes={voice['codes']['state']}")
+        print(f"{_padded(printable(voice['name']), 24)} {where:15s} {states} codes={voice['codes']['state']}")
+        for warning in voice["warnings"]:
+            print(f"  warning: {warning}")
     for problem in problems:
         print(f"unusable entry: {problem}")
     for message in collisions:
@@ -400,6 +435,8 @@ def inspect(args, config: Config) -> int:
           f" = {n_frames * hop_s:.2f} s")
     if samples is not None:
         print(f"audio      {samples.shape[0] / rate:.2f} s at {rate} Hz, {samples.shape[1]} channel(s)")
+        if warning := duration_warning(samples.shape[0] / rate):
+            print(f"warning    {warning}")
     print(f"values     min {spec.min():.4g}  max {spec.max():.4g}  mean {spec.mean():.4g}")
     if voice is not None:
         state, detail = store.codes_report(voice)
@@ -426,6 +463,20 @@ OPTION_VARIABLES = {"voices": "VOICES_CONFIG", "codes_dir": "CODES_DIR", "preset
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        try:
+            return _run(argv)
+        finally:  # here, not at exit: a closed pipe is then told apart from a crash
+            sys.stdout.flush()
+    except BrokenPipeError:  # the reader stopped reading (`| head`): end quietly, as SIGPIPE ends a command
+        with contextlib.suppress(OSError, ValueError):  # no second error when Python flushes at exit
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.dup2(devnull, sys.stderr.fileno())
+        return SIGPIPE_STATUS
+
+
+def _run(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="reference-mel", description=__doc__.splitlines()[0])
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--voices", help="voices.json (default: VOICES_CONFIG)")
@@ -460,10 +511,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = Config.from_env(env)
         select_device(config.device)
-        started = time.perf_counter()
-        status = args.run(args, config)
-        print(f"({time.perf_counter() - started:.1f} s)", file=sys.stderr)
-        return status
+        return args.run(args, config)
     except ReferenceMelError as err:
         print(f"error [{err.code}]: {err.message}", file=sys.stderr)
         return 2

@@ -56,9 +56,22 @@ def path_problem(text) -> str | None:
 
 
 def shown(text, limit: int = 160) -> str:
-    """A value as it may appear in a message: printable ASCII, cut to about `limit` characters."""
-    text = ascii(text)[1:-1] if isinstance(text, str) else repr(text)
-    return text if len(text) <= limit else f"{text[:limit - 40]}...{text[-30:]} ({len(text)} characters)"
+    """A value as it may appear in a message: printable characters as they are (a CJK name stays
+    readable), the rest escaped; cut to about `limit` characters before escaping, so that a 2 MB value
+    costs no more than a short one."""
+    escape, text = (printable, text) if isinstance(text, str) else (str, repr(text))  # repr escapes already
+    if len(text) <= limit:
+        return escape(text)
+    return f"{escape(text[:limit - 40])}...{escape(text[-30:])} ({len(text)} characters)"
+
+
+def printable(text: str) -> str:
+    """`text` with what a terminal cannot show as written (controls, lone surrogates, format and
+    unassigned characters) escaped as Python writes it, and backslashes doubled, so that no escape is
+    ambiguous; every printable character, CJK included, as it is."""
+    if text.isprintable() and "\\" not in text:
+        return text
+    return "".join(c if c.isprintable() and c != "\\" else ascii(c)[1:-1] for c in text)
 
 
 def samples_digest(samples: np.ndarray, sample_rate: int) -> str:

@@ -94,6 +94,12 @@ class Preset:
         1 + (L - win_length) // hop for Kaldi's."""
         return (n_resampled + 2 * self.pad - self.frame_length) // self.hop_length + 1
 
+    def seconds_of(self, n_frames: int) -> tuple[float, float]:
+        """The shortest and longest audio, in seconds, whose spectrogram has `n_frames` frames: n_frames
+        inverted, to within one hop (and one sample of resampling)."""
+        first = (n_frames - 1) * self.hop_length + self.frame_length - 2 * self.pad
+        return (first - 1) / self.sample_rate, (first + self.hop_length) / self.sample_rate
+
     def frames_in(self, shape: Sequence[int]) -> int | None:
         """n_frames of a feature matrix `shape` (no batch axis) if it has this preset's bins, else None."""
         if len(shape) != 2:

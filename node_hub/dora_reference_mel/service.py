@@ -63,6 +63,16 @@ UPSTREAM_SECONDS = (3.0, 10.0)  # GPT-SoVITS refuses references outside this ran
 MAX_CHECKED_AUDIO = 4096  # digests of audio that passed the checks, kept beside the cache
 
 
+def duration_warning(seconds: float, longest: float | None = None) -> str | None:
+    """The warning for a reference of `seconds` outside GPT-SoVITS's range, or None. With `longest`, the
+    duration is known only to lie between the two (as a stored spectrogram's frames tell): it warns
+    only when the whole span is outside, and names its middle."""
+    longest = seconds if longest is None else longest
+    if longest >= UPSTREAM_SECONDS[0] and seconds <= UPSTREAM_SECONDS[1]:
+        return None
+    return f"duration {(seconds + longest) / 2:.2f} s is outside GPT-SoVITS's 3 to 10 s reference range"
+
+
 @dataclasses.dataclass
 class Output:
     output_id: str
@@ -319,8 +329,8 @@ class ReferenceMelService:
                 "too_long", f"the reference is {seconds:.1f} s, over MAX_REF_SECONDS={self.config.max_ref_seconds:g}; "
                 "send 3 to 10 s of speech (or raise MAX_REF_SECONDS)")
         warnings = []
-        if not UPSTREAM_SECONDS[0] <= seconds <= UPSTREAM_SECONDS[1]:
-            warnings.append(f"duration {seconds:.2f} s is outside GPT-SoVITS's 3 to 10 s reference range")
+        if duration := duration_warning(seconds):
+            warnings.append(duration)
         peak = max(float(samples.max()), -float(samples.min()))  # no |x| temporary
         if peak > 2:
             warnings.append(f"peak {peak:.3g} is far above 1 (clipped or mis-scaled PCM); served peak-normalised")
