@@ -65,7 +65,8 @@ def test_blank_path_variables_mean_the_default():
     blank = Config.from_env({"PRIMESPEECH_MODEL_DIR": "/m", "CODES_DIR": " ", "VOICES_CONFIG": "\t",
                              "REF_AUDIO_ROOTS": " : "})
     assert (str(blank.codes_dir), str(blank.voices_config)) == ("/m/gpt-sovits-mlx/codes", "/m/voices.json")
-    assert blank.ref_audio_roots == (blank.model_dir,)
+    assert blank.ref_audio_roots == Config.from_env({"PRIMESPEECH_MODEL_DIR": "/m"}).ref_audio_roots
+    assert blank.ref_audio_roots[0] == blank.model_dir
     assert Config.from_env({"PRIMESPEECH_MODEL_DIR": "  "}).model_dir == Config.from_env({}).model_dir
     assert Config.from_env({"REF_AUDIO_ROOTS": "/a: :/b"}).ref_audio_roots == (Path("/a"), Path("/b"))
 

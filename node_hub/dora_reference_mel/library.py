@@ -238,10 +238,16 @@ class VoiceLibrary:
         messages = []
         for name in dict.fromkeys(shared):
             try:
-                self.resolve(name)
+                found = self.resolve(name)
             except ReferenceMelError as err:
                 if err.code == "ambiguous_voice":
                     messages.append(err.message)
+                continue
+            keys = parsed["by_key"].get(name, ())
+            if len(keys) > 1:  # keys equal but for case: the exact one answers, the others are out of reach by it
+                messages.append(f"voice {name!r} matches {len(keys)} voices of {self.path} by keys that differ only "
+                                f"in case ({', '.join(map(repr, keys))}); a switch to it gets {found.name!r}: make "
+                                "keys unique")
         return messages
 
     def voices(self) -> list[Voice | ReferenceMelError]:

@@ -77,8 +77,13 @@ def mlx_cpu_kernels() -> set[str]:
 
 def configured_service(config_source=Config.from_env) -> ReferenceMelService:
     """The service built from the environment, or exit with one line naming the bad setting (no traceback)."""
+    return checked(lambda: build_service(config_source()))
+
+
+def checked(build):
+    """build(), or exit with one line naming the bad setting (no traceback)."""
     try:
-        return build_service(config_source())
+        return build()
     except ReferenceMelError as err:  # before any event: say what to fix and stop
         # One line on stderr, on its own: the operator's runtime wraps the exit in a traceback of its own.
         print(f"dora-reference-mel: bad configuration [{err.code}]: {err.message}", file=sys.stderr, flush=True)
@@ -141,13 +146,14 @@ def started_by_dora(env=os.environ) -> bool:
 
 def main(argv: list[str] | None = None) -> None:
     check_arguments(sys.argv[1:] if argv is None else argv)
+    config = checked(Config.from_env)  # a bad setting is named first: the dataflow would meet it too
     if not started_by_dora():
         print("dora-reference-mel: this is a dora node; start it from a dataflow (`dora run flow.yml`, "
               "`path: dora-reference-mel`), not by hand (usage: dora-reference-mel --help)", file=sys.stderr)
         raise SystemExit(1)
     from dora import Node
 
-    service = configured_service()
+    service = configured_service(lambda: config)
     node = Node()
     sent = collections.Counter()
     prewarm_transport(node, service)
