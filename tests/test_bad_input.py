@@ -4,6 +4,7 @@ Every case goes through the real node (`dora-reference-mel` in dora's integratio
 node process replays all cases in order, each case is its own test on its own answer, and a good
 event at the end proves the node still serves."""
 
+import importlib.metadata
 import json
 import os
 
@@ -123,6 +124,8 @@ def battery(tmp_path_factory, request):
                              "linked": {"ref_audio": "voices/none.wav"}})
     library["voices"].write_text(json.dumps(config))
     table = cases(tmp)
+    if DORA_04:  # dora 0.4.1 never delivers an empty array (docs/delivery.md): there is nothing to answer
+        del table["empty"]
     events = [dict(fields, type="Input", id=fields.get("id", "reference_audio")) for fields, _ in table.values()]
     events.append({"type": "Input", "id": "reference_audio", "data": GOOD.tolist(), "data_type": "Float32",
                    "metadata": rate(RATE)})
@@ -147,6 +150,7 @@ def module_library(tmp_path_factory):
                     "CODES_DIR": str(tmp / "codes")}}
 
 
+DORA_04 = importlib.metadata.version("dora-rs").startswith("0.4.")  # the node runs on the test's own line
 CASE_NAMES = [
     "empty", "single_sample", "shorter_than_a_frame", "nan", "inf", "all_zeros", "clipped_far_beyond", "too_long",
     "strings", "booleans", "struct", "list", "uint8", "int8", "int64", "nulls_inside", "rate_missing", "rate_zero",
@@ -161,6 +165,8 @@ CASE_NAMES = [
 
 @pytest.mark.parametrize("case", CASE_NAMES)
 def test_case(battery, case):
+    if DORA_04 and case == "empty":
+        pytest.skip("dora 0.4.1 never delivers an empty array (tests/test_delivery.py)")
     expected = battery["expected"][case][1]
     answer = battery["answers"][case]
     if expected.startswith("mel"):
@@ -174,7 +180,7 @@ def test_case(battery, case):
 
 
 def test_every_case_is_listed(battery):
-    assert set(CASE_NAMES) == set(battery["expected"])
+    assert set(CASE_NAMES) == set(battery["expected"]) | ({"empty"} if DORA_04 else set())
 
 
 def test_still_serving_after_all_of_them(battery):
