@@ -82,7 +82,7 @@ CASES = {
     "custom_path_nul": (custom("voices/basil.wav\x00x", wrapped=True), ["error", "text"], "bad_ref_audio"),
     "custom_path_surrogate": (custom("voices/\udc80.wav", wrapped=True), ["error", "text"], "bad_ref_audio"),
     "voices_json_nul_path": (voice("nul"), ["error"], "bad_voices_config"),
-    "empty_audio_huge_channels": (audio([], 16000, channels=2**62), ["error"], "bad_channels"),
+    "audio_huge_channels": (audio([0.1, 0.2], 16000, channels=2**62), ["error"], "bad_channels"),
     "ref_audio_over_max_seconds": (voice("longref"), ["error"], "too_long"),
     "rate_7_hz": (audio([0.1] * 256, 7), ["error"], "bad_sample_rate"),
     "wav_header_2_ghz": (custom("MODELS/voices/fast.wav"), ["error", "text"], "bad_sample_rate"),

@@ -28,15 +28,15 @@ def served(log):
 
 def test_replay_computed_cache_error_then_served_then_precomputed(tmp_path, library):
     events = [recorded(0), recorded(3),  # aria twice (the recording's repeat)
-              {"type": "Input", "id": "reference_audio", "data": [], "data_type": "Float32",
-               "metadata": {"sample_rate": {"Integer": 16000}}},  # malformed: empty
+              {"type": "Input", "id": "reference_audio", "data": [0.5], "data_type": "Float32",
+               "metadata": {"sample_rate": {"Integer": 16000}}},  # malformed: one sample
               recorded(1), recorded(2), recorded(4)]  # basil, cleo (stereo 44.1k), voice event "Basil"
     outputs, log = run_node(tmp_path, events, library["env"])
     assert [o["id"] for o in outputs] == ["mel", "mel", "error", "mel", "mel", "mel"]
     assert served(log) == [("aria", "computed", "[1, 704, 500]"), ("aria", "cache", "[1, 704, 500]"),
                            ("basil", "computed", "[1, 704, 295]"), ("cleo", "computed", "[1, 704, 244]"),
                            ("basil", "cache", "[1, 704, 295]")]  # the same audio as the basil event before
-    assert json.loads(outputs[2]["data"][0])["error"] == "empty_audio"
+    assert json.loads(outputs[2]["data"][0])["error"] == "too_short"
     for output, index in ((outputs[0], 0), (outputs[3], 1), (outputs[4], 2)):
         samples, rate = recorded_samples(index)
         ours = np.array(output["data"], dtype=np.float32).reshape(704, -1)
