@@ -93,7 +93,7 @@ class UpstreamCodes:
             state[pos + "parametrizations.weight.original0"], state[pos + "parametrizations.weight.original1"] = g, v
         else:
             state[pos + "weight"] = self.hubert.encoder.pos_conv_embed.conv.weight.detach().numpy()
-        sovits = {"ssl_proj.weight": self.ssl_proj.weight.detach().numpy(), "ssl_proj.bias": self.ssl_proj.bias.detach().numpy()}
+        sovits = {"ssl_proj." + k: v.numpy() for k, v in self.ssl_proj.state_dict().items()}
         sovits.update({"quantizer." + k: v.numpy() for k, v in self.quantizer.state_dict().items()})
         folder.mkdir(parents=True, exist_ok=True)
         paths = folder / "hubert.safetensors", folder / "sovits.safetensors"
