@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from oracle_codes import UpstreamCodes, small_config, unpack_upstream
+from safetensors.numpy import save_file
 from transformers import HubertConfig
 
 from dora_reference_mel.models import ModelError, load_codes_model, prompt_samples, to_16k_mono, weights_digest
@@ -85,6 +86,7 @@ def test_to_16k_mono_is_librosa_load(name):
     expected, _ = librosa.load(path, sr=16000)
     got = to_16k_mono(*sf.read(path, dtype="float32"))
     assert got.dtype == np.float32 and np.array_equal(got, expected)
+    assert np.array_equal(to_16k_mono(*sf.read(path, dtype="int16")), expected)  # PCM as a dora event carries it
 
 
 @pytest.mark.parametrize("matmul", ["mlx", "blas"])
@@ -160,12 +162,27 @@ def test_bad_reference_audio(small, samples):
     assert refused.value.code == "bad_ref_audio"
 
 
+@pytest.mark.parametrize("samples", [np.zeros((60_000, 2, 2), np.float32), np.array(["a", "b"]), np.zeros(9, bool)],
+                         ids=["three dims", "strings", "booleans"])
+def test_to_16k_mono_refuses_what_is_not_audio(samples):
+    with pytest.raises(ModelError) as refused:
+        to_16k_mono(samples, 22050)
+    assert refused.value.code == "bad_ref_audio"
+
+
 def test_bad_weights_name_the_file(small, tmp_path):
     _, hubert, sovits = small
     not_tensors = tmp_path / "notes.safetensors"
     not_tensors.write_text("not a safetensors file")
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(sovits.read_bytes()[:-5000])
+    other_width = tmp_path / "other_width.safetensors"
+    save_file({"ssl_proj.weight": np.zeros((8, 8, 2), np.float32), "ssl_proj.bias": np.zeros(8, np.float32),
+               "quantizer.vq.layers.0._codebook.embed": np.zeros((1024, 8), np.float32)}, str(other_width))
     cases = [(tmp_path / "missing.safetensors", sovits, "missing.safetensors"),
              (not_tensors, sovits, "notes.safetensors"),
+             (hubert, truncated, "truncated.safetensors"),
+             (hubert, other_width, "do not fit HuBERT's width 64"),
              (hubert, hubert, "no ssl_proj.weight"),
              (sovits, sovits, "no tensor 'feature_extractor.conv_layers.0.conv.weight'")]
     for hubert_path, sovits_path, named in cases:

@@ -39,13 +39,22 @@ SSL_PROJ = "ssl_proj."
 CODEBOOK = "quantizer.vq.layers.0._codebook.embed"
 
 
+# Integer PCM as soundfile reads it into float32 (what librosa.load gets): divided by 2^15 or 2^31.
+PCM_SCALE = {np.dtype(np.int16): 1 / 32768, np.dtype(np.int32): 1 / 2147483648}
+
+
 def to_16k_mono(samples: np.ndarray, sample_rate: int) -> np.ndarray:
-    """What librosa.load(path, sr=16000) returns, from the samples soundfile reads ([n] or [n, channels]) at
-    their rate: float32 mono (the mean of the channels), resampled with soxr's HQ quality, cut or zero-padded
-    to ceil(n * 16000 / rate) computed in floating point as librosa does."""
+    """What librosa.load(path, sr=16000) returns, from the samples soundfile reads ([n] or [n, channels];
+    float, or int16/int32 PCM) at their rate: float32 mono (the mean of the channels), resampled with soxr's
+    HQ quality, cut or zero-padded to ceil(n * 16000 / rate) computed in floating point as librosa does."""
     import soxr  # optional dependency (the `soxr` extra): only resampling needs it
 
-    y = np.asarray(samples, dtype=np.float32)
+    samples = np.asarray(samples)
+    if samples.dtype in PCM_SCALE:
+        samples = samples * np.float32(PCM_SCALE[samples.dtype])
+    elif samples.dtype.kind != "f":
+        raise ModelError("bad_ref_audio", f"reference samples of dtype {samples.dtype}: expected float, int16 or int32 PCM")
+    y = samples.astype(np.float32, copy=False)
     if y.ndim == 2:
         y = np.mean(y.T, axis=0)  # librosa.to_mono over soundfile's [n, channels] read, transposed
     if y.ndim != 1:
@@ -115,6 +124,11 @@ class CodesModel:
             raise ModelError("bad_weights", f"{source} has no {', '.join(missing)}: is it a GPT-SoVITS SoVITS (s2G) model?")
         self.hubert = hubert
         proj = sovits[SSL_PROJ + "weight"].astype(mx.float32)
+        width = hubert.projection[0].shape[1]
+        if proj.ndim != 3 or proj.shape[:2] != (width, width) or sovits[CODEBOOK].shape[1:] != (width,):
+            raise ModelError("bad_weights", f"{source}: ssl_proj.weight {tuple(proj.shape)} and the codebook "
+                             f"{tuple(sovits[CODEBOOK].shape)} do not fit HuBERT's width {width}: are both files of one "
+                             "GPT-SoVITS version?")
         self.proj_kernel = proj.shape[2]  # 2 (stride 2) for 25 Hz models, 1 for 50 Hz ones
         self.proj_matrix, self.proj_bias = conv_matrix(proj), sovits[SSL_PROJ + "bias"].astype(mx.float32)
         self.codebook = sovits[CODEBOOK].astype(mx.float32)
