@@ -50,6 +50,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip", action="append", default=[], choices=["mlx", "blas", "torch"])
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--upstream", type=Path, help="GPT_SoVITS folder already unpacked by oracle_codes.unpack_upstream "
+                        "(where the package index is out of reach)")
     args = parser.parse_args()
 
     import torch
@@ -58,14 +60,15 @@ def main() -> None:
     samples, rate = sf.read(ROOT / "models" / "voices" / "aria.wav", dtype="float32")
     wav16k = to_16k_mono(samples, rate)
     with tempfile.TemporaryDirectory() as tmp:
-        upstream = unpack_upstream(Path(tmp))
+        upstream = args.upstream or unpack_upstream(Path(tmp))
         if upstream is None:
             sys.exit("codes_speed: cannot download gpt-sovits-cpufast (its quantizer is the torch peer's)")
         reference = UpstreamCodes(HubertConfig(), upstream)
         hubert, sovits = reference.save(Path(tmp) / "weights")
         results = {"clip_seconds": len(wav16k) / 16000, "machine": platform.machine(), "cpus": os.cpu_count(),
-                   "mlx_device": str(mx.default_device()), "mlx": mx.__version__, "torch": torch.__version__}
-        torch_codes = reference.hidden_and_codes(wav16k)[1]
+                   "mlx_device": str(mx.default_device()), "mlx": mx.__version__, "torch": torch.__version__,
+                   "MLX_ENABLE_TF32": os.environ.get("MLX_ENABLE_TF32", "unset (on)")}
+        torch_hidden, torch_codes = reference.hidden_and_codes(wav16k)
         for backend in ("mlx", "blas"):
             if backend in args.skip:
                 continue
@@ -73,7 +76,10 @@ def main() -> None:
             seconds, codes = median_seconds(lambda model=model: model.codes(wav16k), args.repeats)
             results[f"{backend}_s"] = round(seconds, 3)
             agree = results[f"{backend}_codes_equal_to_torch"] = float(np.mean(codes == torch_codes))
-            print(f"{backend}: {seconds:.2f} s median, {agree:.1%} of codes equal to torch", flush=True)
+            hidden = np.array(model.hidden_states(wav16k))
+            diff = results[f"{backend}_hidden_max_diff"] = float(np.abs(hidden - torch_hidden).max())
+            print(f"{backend}: {seconds:.2f} s median, {agree:.1%} of codes equal to torch's, hidden states "
+                  f"within {diff:.1e}", flush=True)
         if "torch" not in args.skip:
             by_threads = {}
             for threads in range(1, (os.cpu_count() or 1) + 1):
@@ -82,6 +88,17 @@ def main() -> None:
                 print(f"torch, {threads} threads: {by_threads[threads]:.2f} s median", flush=True)
             best = min(by_threads, key=by_threads.get)
             results.update(torch_s=round(by_threads[best], 3), torch_threads=best)
+            if torch.cuda.is_available():  # the same model in float32 on the GPU
+
+                def on_gpu():
+                    out = reference.hidden_and_codes(wav16k)
+                    torch.cuda.synchronize()
+                    return out
+
+                reference.to("cuda")
+                seconds, (_, codes) = median_seconds(on_gpu, args.repeats)
+                results.update(torch_cuda_s=round(seconds, 4), torch_cuda_codes_equal=float(np.mean(codes == torch_codes)))
+                print(f"torch, cuda: {seconds:.3f} s median", flush=True)
     print(json.dumps(results))
     if args.out:
         args.out.write_text(json.dumps(results, indent=1) + "\n")

@@ -68,6 +68,17 @@ class UpstreamCodes:
         # codes diverse (checked by the tests).
         codebook.embed.copy_(torch.randn(1024, dim) * codebook_scale)
         codebook.inited.fill_(1.0)  # a loaded checkpoint's state: no k-means on the first batch
+        self.device = "cpu"
+
+    def to(self, device: str) -> UpstreamCodes:
+        """The three modules on a torch device (cuda: float32 products, TF32 off as torch's matmul default)."""
+        import torch
+
+        torch.backends.cudnn.allow_tf32 = False  # torch's default leaves TF32 on for convolutions
+        for module in (self.hubert, self.ssl_proj, self.quantizer):
+            module.to(device)
+        self.device = device
+        return self
 
     def hidden_and_codes(self, wav16k: np.ndarray, sovits_rate: int = 32000) -> tuple[np.ndarray, np.ndarray]:
         """(last_hidden_state [T, dim], codes[0, 0] [N]) as TTS._set_prompt_semantic computes them."""
@@ -75,9 +86,9 @@ class UpstreamCodes:
 
         with torch.no_grad():
             wav = torch.cat([torch.from_numpy(wav16k), torch.zeros(int(sovits_rate * 0.3), dtype=torch.float32)])
-            hidden = self.hubert(wav.unsqueeze(0))["last_hidden_state"].transpose(1, 2)
+            hidden = self.hubert(wav.unsqueeze(0).to(self.device))["last_hidden_state"].transpose(1, 2)
             _, codes, _, _ = self.quantizer(self.ssl_proj(hidden))  # extract_latent
-            return hidden[0].T.numpy(), codes.transpose(0, 1)[0, 0].numpy()
+            return hidden[0].T.cpu().numpy(), codes.transpose(0, 1)[0, 0].cpu().numpy()
 
     def save(self, folder: Path, layout: str = "weight_g", dtype=np.float32) -> tuple[Path, Path]:
         """hubert.safetensors (the HubertModel state dict, positional weight norm as `layout`: weight_g,

@@ -87,7 +87,6 @@ def nearest_codes(x: mx.array, embed: mx.array, backend: str) -> mx.array:
     """Index of the nearest codebook row for each row of x [N, D], by upstream's expression
     (EuclideanCodebook.quantize), on the CPU stream so that a GPU's TF32 never decides it."""
     with mx.stream(mx.cpu):
-        x, embed = mx.array(x), mx.array(embed)  # to this stream's device on backends with separate memory
         dots = matmul(x, embed.T, backend, stream=mx.cpu)
         dist = -((mx.sum(x * x, axis=1, keepdims=True) - 2 * dots) + mx.sum(embed * embed, axis=1)[None])
         return mx.argmax(dist, axis=1).astype(mx.int32)
