@@ -72,7 +72,7 @@ def main() -> None:
         for backend in ("mlx", "blas"):
             if backend in args.skip:
                 continue
-            model = load_codes_model(hubert, sovits, matmul=backend)
+            model = load_codes_model(hubert, sovits, matmul_backend=backend)
             seconds, codes = median_seconds(lambda model=model: model.codes(wav16k), args.repeats)
             results[f"{backend}_s"] = round(seconds, 3)
             agree = results[f"{backend}_codes_equal_to_torch"] = float(np.mean(codes == torch_codes))

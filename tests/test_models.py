@@ -92,7 +92,7 @@ def test_to_16k_mono_is_librosa_load(name):
 @pytest.mark.parametrize("matmul", ["mlx", "blas"])
 def test_small_model_codes_match_upstream(small, matmul):
     reference, hubert, sovits = small
-    model = load_codes_model(hubert, sovits, matmul=matmul, attention_heads=4)
+    model = load_codes_model(hubert, sovits, matmul_backend=matmul, attention_heads=4)
     assert model.hubert.backend == matmul
     clips = {"basil 16 kHz": clip16k(VOICES / "basil.wav"), "22.05 kHz": clip16k(SPEECH / "mono_22050.wav", 2),
              "stereo 32 kHz": clip16k(SPEECH / "stereo_32000.wav", 3), "cleo 44.1 kHz stereo": clip16k(VOICES / "cleo.wav")}
@@ -106,8 +106,8 @@ def test_small_model_codes_match_upstream(small, matmul):
 @pytest.mark.slow
 def test_full_size_codes_match_upstream(full):
     reference, hubert, sovits = full
-    blas = load_codes_model(hubert, sovits, matmul="blas")
-    mlx_path = load_codes_model(hubert, sovits, matmul="mlx")
+    blas = load_codes_model(hubert, sovits, matmul_backend="blas")
+    mlx_path = load_codes_model(hubert, sovits, matmul_backend="mlx")
     # aria is 10.0 s at 48 kHz: exactly the 160,000 samples upstream still takes.
     runs = [(blas, "aria 48 kHz", clip16k(VOICES / "aria.wav")),
             (blas, "cleo 44.1 kHz stereo", clip16k(VOICES / "cleo.wav")),
@@ -153,8 +153,8 @@ def test_reference_duration_bounds(small):
     assert prompt_samples(speech[:48_000], sovits_rate=24_000).shape == (48_000 + 7_200,)  # v3 models
 
 
-@pytest.mark.parametrize("samples", [np.zeros((60_000, 2), np.float32), np.full(60_000, np.nan, np.float32)],
-                         ids=["two channels", "nan"])
+@pytest.mark.parametrize("samples", [np.zeros((60_000, 2), np.float32), np.full(60_000, np.nan, np.float32),
+                                     np.full(60_000, "a")], ids=["two channels", "nan", "strings"])
 def test_bad_reference_audio(small, samples):
     _, hubert, sovits = small
     with pytest.raises(ModelError) as refused:

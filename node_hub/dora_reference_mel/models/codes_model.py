@@ -43,18 +43,23 @@ CODEBOOK = "quantizer.vq.layers.0._codebook.embed"
 PCM_SCALE = {np.dtype(np.int16): 1 / 32768, np.dtype(np.int32): 1 / 2147483648}
 
 
+def float_samples(samples: np.ndarray) -> np.ndarray:
+    """float32 samples from float or int16/int32 PCM; anything else is bad_ref_audio."""
+    samples = np.asarray(samples)
+    if samples.dtype in PCM_SCALE:
+        return samples * np.float32(PCM_SCALE[samples.dtype])
+    if samples.dtype.kind != "f":
+        raise ModelError("bad_ref_audio", f"reference samples of dtype {samples.dtype}: expected float, int16 or int32 PCM")
+    return samples.astype(np.float32, copy=False)
+
+
 def to_16k_mono(samples: np.ndarray, sample_rate: int) -> np.ndarray:
     """What librosa.load(path, sr=16000) returns, from the samples soundfile reads ([n] or [n, channels];
     float, or int16/int32 PCM) at their rate: float32 mono (the mean of the channels), resampled with soxr's
     HQ quality, cut or zero-padded to ceil(n * 16000 / rate) computed in floating point as librosa does."""
     import soxr  # optional dependency (the `soxr` extra): only resampling needs it
 
-    samples = np.asarray(samples)
-    if samples.dtype in PCM_SCALE:
-        samples = samples * np.float32(PCM_SCALE[samples.dtype])
-    elif samples.dtype.kind != "f":
-        raise ModelError("bad_ref_audio", f"reference samples of dtype {samples.dtype}: expected float, int16 or int32 PCM")
-    y = samples.astype(np.float32, copy=False)
+    y = float_samples(samples)
     if y.ndim == 2:
         y = np.mean(y.T, axis=0)  # librosa.to_mono over soundfile's [n, channels] read, transposed
     if y.ndim != 1:
@@ -68,7 +73,7 @@ def to_16k_mono(samples: np.ndarray, sample_rate: int) -> np.ndarray:
 
 def prompt_samples(wav16k: np.ndarray, sovits_rate: int = SOVITS_RATE) -> np.ndarray:
     """The 16 kHz reference checked for upstream's 3-10 s and followed by int(sovits_rate * 0.3) zeros."""
-    wav16k = np.asarray(wav16k, dtype=np.float32)
+    wav16k = float_samples(wav16k)
     if wav16k.ndim != 1:
         raise ModelError("bad_ref_audio", f"16 kHz reference samples of shape {wav16k.shape}: expected one channel [n]")
     n = wav16k.shape[0]
@@ -146,15 +151,16 @@ class CodesModel:
         return np.array(nearest_codes(ssl, self.codebook, backend), dtype=np.int32)
 
     def codes(self, samples_16k: np.ndarray) -> np.ndarray:
-        """The prompt's semantic codes, int32 [N] at 25 a second, from 3-10 s of 16 kHz mono float samples
-        (to_16k_mono makes them from a file's samples)."""
+        """The prompt's semantic codes, int32 [N] at 25 a second, from 3-10 s of 16 kHz mono samples (float,
+        or int16/int32 PCM; to_16k_mono makes them from a file's samples at any rate)."""
         return self.codes_of_hidden(self.hidden_states(samples_16k))
 
 
-def load_codes_model(hubert_path: str | os.PathLike, sovits_path: str | os.PathLike, *, matmul: str = "auto",
+def load_codes_model(hubert_path: str | os.PathLike, sovits_path: str | os.PathLike, *, matmul_backend: str = "auto",
                      attention_heads: int = ATTENTION_HEADS, sovits_rate: int = SOVITS_RATE) -> CodesModel:
-    """The codes model from the MLX line's `hubert.safetensors` and a SoVITS safetensors file. `matmul`:
+    """The codes model from the MLX line's `hubert.safetensors` and a SoVITS safetensors file. `matmul_backend`:
     'auto' (NumPy's BLAS where MLX runs on a Linux CPU, else MLX), 'mlx' or 'blas'."""
-    hubert = Hubert(read_safetensors(hubert_path), os.fspath(hubert_path), attention_heads, matmul)
+    hubert_weights, sovits = read_safetensors(hubert_path), read_safetensors(sovits_path)  # both checked first
+    hubert = Hubert(hubert_weights, os.fspath(hubert_path), attention_heads, matmul_backend)
     digest = weights_digest(hubert_path, sovits_path)
-    return CodesModel(hubert, read_safetensors(sovits_path), os.fspath(sovits_path), digest, sovits_rate)
+    return CodesModel(hubert, sovits, os.fspath(sovits_path), digest, sovits_rate)
