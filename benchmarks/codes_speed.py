@@ -1,0 +1,108 @@
+"""Prompt codes of one reference clip (models/voices/aria.wav: 10 s, the longest upstream takes), three ways,
+on chinese-hubert-base's architecture with seeded random weights (speed does not depend on the values):
+
+- mlx:   dora_reference_mel.models with every product through MLX's matmul (the path of GPUs and macOS);
+- blas:  the same with products through NumPy's BLAS (the path where MLX runs on a Linux CPU);
+- torch: transformers' HubertModel, ssl_proj and the upstream quantizer (tests/oracle_codes.py), at each
+         thread count from 1 to the CPU count, the best one reported.
+
+Prints the median seconds of each (after one warm-up run) and the codes' agreement with torch; --out writes
+them as JSON. Needs the test extra (torch, transformers, einops) and the package index once (the wheel
+that carries GPT-SoVITS's quantizer). python benchmarks/codes_speed.py [--repeats 3] [--skip mlx] [--out f]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+import soundfile as sf
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from oracle_codes import UpstreamCodes, unpack_upstream  # noqa: E402
+
+from dora_reference_mel.models import load_codes_model, to_16k_mono  # noqa: E402
+
+
+def median_seconds(run, repeats: int) -> tuple[float, object]:
+    result = run()  # warm-up: first-call allocations, thread pools
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--skip", action="append", default=[], choices=["mlx", "blas", "torch"])
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--upstream", type=Path, help="GPT_SoVITS folder already unpacked by oracle_codes.unpack_upstream "
+                        "(where the package index is out of reach)")
+    args = parser.parse_args()
+
+    import torch
+    from transformers import HubertConfig
+
+    samples, rate = sf.read(ROOT / "models" / "voices" / "aria.wav", dtype="float32")
+    wav16k = to_16k_mono(samples, rate)
+    with tempfile.TemporaryDirectory() as tmp:
+        upstream = args.upstream or unpack_upstream(Path(tmp))
+        if upstream is None:
+            sys.exit("codes_speed: cannot download gpt-sovits-cpufast (its quantizer is the torch peer's)")
+        reference = UpstreamCodes(HubertConfig(), upstream)
+        hubert, sovits = reference.save(Path(tmp) / "weights")
+        results = {"clip_seconds": len(wav16k) / 16000, "machine": platform.machine(), "cpus": os.cpu_count(),
+                   "mlx_device": str(mx.default_device()), "mlx": mx.__version__, "torch": torch.__version__,
+                   "MLX_ENABLE_TF32": os.environ.get("MLX_ENABLE_TF32", "unset (on)")}
+        torch_hidden, torch_codes = reference.hidden_and_codes(wav16k)
+        for backend in ("mlx", "blas"):
+            if backend in args.skip:
+                continue
+            model = load_codes_model(hubert, sovits, matmul_backend=backend)
+            seconds, codes = median_seconds(lambda model=model: model.codes(wav16k), args.repeats)
+            results[f"{backend}_s"] = round(seconds, 3)
+            agree = results[f"{backend}_codes_equal_to_torch"] = float(np.mean(codes == torch_codes))
+            hidden = np.array(model.hidden_states(wav16k))
+            diff = results[f"{backend}_hidden_max_diff"] = float(np.abs(hidden - torch_hidden).max())
+            print(f"{backend}: {seconds:.2f} s median, {agree:.1%} of codes equal to torch's, hidden states "
+                  f"within {diff:.1e}", flush=True)
+        if "torch" not in args.skip:
+            by_threads = {}
+            for threads in range(1, (os.cpu_count() or 1) + 1):
+                torch.set_num_threads(threads)
+                by_threads[threads], _ = median_seconds(lambda: reference.hidden_and_codes(wav16k), args.repeats)
+                print(f"torch, {threads} threads: {by_threads[threads]:.2f} s median", flush=True)
+            best = min(by_threads, key=by_threads.get)
+            results.update(torch_s=round(by_threads[best], 3), torch_threads=best)
+            if torch.cuda.is_available():  # the same model in float32 on the GPU
+
+                def on_gpu():
+                    out = reference.hidden_and_codes(wav16k)
+                    torch.cuda.synchronize()
+                    return out
+
+                reference.to("cuda")
+                seconds, (_, codes) = median_seconds(on_gpu, args.repeats)
+                results.update(torch_cuda_s=round(seconds, 4), torch_cuda_codes_equal=float(np.mean(codes == torch_codes)))
+                print(f"torch, cuda: {seconds:.3f} s median", flush=True)
+    print(json.dumps(results))
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
