@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from dora_reference_mel import reference_mel
 from dora_reference_mel.config import Config
 from dora_reference_mel.errors import ERROR_CODES
-from dora_reference_mel.service import ReferenceMelService
+from dora_reference_mel.node.service import ReferenceMelService
 from helpers import SPEECH, run_node
 
 GOOD, RATE = soundfile.read(str(SPEECH / "mono_16000.wav"), dtype="float32")

@@ -15,9 +15,9 @@ import soundfile
 
 from dora_reference_mel import get_preset, reference_mel
 from dora_reference_mel.config import Config
-from dora_reference_mel.library import VoiceLibrary
-from dora_reference_mel.service import ReferenceMelService
+from dora_reference_mel.node.service import ReferenceMelService
 from dora_reference_mel.store import ReferenceStore
+from dora_reference_mel.store.library import VoiceLibrary
 from helpers import BIN, RATES, ROOT, SPEECH, run_node
 
 

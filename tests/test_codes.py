@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from dora_reference_mel import ReferenceMelError
-from dora_reference_mel.codes import read_codes
+from dora_reference_mel.store.codes import read_codes
 
 
 def test_codes_bin_and_npy_dtypes(tmp_path):
@@ -60,7 +60,7 @@ def test_node_and_every_command_judge_codes_alike(library):
     import pyarrow as pa
 
     from dora_reference_mel.config import Config
-    from dora_reference_mel.service import ReferenceMelService
+    from dora_reference_mel.node.service import ReferenceMelService
 
     codes = library["models"] / "codes"
     np.save(codes / "floaty_codes.npy", np.arange(50, dtype=np.float32))
@@ -109,7 +109,7 @@ def test_a_relative_models_base_path_is_the_same_folder_for_node_and_tool(librar
     flow.mkdir()
     # The node's own service, in a process started in `cwd` (as dora starts it), sent two switches to aria.
     code = ("import logging, sys, pyarrow as pa; from dora_reference_mel.config import Config; "
-            "from dora_reference_mel.service import ReferenceMelService; logging.basicConfig(); "
+            "from dora_reference_mel.node.service import ReferenceMelService; logging.basicConfig(); "
             "service = ReferenceMelService(Config.from_env()); "
             "print([service.handle('text', pa.array(['VOICE:aria|Hi.']), {})[0].metadata.get('codes_status') "
             "for _ in range(2)])")

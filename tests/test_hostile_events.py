@@ -20,8 +20,8 @@ import soundfile
 
 from dora_reference_mel.config import Config
 from dora_reference_mel.contract import REFERENCE_KEY, decode_mel_event
-from dora_reference_mel.main import send_outputs
-from dora_reference_mel.service import ReferenceMelService
+from dora_reference_mel.node.main import send_outputs
+from dora_reference_mel.node.service import ReferenceMelService
 from helpers import BIN, ROOT, copy_library, node_run_env, run_node
 
 GOOD, RATE = soundfile.read(str(ROOT / "models/voices/basil.wav"), dtype="float32")

@@ -7,7 +7,7 @@ import stat
 import pytest
 
 from dora_reference_mel import ReferenceMelError, get_preset
-from dora_reference_mel.library import VoiceLibrary, edit_json_fields
+from dora_reference_mel.store.library import VoiceLibrary, edit_json_fields
 
 V2, V4 = get_preset("v2"), get_preset("v4")
 

@@ -8,9 +8,9 @@ import subprocess
 
 import pytest
 
-from dora_reference_mel import resample
 from dora_reference_mel.config import ENV_VARS
 from dora_reference_mel.contract import INPUTS, OUTPUTS
+from dora_reference_mel.features import resample
 from helpers import BIN, run_node
 
 NODE = str(BIN / "dora-reference-mel")

@@ -12,7 +12,7 @@ import soundfile
 import oracle
 from dora_reference_mel.config import Config
 from dora_reference_mel.contract import REFERENCE_KEY, decode_mel_event
-from dora_reference_mel.service import ReferenceMelService
+from dora_reference_mel.node.service import ReferenceMelService
 from helpers import ROOT, run_node, speech
 
 

@@ -194,7 +194,7 @@ def test_one_gather_filterbank_gives_the_grouped_sums(preset):
     width. The padding adds zero products only: the same bands to float32 rounding."""
     import mlx.core as mx
 
-    from dora_reference_mel.signal import apply_filterbank
+    from dora_reference_mel.features.spectrogram import apply_filterbank
 
     p = get_preset(preset)
     spectra = mx.array(np.random.default_rng(1).random((p.n_fft // 2 + 1, 300)).astype(np.float32))

@@ -8,8 +8,8 @@ import pytest
 import xxhash
 
 from dora_reference_mel import get_preset
-from dora_reference_mel.library import Voice
 from dora_reference_mel.store import ABSENT, CORRUPT, FRESH, STALE
+from dora_reference_mel.store.library import Voice
 
 V2, V4 = get_preset("v2"), get_preset("v4")
 
@@ -127,7 +127,7 @@ def test_inspect_finds_the_voices_the_node_serves_from_the_codes_dir(library):
     import soundfile
 
     from dora_reference_mel.config import Config
-    from dora_reference_mel.service import ReferenceMelService
+    from dora_reference_mel.node.service import ReferenceMelService
     from helpers import BIN, ROOT
 
     service = ReferenceMelService(Config.from_env(library["env"]))
@@ -154,7 +154,7 @@ def _unlisted_writer(args):
     import soundfile
 
     from dora_reference_mel.config import Config
-    from dora_reference_mel.service import ReferenceMelService
+    from dora_reference_mel.node.service import ReferenceMelService
     from helpers import ROOT
 
     env, worker, count = args
@@ -174,7 +174,7 @@ def test_two_node_processes_keep_one_bound_on_unlisted_voices(library):
     voices voices.json does not list, sidecar-less .bin files already there counted."""
     import multiprocessing
 
-    from dora_reference_mel.store import MAX_UNLISTED_VOICES
+    from dora_reference_mel.store.reference_store import MAX_UNLISTED_VOICES
 
     for i in range(56):
         (library["codes_dir"] / f"old{i}_mel.bin").write_bytes(np.ones((704, 2), "<f4").tobytes())

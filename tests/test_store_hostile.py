@@ -21,9 +21,9 @@ from hypothesis import strategies as st
 from dora_reference_mel import get_preset, reference_mel
 from dora_reference_mel.config import Config
 from dora_reference_mel.errors import ERROR_CODES, ReferenceMelError
-from dora_reference_mel.library import Voice, VoiceLibrary
-from dora_reference_mel.service import ReferenceMelService
+from dora_reference_mel.node.service import ReferenceMelService
 from dora_reference_mel.store import CORRUPT, FRESH, STALE, ReferenceStore
+from dora_reference_mel.store.library import Voice, VoiceLibrary
 from helpers import BIN, ROOT, run_node
 
 V2 = get_preset("v2")
@@ -227,7 +227,7 @@ import os, sys
 import numpy as np
 import pyarrow as pa
 from dora_reference_mel import get_preset
-from dora_reference_mel.library import Voice, VoiceLibrary
+from dora_reference_mel.store.library import Voice, VoiceLibrary
 from dora_reference_mel.store import ReferenceStore
 renames = []
 real_replace = os.replace
@@ -385,7 +385,7 @@ def test_a_pair_verified_once_still_sees_every_change(library, tmp_path, monkeyp
     """With the racy-stamp window at 0 (the filesystem here stamps in nanoseconds), the second lookup
     takes the once-verified path; after any change its answer is the one a store that never saw the
     pair gives."""
-    import dora_reference_mel.files as files_module
+    import dora_reference_mel.store.files as files_module
 
     monkeypatch.setattr(files_module, "SETTLED_NS", 0)
     store = ReferenceStore(library["codes_dir"], VoiceLibrary(library["voices"]))
@@ -409,7 +409,7 @@ def test_a_pair_verified_once_still_sees_every_change(library, tmp_path, monkeyp
 def test_a_pair_younger_than_the_stamp_granularity_is_checked_every_time(library):
     """A write within the timestamp tick of the check can leave the stamps as they were: such a pair is
     verified whole at every lookup until both files are older than SETTLED_NS, then only once."""
-    from dora_reference_mel.files import SETTLED_NS
+    from dora_reference_mel.store.files import SETTLED_NS
 
     store = ReferenceStore(library["codes_dir"], VoiceLibrary(library["voices"]))
     path = store.save_mel(Voice("young"), V2, np.ones((704, 20), np.float32), source_digest="d", source_sample_rate=1)
@@ -459,7 +459,7 @@ def test_a_clip_swapped_for_a_link_out_is_never_served(library, tmp_path, monkey
     the path resolved again and compared by device and inode)."""
     import threading
 
-    from dora_reference_mel import files
+    from dora_reference_mel.store import files
 
     if where == "stat":
         monkeypatch.setattr(files, "descriptor_path", lambda fd: None)

@@ -19,15 +19,16 @@ from pathlib import Path
 
 import numpy as np
 
-from . import signal
-from .config import Config, select_device
+from .config import Config
 from .errors import ReferenceMelError
-from .files import FileStamp, read_audio
-from .library import Voice, mel_path_key
-from .names import check_voice_name, path_problem, printable, samples_digest, shown
-from .recipe import PRESET_NAMES, RESAMPLERS, Preset
-from .service import duration_warning
+from .features import backend, spectrogram
+from .features.recipe import PRESET_NAMES, RESAMPLERS, Preset
+from .limits import DEVICES
+from .node.service import duration_warning
 from .store import ABSENT, ReferenceStore, Stored
+from .store.files import FileStamp, read_audio
+from .store.library import Voice, mel_path_key
+from .store.names import check_voice_name, path_problem, printable, samples_digest, shown
 
 VOICES_PER_CHUNK = 32  # voices read, computed and written together: bounds memory, still few MLX calls
 SIGPIPE_STATUS = 128 + 13  # what a shell reports for a command that a closed pipe (SIGPIPE) ended
@@ -85,7 +86,7 @@ def _load(store: ReferenceStore, job: Job) -> Job:
         return job
     try:
         samples, rate, job.stamp = store.read_audio(job.voice.ref_audio)
-        job.samples, job.sample_rate = signal.check_samples(samples, rate), rate
+        job.samples, job.sample_rate = spectrogram.check_samples(samples, rate), rate
         job.digest = samples_digest(job.samples, rate)
         job.warning = duration_warning(job.samples.shape[0] / rate) or ""
     except Exception as err:  # any error fails this voice alone
@@ -154,7 +155,7 @@ def _plan(store: ReferenceStore, job: Job, force: bool) -> bool:
         if found.fresh and not force:
             job.state, job.path = "up to date", found.path
             return False
-        signal.check_long_enough(job.samples.shape[0], job.sample_rate, job.preset)
+        spectrogram.check_long_enough(job.samples.shape[0], job.sample_rate, job.preset)
     except Exception as err:  # too short, or any error: this voice fails alone
         job.state, job.reason = "failed", _why(err)
         return False
@@ -168,13 +169,13 @@ def _compute(todo: list[Job], preset: Preset) -> list[np.ndarray | None]:
     if not todo:
         return []
     try:
-        return signal.reference_mel_batch([j.samples for j in todo], [j.sample_rate for j in todo], preset=preset)
+        return spectrogram.reference_mel_batch([j.samples for j in todo], [j.sample_rate for j in todo], preset=preset)
     except Exception:  # the clips one by one say which failed, and why
         pass
     mels = []
     for job in todo:
         try:
-            mels.append(signal.reference_mel(job.samples, job.sample_rate, preset=preset))
+            mels.append(spectrogram.reference_mel(job.samples, job.sample_rate, preset=preset))
         except Exception as err:
             job.state, job.reason = "failed", _why(err)
             mels.append(None)
@@ -425,7 +426,7 @@ def inspect(args, config: Config) -> int:
             print(f"error: voice {voice.name!r}: {job.reason}; and {_origin(found)}", file=sys.stderr)
             return 1
         origin = _origin(found)
-    mel = found.data[None] if found is not None and found.fresh else signal.reference_mel(samples, rate, preset=preset)
+    mel = found.data[None] if found is not None and found.fresh else spectrogram.reference_mel(samples, rate, preset=preset)
     spec = mel[0]
     n_frames, hop_s = preset.frames_in(spec.shape), preset.hop_length / preset.sample_rate
     print(f"target     {args.target}")
@@ -484,7 +485,7 @@ def _run(argv: list[str] | None) -> int:
     common.add_argument("--preset", nargs="+", choices=PRESET_NAMES, help="presets (default: MEL_PRESET)")
     common.add_argument("--resampler", choices=RESAMPLERS, help="default: MEL_RESAMPLER")
     common.add_argument("--bins", type=int, help="v2 bins (default: MEL_BINS or 704)")
-    common.add_argument("--device", choices=("auto", "gpu", "cpu"), help="default: MEL_DEVICE")
+    common.add_argument("--device", choices=DEVICES, help="default: MEL_DEVICE")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("precompute", parents=[common], help="compute every missing or stale spectrogram")
     p.add_argument("--force", action="store_true", help="recompute even up-to-date files")
@@ -510,7 +511,7 @@ def _run(argv: list[str] | None) -> int:
             env[variable] = ",".join(value) if isinstance(value, list) else str(value)
     try:
         config = Config.from_env(env)
-        select_device(config.device)
+        backend.select(config.device)  # compiling nothing: a library of any rates builds no kernel
         return args.run(args, config)
     except ReferenceMelError as err:
         print(f"error [{err.code}]: {err.message}", file=sys.stderr)

@@ -43,10 +43,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import ByteLRU
+from ..cache import ByteLRU
+from ..errors import ReferenceMelError
+from ..features.recipe import PRESET_NAMES, V2_DEFAULT_BINS, Preset
+from ..limits import FRAMES_BINS
 from .codes import parse_codes
-from .contract import FRAMES_BINS
-from .errors import ReferenceMelError
 from .files import (
     OUTSIDE_ROOTS,
     FileStamp,
@@ -63,7 +64,6 @@ from .files import (
 )
 from .library import Voice, VoiceLibrary, mel_file_stem
 from .names import check_voice_name, data_digest, path_problem, shown
-from .recipe import PRESET_NAMES, V2_DEFAULT_BINS, Preset
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,15 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from . import signal
-from .cache import ByteLRU
-from .config import Config
+from ..cache import ByteLRU
+from ..config import Config
+from ..errors import ReferenceMelError
+from ..features import spectrogram
+from ..features.recipe import Preset
+from ..store import CORRUPT, ReferenceStore, Stored
+from ..store.files import FileStamp
+from ..store.library import Voice
+from ..store.names import check_voice_name, samples_digest, shown
 from .contract import (
     ERROR_OUTPUT,
     INPUT_AUDIO,
@@ -44,13 +50,7 @@ from .contract import (
     parse_voice_switch,
     pcm_from_arrow,
 )
-from .errors import ReferenceMelError
-from .files import FileStamp
 from .last_voice import LastVoice
-from .library import Voice
-from .names import check_voice_name, samples_digest, shown
-from .recipe import Preset
-from .store import CORRUPT, ReferenceStore, Stored
 
 log = logging.getLogger(__name__)
 
@@ -314,9 +314,9 @@ class ReferenceMelService:
         checked = self._checked_audio.get(digest) if digest else None
         if checked is not None:
             return request.with_samples(samples, sample_rate, checked, digest=digest)
-        samples = signal.check_samples(samples, sample_rate)
+        samples = spectrogram.check_samples(samples, sample_rate)
         if samples.dtype != np.float32:  # canonical float32 PCM: the same audio hashes the same however sent
-            samples = signal.pcm_to_float32(samples)
+            samples = spectrogram.pcm_to_float32(samples)
         audio_warnings = tuple(self._audio_warnings(samples, sample_rate))
         request = request.with_samples(samples, sample_rate, audio_warnings, digest=digest)
         self._checked_audio.put(request.digest, audio_warnings, 1)
@@ -350,7 +350,7 @@ class ReferenceMelService:
                 if found.fresh:
                     return self._serve_stored(found, request, preset)
             request = self._read_audio(request, preset, found)
-        signal.check_long_enough(request.samples.shape[0], request.sample_rate, preset)
+        spectrogram.check_long_enough(request.samples.shape[0], request.sample_rate, preset)
         cached = self.cache.get((request.digest, preset.fingerprint))
         if cached is not None:
             return Resolved(cached, "cache", request.told(cached))
@@ -360,7 +360,7 @@ class ReferenceMelService:
             if found.fresh:
                 served = self._remember(found.data, request.digest, preset, request.audio_warnings)
                 return Resolved(served, "precomputed", request)
-        mel = signal.reference_mel(request.samples, request.sample_rate, preset=preset)[0]
+        mel = spectrogram.reference_mel(request.samples, request.sample_rate, preset=preset)[0]
         if not np.isfinite(mel).all():
             raise ReferenceMelError(
                 "non_finite_audio", f"the {preset.name} spectrogram overflows float32: the samples reach "
@@ -405,7 +405,7 @@ class ReferenceMelService:
         else:
             fix = f"fix voice {shown(request.voice.name)}'s ref_audio in {self.store.library.path} (VOICES_CONFIG)"
         samples, sample_rate, stamp = self.store.read_audio(request.audio_path, request.roots, fix)
-        samples = signal.check_samples(samples, sample_rate)
+        samples = spectrogram.check_samples(samples, sample_rate)
         request = request.with_samples(samples, sample_rate, self._audio_warnings(samples, sample_rate), stamp)
         self.store.remember_digest(request.audio_path, stamp, request.digest)
         return request

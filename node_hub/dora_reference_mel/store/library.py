@@ -12,11 +12,11 @@ import os
 import threading
 from pathlib import Path
 
-from .contract import MAX_PROMPT_TEXT_BYTES
-from .errors import ReferenceMelError
+from ..errors import ReferenceMelError
+from ..features.recipe import Preset
+from ..limits import MAX_PROMPT_TEXT_BYTES
 from .files import FileStamp, StoreFileError, atomic_write, open_regular, read_regular
 from .names import check_voice_name, path_problem, shown
-from .recipe import Preset
 
 log = logging.getLogger(__name__)
 
