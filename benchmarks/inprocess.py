@@ -126,7 +126,7 @@ def service_paths(repeats: int = 300) -> dict:
         print(f"service, 10 s at 48 kHz: cache hit {hit:.2f} ms, precomputed {stored:.2f} ms, computed "
               f"{statistics.median(computed):.2f} ms; `voice` event from the cache {switch:.2f} ms")
         print(f"memory: peak RSS after warm-up {idle:.0f} MB; after 60 distinct computed clips with "
-              f"MEL_CACHE_MB=64 ({cached.cache.nbytes / 2**20:.1f} MB cached) {peak:.0f} MB")
+              f"MEL_CACHE_MB=64 ({cached.resolver.cache.nbytes / 2**20:.1f} MB cached) {peak:.0f} MB")
     return {"cache_hit_ms": hit, "precomputed_hit_ms": stored, "voice_hit_ms": switch,
             "computed_ms": statistics.median(computed), "idle_rss_mb": idle, "full_cache_rss_mb": peak}
 

@@ -12,7 +12,7 @@ import mlx.core as mx
 import soundfile
 
 from dora_reference_mel import get_preset
-from dora_reference_mel.features import backend, cuda_kernels, spectrogram
+from dora_reference_mel.features import backend, cuda_kernels, pcm, spectrogram
 
 VOICE = Path(__file__).resolve().parent.parent / "models" / "voices" / "aria.wav"
 
@@ -30,7 +30,7 @@ def main():
     preset = get_preset(args.preset)
     n_bins = preset.n_fft // 2 + 1 if preset.n_mels else preset.n_bins
     stages = {
-        "check (host)": lambda s: spectrogram.check_samples(samples, rate),
+        "check (host)": lambda s: pcm.check_samples(samples, rate),
         "host->device + mono": lambda s: spectrogram.to_mono([samples])[0],
         "resample, peak": lambda s: spectrogram.preprocess(s["mono"], rate, preset),
         "frames (pad, divide; CUDA: window)": lambda s: spectrogram.stft_frames([s["resample, peak"]], preset),

@@ -17,7 +17,7 @@ LAYERS = [
     {"store"},
     {"resolve"},
     {"node", "contract", "dora_operator", "__main__"},
-    {"cli", "plot"},
+    {"cli", "precompute", "plot"},
 ]
 MAX_LINES = 450
 

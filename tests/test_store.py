@@ -25,7 +25,7 @@ V2, V4 = get_preset("v2"), get_preset("v4")
 def test_mel_round_trip_with_sidecar(store, library):
     data = np.random.default_rng(0).random((704, 37), dtype=np.float32)
     voice = store.voice("aria")
-    path = store.save_mel(voice, V2, data, source_digest="abc", source_sample_rate=48000)
+    path = store.save(voice, V2, data, source_digest="abc", source_sample_rate=48000)
     assert path == library["codes_dir"] / "aria_mel.bin"
     assert path.stat().st_size == 704 * 37 * 4
     sidecar = json.loads(path.with_suffix(".json").read_text())
@@ -37,7 +37,7 @@ def test_mel_round_trip_with_sidecar(store, library):
     assert not stored.data.flags.writeable
     assert store.lookup(voice, V2, digest="other").state == STALE
     assert store.lookup(voice, V4, digest="abc").state == ABSENT
-    v4 = store.save_mel(voice, V4, data[:100], source_digest="abc", source_sample_rate=48000)
+    v4 = store.save(voice, V4, data[:100], source_digest="abc", source_sample_rate=48000)
     assert v4.name == "aria_mel_v4.bin"
     assert not [f for f in os.listdir(library["codes_dir"]) if f.endswith(".tmp")]
 
@@ -60,7 +60,7 @@ def test_legacy_bin_without_sidecar(store, library):
 def test_corrupt_files_are_refused(store, library, damage):
     voice = store.voice("aria")
     data = np.ones((704, 10), np.float32)
-    path = store.save_mel(voice, V2, data, source_digest="x", source_sample_rate=48000)
+    path = store.save(voice, V2, data, source_digest="x", source_sample_rate=48000)
     blob = bytearray(path.read_bytes())
     if damage == "truncate":
         path.write_bytes(blob[:-100])
@@ -91,7 +91,7 @@ def test_symlink_out_of_the_codes_dir_is_read_and_never_written_through(store, l
     found = store.lookup(store.voice("linked"), V2)
     assert found.fresh and found.data.shape == (704, 2)  # a legacy file (no sidecar), no audio to check it by
     assert store.load_codes(store.voice("linked")).tolist() == [1, 2, 3]
-    store.save_mel(Voice("linked"), V2, np.zeros((704, 1), np.float32), source_digest="x", source_sample_rate=1)
+    store.save(Voice("linked"), V2, np.zeros((704, 1), np.float32), source_digest="x", source_sample_rate=1)
     assert elsewhere.read_bytes() == np.ones(704 * 2, "<f4").tobytes()
     assert not (library["codes_dir"] / "linked_mel.bin").is_symlink()
 
@@ -112,7 +112,7 @@ def test_symlink_out_of_the_codes_dir_is_read_and_never_written_through(store, l
 
 def test_stored_files_count_spectrograms_without_sidecar(store, library):
     codes = library["codes_dir"]
-    store.save_mel(store.voice("visitor"), V2, np.ones((704, 3), np.float32), source_digest="d", source_sample_rate=1)
+    store.save(store.voice("visitor"), V2, np.ones((704, 3), np.float32), source_digest="d", source_sample_rate=1)
     (codes / "legacy_mel.bin").write_bytes(np.ones((704, 2), "<f4").tobytes())  # the Rust port's layout
     (codes / "legacy_codes.bin").write_bytes(np.arange(4, dtype="<i4").tobytes())
     assert store.stored_files() == [("legacy", "v2", codes / "legacy_mel.bin"), ("visitor", "v2", codes / "visitor_mel.bin")]

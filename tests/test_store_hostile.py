@@ -92,7 +92,7 @@ def hostile(tmp_path_factory):
     # Sidecars of valid JSON but the wrong shape, beside whole .bin files.
     store = ReferenceStore(codes, VoiceLibrary(models / "voices.json", models))
     for name, bad in (("shape_bool", [True, 500]), ("shape_deep", None), ("shape_digits", None)):
-        store.save_mel(Voice(name), V2, np.ones((704, 500), np.float32), source_digest="x", source_sample_rate=1)
+        store.save(Voice(name), V2, np.ones((704, 500), np.float32), source_digest="x", source_sample_rate=1)
         side = codes / f"{name}_mel.json"
         text = side.read_text()
         if name == "shape_bool":
@@ -238,7 +238,7 @@ def dying_replace(src, dst):
     real_replace(src, dst)
 os.replace = dying_replace
 store = ReferenceStore(sys.argv[1], VoiceLibrary(sys.argv[2]))
-store.save_mel(Voice("aria"), get_preset("v2"), np.full((704, 500), 3.0, np.float32), source_digest="other",
+store.save(Voice("aria"), get_preset("v2"), np.full((704, 500), 3.0, np.float32), source_digest="other",
                source_sample_rate=48000)
 """
 
@@ -302,7 +302,7 @@ sidecar_keys = st.sampled_from(["format", "shape", "fingerprint", "source_digest
 def test_any_sidecar_is_fresh_only_when_it_is_the_one_written(library, changes):
     store = ReferenceStore(library["codes_dir"], VoiceLibrary(library["voices"]))
     voice = Voice("prop")
-    path = store.save_mel(voice, V2, np.ones((704, 20), np.float32), source_digest="d", source_sample_rate=1)
+    path = store.save(voice, V2, np.ones((704, 20), np.float32), source_digest="d", source_sample_rate=1)
     sidecar = json.loads(path.with_suffix(".json").read_text())
     edited = {**sidecar, **changes}
     path.with_suffix(".json").write_text(json.dumps(edited))
@@ -347,7 +347,7 @@ def test_any_file_kind_at_the_spectrogram_path(library, kind):
     found = store.lookup(Voice("kind"), V2)
     assert found.state in (CORRUPT, "absent") and not found.fresh
     if kind != "directory":  # the next write replaces whatever was there
-        store.save_mel(Voice("kind"), V2, np.ones((704, 3), np.float32), source_digest="d", source_sample_rate=1)
+        store.save(Voice("kind"), V2, np.ones((704, 3), np.float32), source_digest="d", source_sample_rate=1)
         assert store.lookup(Voice("kind"), V2, digest="d").fresh
 
 
@@ -377,7 +377,7 @@ def _damage(path: Path, outside: Path, store: ReferenceStore, how: str) -> None:
         sidecar["source_digest"] = "another clip"
         path.with_suffix(".json").write_text(json.dumps(sidecar))
     elif how == "rewritten":  # a new whole pair, by the store's own commit
-        store.save_mel(Voice("memo"), V2, np.full((704, 20), 2.0, np.float32), source_digest="d", source_sample_rate=1)
+        store.save(Voice("memo"), V2, np.full((704, 20), 2.0, np.float32), source_digest="d", source_sample_rate=1)
 
 
 @pytest.mark.parametrize("how", ["flip", "truncate", "link_out", "fifo", "removed", "sidecar", "rewritten"])
@@ -389,7 +389,7 @@ def test_a_pair_verified_once_still_sees_every_change(library, tmp_path, monkeyp
 
     monkeypatch.setattr(files_module, "SETTLED_NS", 0)
     store = ReferenceStore(library["codes_dir"], VoiceLibrary(library["voices"]))
-    path = store.save_mel(Voice("memo"), V2, np.ones((704, 20), np.float32), source_digest="d", source_sample_rate=1)
+    path = store.save(Voice("memo"), V2, np.ones((704, 20), np.float32), source_digest="d", source_sample_rate=1)
     assert store.lookup(Voice("memo"), V2, digest="d").fresh
     assert store.lookup(Voice("memo"), V2, digest="d").fresh  # served by the memo: stamps unchanged
     assert (path, V2) in store._verified
@@ -412,7 +412,7 @@ def test_a_pair_younger_than_the_stamp_granularity_is_checked_every_time(library
     from dora_reference_mel.store.files import SETTLED_NS
 
     store = ReferenceStore(library["codes_dir"], VoiceLibrary(library["voices"]))
-    path = store.save_mel(Voice("young"), V2, np.ones((704, 20), np.float32), source_digest="d", source_sample_rate=1)
+    path = store.save(Voice("young"), V2, np.ones((704, 20), np.float32), source_digest="d", source_sample_rate=1)
     assert store.lookup(Voice("young"), V2, digest="d").fresh
     assert (path, V2) not in store._verified
     time.sleep(SETTLED_NS / 1e9 + 0.2)

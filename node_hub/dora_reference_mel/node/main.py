@@ -18,6 +18,7 @@ import pyarrow as pa
 from ..config import ENV_VARS, Config
 from ..errors import ReferenceMelError
 from ..features import backend, resample, spectrogram
+from ..resolve import UPSTREAM_SECONDS
 from ..store.names import shown
 from .contract import (
     ERROR_OUTPUT,
@@ -31,7 +32,7 @@ from .contract import (
     log_value,
 )
 from .last_voice import dora_run
-from .service import UPSTREAM_SECONDS, Output, ReferenceMelService
+from .service import Output, ReferenceMelService
 
 log = logging.getLogger("dora_reference_mel")
 
@@ -222,8 +223,8 @@ def prewarm_transport(node, service: ReferenceMelService) -> None:
 
 def log_stop(service: ReferenceMelService, sent: collections.Counter) -> None:
     log.info("stopping: sent %d mel, %d error and %d text events; cache %d entries, %.1f MB; peak RSS %.0f MB",
-             sent[MEL_OUTPUT], sent[ERROR_OUTPUT], sent[TEXT_OUTPUT], len(service.cache),
-             service.cache.nbytes / 2**20, peak_rss_mb())
+             sent[MEL_OUTPUT], sent[ERROR_OUTPUT], sent[TEXT_OUTPUT], len(service.resolver.cache),
+             service.resolver.cache.nbytes / 2**20, peak_rss_mb())
 
 
 def peak_rss_mb() -> float:
