@@ -120,6 +120,7 @@ def test_failures_do_not_stop_the_others(library20):
     assert len(list(library20["codes"].glob("voice*_mel*.bin"))) == 32
 
 
+@pytest.mark.node
 def test_node_after_precompute_serves_every_voice_precomputed(library20, tmp_path):
     assert cli("precompute", *library20["args"]).returncode == 0
     events = [{"type": "Input", "id": "voice", "data": [f"Voice {i}"], "data_type": "Utf8", "metadata": {}}
@@ -142,6 +143,7 @@ def test_verify_reports_stale_and_corrupt(library20):
     assert "corrupt  voice02 v2" in bad.stdout and "stale    voice05 v2: made from other audio" in bad.stdout
 
 
+@pytest.mark.node
 def test_list_and_verify_cover_the_files_of_voices_voices_json_does_not_list(library20):
     """A reference_audio event's voice is written back without a voices.json entry: the store still
     lists it, verify checks it, and every sidecar says which package version wrote it."""

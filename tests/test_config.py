@@ -11,6 +11,7 @@ from dora_reference_mel.config import Config
 from dora_reference_mel.errors import ReferenceMelError
 
 
+@pytest.mark.node
 def test_node_with_bad_configuration_says_what_to_fix():
     from helpers import BIN
 

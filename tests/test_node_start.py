@@ -13,6 +13,8 @@ from dora_reference_mel.contract import INPUTS, OUTPUTS
 from dora_reference_mel.features import resample
 from helpers import BIN, run_node
 
+pytestmark = pytest.mark.node  # every test here runs the node process
+
 NODE = str(BIN / "dora-reference-mel")
 
 

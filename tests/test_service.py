@@ -347,6 +347,7 @@ def test_a_broken_trained_text_answers_why_and_goes_on_with_the_voice_before(tmp
 
 
 @pytest.mark.slow
+@pytest.mark.node
 def test_the_node_process_serves_moxin_voices_texts_with_its_default_folders(tmp_path, monkeypatch):
     """The real node in dora's test mode, configured by nothing but $HOME, as Moxin-Voice's users run it."""
     moxin = moxin_home(tmp_path)

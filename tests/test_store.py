@@ -14,14 +14,6 @@ from dora_reference_mel.store.library import Voice
 V2, V4 = get_preset("v2"), get_preset("v4")
 
 
-
-
-
-
-
-
-
-
 def test_mel_round_trip_with_sidecar(store, library):
     data = np.random.default_rng(0).random((704, 37), dtype=np.float32)
     voice = store.voice("aria")
@@ -94,20 +86,6 @@ def test_symlink_out_of_the_codes_dir_is_read_and_never_written_through(store, l
     store.save(Voice("linked"), V2, np.zeros((704, 1), np.float32), source_digest="x", source_sample_rate=1)
     assert elsewhere.read_bytes() == np.ones(704 * 2, "<f4").tobytes()
     assert not (library["codes_dir"] / "linked_mel.bin").is_symlink()
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 def test_stored_files_count_spectrograms_without_sidecar(store, library):

@@ -24,7 +24,7 @@ from dora_reference_mel.errors import ERROR_CODES, ReferenceMelError
 from dora_reference_mel.node.service import ReferenceMelService
 from dora_reference_mel.store import CORRUPT, FRESH, STALE, ReferenceStore
 from dora_reference_mel.store.library import Voice, VoiceLibrary
-from helpers import BIN, ROOT, run_node
+from helpers import BIN, ROOT, replay_cases, run_node
 
 V2 = get_preset("v2")
 
@@ -129,18 +129,19 @@ NODE_CASES = {  # voice event -> expected answer
 @pytest.fixture(scope="module")
 def node_run(hostile):
     before = snapshot(hostile["tmp"], hostile["codes"])
-    events = [voice_event(name) for name in NODE_CASES] + [voice_event("aria")]
+    events = {**{name: voice_event(name) for name in NODE_CASES}, "good_at_the_end": voice_event("aria")}
     started = time.monotonic()
     # Cache off: every event goes through the store lookup (they share one clip, which the cache would serve).
-    outputs, log = run_node(hostile["tmp"], events, {**hostile["env"], "MEL_CACHE_MB": "0"}, keep_logs=True)
-    answers = [o for o in outputs if o["id"] != "log"]
-    assert len(answers) == len(events), log[-3000:]
-    return {"answers": dict(zip(NODE_CASES, answers, strict=False)), "last": answers[-1], "log": log,
-            "logs": [json.loads(o["data"][0]) for o in outputs if o["id"] == "log"], "before": before,
+    run = replay_cases(hostile["tmp"], events, {**hostile["env"], "MEL_CACHE_MB": "0"}, keep_logs=True)
+    assert all(run["cases"].values()), run["log"][-3000:]  # an answer for every event
+    return {"answers": {name: replies[0] for name, replies in run["cases"].items()},
+            "last": run["cases"]["good_at_the_end"][0], "log": run["log"],
+            "logs": [json.loads(o["data"][0]) for o in run["outputs"] if o["id"] == "log"], "before": before,
             "seconds": time.monotonic() - started}
 
 
 @pytest.mark.parametrize("name", list(NODE_CASES), ids=[ascii(n)[:20] for n in NODE_CASES])
+@pytest.mark.node
 def test_node_case(node_run, name):
     answer, expected = node_run["answers"][name], NODE_CASES[name]
     if expected == "mel":
@@ -156,6 +157,7 @@ def test_node_case(node_run, name):
         assert len(body["message"]) > 30 and body["error"] != "internal"
 
 
+@pytest.mark.node
 def test_node_logged_why_each_stored_file_was_refused(node_run):
     log = node_run["log"]
     for why in ("is not a regular file", "holds 4294967296 bytes", "shape=[True, 500]", "not usable JSON",
@@ -166,6 +168,7 @@ def test_node_logged_why_each_stored_file_was_refused(node_run):
     assert len(errors) == 3 and all(set(line) == {"level", "message", "timestamp", "node"} for line in errors)
 
 
+@pytest.mark.node
 def test_nothing_outside_the_codes_dir_changed(node_run, hostile):
     assert snapshot(hostile["tmp"], hostile["codes"]) == node_run["before"]
     assert (hostile["outside"] / "secret.bin").read_bytes() == hostile["secret"]
@@ -176,6 +179,7 @@ def test_nothing_outside_the_codes_dir_changed(node_run, hostile):
     assert not (hostile["codes"] / "linkside_mel.json").is_symlink()
 
 
+@pytest.mark.node
 def test_cli_on_the_hostile_library(hostile, node_run):
     env = {**os.environ, **hostile["env"]}
     before = snapshot(hostile["tmp"], hostile["codes"])
@@ -195,6 +199,7 @@ def test_cli_on_the_hostile_library(hostile, node_run):
     assert "mel_path" not in config["voices"]["../../x"]
 
 
+@pytest.mark.node
 def test_replaced_clip_same_size_and_mtime_is_recomputed(library, tmp_path):
     """Two clips of equal length; the second unpacked over the first with the first's mtime."""
     wav = library["models"] / "voices/aria.wav"
@@ -243,6 +248,7 @@ store.save(Voice("aria"), get_preset("v2"), np.full((704, 500), 3.0, np.float32)
 """
 
 
+@pytest.mark.node
 def test_crash_between_sidecar_and_data_is_never_served_and_leftovers_go(library, tmp_path):
     node = ReferenceMelService(Config.from_env(library["env"]))
     assert [o for o in node.handle("voice", _names("aria"), {}) if o.output_id == "mel"][0].metadata["source"] == "computed"
@@ -262,6 +268,7 @@ def test_crash_between_sidecar_and_data_is_never_served_and_leftovers_go(library
 
 
 @pytest.mark.parametrize("content", ["directory", "fifo", "deep", "digits"])
+@pytest.mark.node
 def test_unusable_voices_json_answers_every_event(library, tmp_path, content):
     path = library["voices"]
     path.unlink()

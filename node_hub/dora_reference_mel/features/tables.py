@@ -20,8 +20,6 @@ from .recipe import FBANK, KALDI_POVEY_POWER, SINC_LOWPASS_FILTER_WIDTH, SINC_RO
 FILTERBANK_GROUPS = 4  # runs of consecutive mel bands, each padded to its own width (2 to 3x less work)
 
 
-
-
 def sinc_geometry(orig_freq: int, new_freq: int) -> tuple[int, int, int]:
     """(orig, new, width) of torchaudio's kernel: rates reduced by their gcd, and its half-width in
     input samples. The full kernel table is [new, 2 * width + orig]."""

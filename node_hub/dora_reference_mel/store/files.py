@@ -42,8 +42,6 @@ class StoreFileError(Exception):
         self.path, self.reason, self.missing = path, reason, missing
 
 
-
-
 @dataclasses.dataclass(frozen=True)
 class FileStamp:
     """What fstat says of a file; equal stamps mean the same, unchanged file."""

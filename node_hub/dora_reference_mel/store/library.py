@@ -23,8 +23,6 @@ MAX_VOICES_JSON_BYTES = 16 * 1024 * 1024
 MAX_RESOLVED_PER_ENTRY = 4  # spellings of one voice remembered (key, display name, aliases)
 
 
-
-
 @dataclasses.dataclass(frozen=True)
 class Voice:
     """A voice resolved from voices.json (or known only by its files in the codes directory)."""
