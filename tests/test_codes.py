@@ -131,3 +131,9 @@ def test_a_relative_models_base_path_is_the_same_folder_for_node_and_tool(librar
     verify = _reference_mel("verify", env=library["env"], cwd=flow)
     assert verify.returncode == 1 and f"missing  aria codes: no file {flow / 'codes/aria_codes.bin'}" in verify.stdout
     assert f"working folder: {flow} here" in verify.stderr
+
+
+def test_codes_report_counts_seconds_at_25_codes_a_second(store, library):
+    """GPT-SoVITS's semantic codes: HuBERT's 50 Hz features halved by the quantizer's stride, 25 a second."""
+    (library["codes_dir"] / "quarter_codes.bin").write_bytes(np.zeros(250, dtype="<i4").tobytes())
+    assert store.codes_report(store.voice("quarter")) == ("ok", "250 codes (10.00 s)")

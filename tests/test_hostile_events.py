@@ -247,7 +247,7 @@ def test_custom_path_spellings_share_one_remembered_file(library):
 
 
 def test_unlisted_voices_written_back_are_bounded(library, monkeypatch):
-    import dora_reference_mel.store as store_module
+    import dora_reference_mel.store.reference_store as store_module
 
     monkeypatch.setattr(store_module, "MAX_UNLISTED_VOICES", 3)
     service = ReferenceMelService(Config.from_env(library["env"]))

@@ -23,6 +23,7 @@ from dora_reference_mel.config import Config
 from dora_reference_mel.errors import ERROR_CODES, ReferenceMelError
 from dora_reference_mel.node.service import ReferenceMelService
 from dora_reference_mel.store import CORRUPT, FRESH, STALE, ReferenceStore
+from dora_reference_mel.store.kinds import kind_of
 from dora_reference_mel.store.library import Voice, VoiceLibrary
 from helpers import BIN, ROOT, replay_cases, run_node
 
@@ -399,7 +400,7 @@ def test_a_pair_verified_once_still_sees_every_change(library, tmp_path, monkeyp
     path = store.save(Voice("memo"), V2, np.ones((704, 20), np.float32), source_digest="d", source_sample_rate=1)
     assert store.lookup(Voice("memo"), V2, digest="d").fresh
     assert store.lookup(Voice("memo"), V2, digest="d").fresh  # served by the memo: stamps unchanged
-    assert (path, V2) in store._verified
+    assert (path, kind_of(V2)) in store._verified
     outside = tmp_path / "outside"
     outside.mkdir()
     _damage(path, outside, store, how)
@@ -421,10 +422,10 @@ def test_a_pair_younger_than_the_stamp_granularity_is_checked_every_time(library
     store = ReferenceStore(library["codes_dir"], VoiceLibrary(library["voices"]))
     path = store.save(Voice("young"), V2, np.ones((704, 20), np.float32), source_digest="d", source_sample_rate=1)
     assert store.lookup(Voice("young"), V2, digest="d").fresh
-    assert (path, V2) not in store._verified
+    assert (path, kind_of(V2)) not in store._verified
     time.sleep(SETTLED_NS / 1e9 + 0.2)
     assert store.lookup(Voice("young"), V2, digest="d").fresh
-    assert (path, V2) in store._verified
+    assert (path, kind_of(V2)) in store._verified
 
 
 def test_an_event_never_replaces_a_spectrogram_the_library_cannot_recompute(library, caplog):
