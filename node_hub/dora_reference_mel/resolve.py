@@ -249,8 +249,9 @@ class Resolver:
     def _remember(self, data: np.ndarray, digest: str | None, kind: ArtifactKind, warnings=()) -> Served:
         """The artifact as served (self.dtype), checked finite in that type, and cached with the warnings of
         its samples."""
-        flat = np.ascontiguousarray(data, dtype=self.dtype).reshape(-1)
-        if self.dtype != "float32" and not np.isfinite(flat).all():
+        dtype = self.dtype if np.dtype(kind.dtype).kind == "f" else kind.dtype  # MEL_DTYPE rounds only floats
+        flat = np.ascontiguousarray(data, dtype=dtype).reshape(-1)
+        if np.dtype(dtype) == np.float16 and not np.isfinite(flat).all():
             raise ReferenceMelError(
                 "non_finite_audio", f"the {kind.name} {kind.what} reaches {float(np.abs(data).max()):.3g}, beyond "
                 f"{self.dtype}'s range (MEL_DTYPE={self.dtype}): the samples are far outside "
