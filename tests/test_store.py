@@ -162,3 +162,53 @@ def test_two_node_processes_keep_one_bound_on_unlisted_voices(library):
     assert all(set(states) == {"written", "skipped"} for states in results)
     names = {p.name.rsplit("_mel", 1)[0] for p in library["codes_dir"].iterdir()}
     assert len(names) == MAX_UNLISTED_VOICES
+
+
+def test_a_second_kind_goes_through_the_resolver_and_the_store_unchanged(store, library):
+    """A kind of artifact shaped like the semantic codes (int32 LE `<voice>_<suffix>.bin` with a sidecar, a
+    fingerprint of its own) is computed, written back, then served from the store and the cache: the
+    resolver and the store use only what ArtifactKind declares."""
+    from dora_reference_mel.resolve import Request, Resolver
+    from dora_reference_mel.store.kinds import ArtifactKind
+
+    class FrameEnergy(ArtifactKind):  # one int32 per 40 ms of audio: the codes' rate and dtype
+        name, fingerprint, file_suffix, dtype, what, layout = "energy", "energy-1", "_energy", "<i4", "energy", "[n]"
+
+        def voice_path_key(self):
+            return "energy_path"
+
+        def recipe(self):
+            return {"frame_seconds": 0.04}
+
+        def max_bytes(self, max_ref_seconds):
+            return int(max_ref_seconds * 25 + 1) * 4
+
+        def shape_problem(self, shape, max_ref_seconds):
+            return None if isinstance(shape, list) and len(shape) == 1 else f"shape={shape} is not [n]"
+
+        def legacy(self, blob):
+            return "has no sidecar"
+
+        def check_length(self, n_samples, sample_rate):
+            pass
+
+        def compute(self, samples, sample_rate):
+            frames = samples[: len(samples) // (sample_rate // 25) * (sample_rate // 25), 0].reshape(-1, sample_rate // 25)
+            return (np.abs(frames).mean(axis=1) * 1000).astype(np.int32)
+
+        def compute_batch(self, clips, sample_rates):
+            return [self.compute(c, r) for c, r in zip(clips, sample_rates, strict=True)]
+
+        def problem(self, data):
+            return None
+
+    kind, aria = FrameEnergy(), store.voice("aria")
+    first = Resolver(store, cache_bytes=1 << 20).resolve(Request(aria, audio_path=aria.ref_audio), kind)
+    assert (first.source, first.write_back) == ("computed", "written") and first.served.data.dtype == np.int32
+    assert first.path == library["codes_dir"] / "aria_energy.bin" and first.path.stat().st_size == 250 * 4  # 10 s
+    resolver = Resolver(store, cache_bytes=1 << 20)
+    again = resolver.resolve(Request(aria, audio_path=aria.ref_audio), kind)
+    assert again.source == "precomputed"
+    np.testing.assert_array_equal(again.served.data, first.served.data)
+    assert resolver.resolve(Request(aria, audio_path=aria.ref_audio), kind).source == "cache"
+    assert store.lookup(aria, get_preset("v2")).state == ABSENT  # kinds keep to their own files
