@@ -17,7 +17,7 @@ import numpy as np
 import soundfile
 
 from dora_reference_mel import get_preset
-from dora_reference_mel.signal import reference_mel_batch_mx, to_mono
+from dora_reference_mel.features.spectrogram import reference_mel_batch_mx, to_mono
 from timing import median_ms
 
 VOICE = Path(__file__).resolve().parent.parent / "models" / "voices" / "aria.wav"

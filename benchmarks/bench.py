@@ -54,13 +54,13 @@ def timed(fn) -> float:
 
 
 def use_device(device: str):
-    """Select MLX's device as the node does (config.select_device: on the CPU, cpu_memory's allocator
+    """Select MLX's device as the node does (features.backend.select: on the CPU, cpu_memory's allocator
     settings, which torch in this process shares) and return torch's device string for the same hardware."""
     import torch
 
-    from dora_reference_mel.config import select_device
+    from dora_reference_mel.features import backend
 
-    select_device(device)
+    backend.select(device)
     if device == "gpu":
         # A fair peer gives the recipe's numbers too: no TF32 in torch's convolutions and matmuls.
         torch.backends.cudnn.allow_tf32 = False
@@ -121,13 +121,13 @@ def bench_compute(device: str, repeats: int, settle_s: float = 0.0, block: int =
 
 def bench_resident(device: str, repeats: int) -> list[dict]:
     """The graph alone: mono samples already on the device (and touched there once), the features left on
-    it. MLX: `signal.features_mx` and `mx.eval`; torch: the recipe and `torch.cuda.synchronize`."""
+    it. MLX: `spectrogram.features_mx` and `mx.eval`; torch: the recipe and `torch.cuda.synchronize`."""
     import mlx.core as mx
     import torch
     import torch_recipe
 
     from dora_reference_mel import get_preset
-    from dora_reference_mel.signal import features_mx
+    from dora_reference_mel.features.spectrogram import features_mx
 
     torch_device = use_device(device)
     samples, rate = soundfile.read(str(VOICE), dtype="float32")
@@ -167,10 +167,11 @@ def bench_batch(device: str, clips: int, repeats: int, frames_per_graph: int | N
     import torch
     import torch_recipe
 
-    from dora_reference_mel import reference_mel_batch, signal
+    from dora_reference_mel import reference_mel_batch
+    from dora_reference_mel.features import spectrogram
 
     if frames_per_graph:
-        signal.CPU_FRAMES_PER_GRAPH = signal.GPU_FRAMES_PER_GRAPH = frames_per_graph
+        spectrogram.CPU_FRAMES_PER_GRAPH = spectrogram.GPU_FRAMES_PER_GRAPH = frames_per_graph
 
     torch_device = use_device(device)
     samples, rate = soundfile.read(str(VOICE), dtype="float32")
@@ -223,7 +224,7 @@ def bench_batch(device: str, clips: int, repeats: int, frames_per_graph: int | N
             overlapped_times.append(timed(ours_overlapped))
             in_memory_times.append(timed(ours_in_memory))
             torch_times.append(timed(peer))
-        budget = signal.CPU_FRAMES_PER_GRAPH if device == "cpu" else signal.GPU_FRAMES_PER_GRAPH
+        budget = spectrogram.CPU_FRAMES_PER_GRAPH if device == "cpu" else spectrogram.GPU_FRAMES_PER_GRAPH
         row = {"part": "batch", "device": device, "clips": clips, "clip_seconds": 10, "repeats": repeats,
                "frames_per_graph": budget,
                "mlx_clips_per_s": clips / statistics.median(mlx_times),
@@ -250,7 +251,7 @@ def voice_answer_metadata(voices: Path, codes_dir: Path) -> dict:
     import pyarrow as pa
 
     from dora_reference_mel.config import Config
-    from dora_reference_mel.service import ReferenceMelService
+    from dora_reference_mel.node.service import ReferenceMelService
 
     service = ReferenceMelService(Config.from_env({"VOICES_CONFIG": str(voices), "CODES_DIR": str(codes_dir),
                                                    "PRIMESPEECH_MODEL_DIR": str(ROOT / "models"),

@@ -9,7 +9,7 @@ import mlx.core as mx
 import numpy as np
 import torch
 
-from dora_reference_mel import cuda_kernels
+from dora_reference_mel.features import cuda_kernels
 from timing import median_ms
 
 clip = np.random.default_rng(0).standard_normal(480_000).astype(np.float32)

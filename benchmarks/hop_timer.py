@@ -1,7 +1,7 @@
 """Runs a node of the node benchmark with its dora Node timed at the two places dora's own work happens:
 when an input event is handed over (the end of `next`) and around each `send_output`.
 
-    HOP_NODE=mel          the reference-mel node (dora_reference_mel.main.main)
+    HOP_NODE=mel          the reference-mel node (dora_reference_mel.node.main.main)
     HOP_NODE=passthrough  benchmarks/passthrough.py
 
 The real Node does all the work; this only reads CLOCK_MONOTONIC (one clock for every process on the
@@ -63,7 +63,7 @@ def main() -> None:
     dora.Node = TimedNode  # both nodes look `Node` up in the dora module when they start
     sys.path.insert(0, str(Path(__file__).parent))
     if os.environ["HOP_NODE"] == "mel":
-        from dora_reference_mel.main import main as run
+        from dora_reference_mel.node.main import main as run
     else:
         from passthrough import main as run
     run()

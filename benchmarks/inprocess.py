@@ -67,8 +67,8 @@ def mel_filterbank_forms():
     """v4's filterbank over 10 s of spectra: as shipped (runs of bands, each padded to its own width)
     against all bands padded to the widest one."""
     from dora_reference_mel import get_preset
-    from dora_reference_mel.signal import apply_filterbank
-    from dora_reference_mel.tables import nonzero_bands, slaney_mel_filterbank
+    from dora_reference_mel.features.spectrogram import apply_filterbank
+    from dora_reference_mel.features.tables import nonzero_bands, slaney_mel_filterbank
 
     preset = get_preset("v4")
     fmax = preset.fmax if preset.fmax is not None else preset.sample_rate / 2
@@ -89,11 +89,11 @@ def mel_filterbank_forms():
 
 def service_paths(repeats: int = 300) -> dict:
     """The service's paths on 10 s at 48 kHz, and its memory; returns the figures (ms, MB)."""
-    from dora_reference_mel import signal
     from dora_reference_mel.cli import main as cli
     from dora_reference_mel.config import Config
-    from dora_reference_mel.files import SETTLED_NS
-    from dora_reference_mel.service import ReferenceMelService
+    from dora_reference_mel.features import spectrogram
+    from dora_reference_mel.node.service import ReferenceMelService
+    from dora_reference_mel.store.files import SETTLED_NS
 
     samples, rate = soundfile.read(str(ROOT / "models/voices/aria.wav"), dtype="float32")
     with tempfile.TemporaryDirectory() as tmp:
@@ -105,7 +105,7 @@ def service_paths(repeats: int = 300) -> dict:
         assert cli(["precompute"]) == 0
         time.sleep(SETTLED_NS / 1e9 + 0.1)  # files as a user's library has them: older than the racy-stamp window
         cached = ReferenceMelService(Config.from_env({**env, "MEL_CACHE_MB": "64"}))
-        signal.warm_up(cached.config.presets)
+        spectrogram.warm_up(cached.config.presets)
         idle = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         nocache = ReferenceMelService(Config.from_env({**env, "MEL_CACHE_MB": "0"}))
         arrow = pa.array(samples)
@@ -126,7 +126,7 @@ def service_paths(repeats: int = 300) -> dict:
         print(f"service, 10 s at 48 kHz: cache hit {hit:.2f} ms, precomputed {stored:.2f} ms, computed "
               f"{statistics.median(computed):.2f} ms; `voice` event from the cache {switch:.2f} ms")
         print(f"memory: peak RSS after warm-up {idle:.0f} MB; after 60 distinct computed clips with "
-              f"MEL_CACHE_MB=64 ({cached.cache.nbytes / 2**20:.1f} MB cached) {peak:.0f} MB")
+              f"MEL_CACHE_MB=64 ({cached.resolver.cache.nbytes / 2**20:.1f} MB cached) {peak:.0f} MB")
     return {"cache_hit_ms": hit, "precomputed_hit_ms": stored, "voice_hit_ms": switch,
             "computed_ms": statistics.median(computed), "idle_rss_mb": idle, "full_cache_rss_mb": peak}
 

@@ -13,11 +13,11 @@ import tempfile
 
 WARM = """
 import time
-from dora_reference_mel import signal
+from dora_reference_mel.features import spectrogram
 from dora_reference_mel.config import Config
 config = Config.from_env({"MEL_PRESET": %r, "CODES_DIR": %r})
 start = time.perf_counter()
-signal.warm_up(config.presets)
+spectrogram.warm_up(config.presets)
 print(f"{time.perf_counter() - start:.1f}")
 """
 

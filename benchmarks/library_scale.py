@@ -75,7 +75,7 @@ def node_start_and_switches(env: dict, n: int, switches: int) -> dict:
     import mlx.core as mx
 
     from dora_reference_mel.config import Config
-    from dora_reference_mel.main import build_service
+    from dora_reference_mel.node.main import build_service
 
     os.environ.update(env)
     mx.set_default_device(mx.cpu)

@@ -3,7 +3,7 @@
     python benchmarks/memory_reuse.py [--rounds 4] [--clips 300] [--json FILE]
 
 Each round runs two fresh processes, one per setting, in alternating order (the settings are per process
-and cannot be undone). Each warms up as the node does (signal.warm_up of v2, v3 and v4), then computes
+and cannot be undone). Each warms up as the node does (spectrogram.warm_up of v2, v3 and v4), then computes
 `--clips` clips of random lengths from 3 to 10 s at 48 kHz, the preset drawn at random per clip (the same
 draws in both). It reports the median time per second of audio per preset, the total, and the peak RSS;
 each figure is the median over rounds.
@@ -33,15 +33,15 @@ def child(setting: str, clips: int) -> dict:
     import numpy as np
     import soundfile
 
-    from dora_reference_mel import get_preset, signal
-    from dora_reference_mel.config import select_device
+    from dora_reference_mel import get_preset
+    from dora_reference_mel.features import backend, spectrogram
 
     if setting == "reuse":
-        select_device("cpu")  # as the node does: cpu_memory's settings
+        backend.select("cpu")  # as the node does: cpu_memory's settings
     else:
         mx.set_default_device(mx.cpu)
     samples, rate = soundfile.read(str(ROOT / "models" / "voices" / "aria.wav"), dtype="float32")
-    signal.warm_up([get_preset(p) for p in PRESETS])
+    spectrogram.warm_up([get_preset(p) for p in PRESETS])
     rng = np.random.default_rng(1)
     lengths = rng.integers(3 * rate, 10 * rate, clips)
     presets = rng.choice(PRESETS, clips)
@@ -49,7 +49,7 @@ def child(setting: str, clips: int) -> dict:
     start = time.perf_counter()
     for n, preset in zip(lengths, presets, strict=True):
         began = time.perf_counter()
-        signal.reference_mel(samples[:n], rate, preset=str(preset))
+        spectrogram.reference_mel(samples[:n], rate, preset=str(preset))
         per_second[str(preset)].append((time.perf_counter() - began) * 1e3 / (n / rate))
     return {"setting": setting, "total_s": time.perf_counter() - start,
             "ms_per_audio_s": {p: statistics.median(v) for p, v in per_second.items()},

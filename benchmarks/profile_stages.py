@@ -11,8 +11,8 @@ from pathlib import Path
 import mlx.core as mx
 import soundfile
 
-from dora_reference_mel import cuda_kernels, get_preset, signal
-from dora_reference_mel.config import select_device
+from dora_reference_mel import get_preset
+from dora_reference_mel.features import backend, cuda_kernels, pcm, spectrogram
 
 VOICE = Path(__file__).resolve().parent.parent / "models" / "voices" / "aria.wav"
 
@@ -24,24 +24,24 @@ def main():
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=30)
     args = parser.parse_args()
-    select_device(args.device)  # as the node does (on the CPU: cpu_memory)
+    backend.select(args.device)  # as the node does (on the CPU: cpu_memory)
     samples, rate = soundfile.read(str(VOICE), dtype="float32", always_2d=True)
     samples = samples[: args.seconds * rate]
     preset = get_preset(args.preset)
     n_bins = preset.n_fft // 2 + 1 if preset.n_mels else preset.n_bins
     stages = {
-        "check (host)": lambda s: signal.check_samples(samples, rate),
-        "host->device + mono": lambda s: signal.to_mono([samples])[0],
-        "resample, peak": lambda s: signal.preprocess(s["mono"], rate, preset),
-        "frames (pad, divide; CUDA: window)": lambda s: signal.stft_frames([s["resample, peak"]], preset),
-        "window + rfft": lambda s: signal.spectrum(s["frames"][0], preset, s["frames"][2]),
-        "|.|, bins first": lambda s: signal._magnitude(s["window + rfft"][:, :n_bins].T),
+        "check (host)": lambda s: pcm.check_samples(samples, rate),
+        "host->device + mono": lambda s: spectrogram.to_mono([samples])[0],
+        "resample, peak": lambda s: spectrogram.preprocess(s["mono"], rate, preset),
+        "frames (pad, divide; CUDA: window)": lambda s: spectrogram.stft_frames([s["resample, peak"]], preset),
+        "window + rfft": lambda s: spectrogram.spectrum(s["frames"][0], preset),
+        "|.|, bins first": lambda s: spectrogram._magnitude(s["window + rfft"][:, :n_bins].T),
         "mel (v3/v4; CUDA: from the rfft)": lambda s: (
-            (cuda_kernels.log_mel(s["window + rfft"], preset) if cuda_kernels.in_use()
-             else signal.log_mel(mx.contiguous(s["|.|, bins first"]), preset))
+            (cuda_kernels.log_mel(s["window + rfft"], preset) if backend.current().cuda
+             else spectrogram.log_mel(mx.contiguous(s["|.|, bins first"]), preset))
             if preset.n_mels else s["|.|, bins first"]),
         "device->host": lambda s: cuda_kernels.copy_to_host(s["mel (v3/v4; CUDA: from the rfft)"]),
-        "reference_mel, whole": lambda s: signal.reference_mel(samples, rate, preset=preset),
+        "reference_mel, whole": lambda s: spectrogram.reference_mel(samples, rate, preset=preset),
     }
     times = {name: [] for name in stages}
     for repeat in range(args.repeats + 3):

@@ -17,8 +17,8 @@ import numpy as np
 import soundfile
 
 sys.path.insert(0, str(Path(__file__).parent))
-from dora_reference_mel.resample import _phases_compiled, _phases_strided, resampled_length
-from dora_reference_mel.tables import device_sinc_taps, sinc_resample_taps
+from dora_reference_mel.features.resample import _phases_compiled, _phases_strided, resampled_length
+from dora_reference_mel.features.tables import device_sinc_taps, sinc_resample_taps
 from timing import median_ms  # noqa: E402  (benchmarks/ is not a package)
 
 VOICE = Path(__file__).resolve().parent.parent / "models" / "voices" / "aria.wav"

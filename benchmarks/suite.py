@@ -57,8 +57,8 @@ def resampler_ratio(repeats: int) -> dict:
     import mlx.core as mx
     import numpy as np
 
-    from dora_reference_mel import resample
-    from dora_reference_mel.tables import device_sinc_taps, sinc_resample_taps
+    from dora_reference_mel.features import resample
+    from dora_reference_mel.features.tables import device_sinc_taps, sinc_resample_taps
 
     if not resample.uses_compiled_kernels(48000, 32000):  # a GPU, or no compiler: nothing to compare
         return {}

@@ -43,7 +43,7 @@ def hann(n: int, device: str):
 def mel_basis(sr: int, n_fft: int, device: str):
     import numpy as np
 
-    from dora_reference_mel.tables import slaney_mel_filterbank  # librosa's filterbank, as upstream loads it
+    from dora_reference_mel.features.tables import slaney_mel_filterbank  # librosa's filterbank, as upstream loads it
 
     return torch.from_numpy(np.array(slaney_mel_filterbank(sr, n_fft, 100, 0.0, sr / 2))).to(device)
 

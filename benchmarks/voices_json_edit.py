@@ -7,7 +7,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from dora_reference_mel.library import VoiceLibrary
+from dora_reference_mel.store.library import VoiceLibrary
 
 
 def edit_seconds(n_voices: int) -> float:

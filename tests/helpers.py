@@ -98,6 +98,18 @@ def run_node(tmp_path: Path, events: list[dict], env: dict, name: str = "run",
     return read_outputs(outputs, keep_logs), proc.stderr
 
 
+def replay_cases(tmp_path: Path, cases: dict[str, dict], env: dict, answers: dict[str, int] | None = None,
+                 keep_logs: bool = False) -> dict:
+    """The one replay harness of the hostile batteries: the real node run once on every case's event, in
+    order. Returns each case's answers (the outputs other than `log`: answers[case] of them, one when not
+    given) under "cases", every output ("outputs", `log` lines only with keep_logs) and the node's log."""
+    outputs, log = run_node(tmp_path, [dict(event, type="Input") for event in cases.values()], env, keep_logs=keep_logs)
+    replies, by_case = iter([o for o in outputs if o["id"] != "log"]), {}
+    for name in cases:
+        by_case[name] = [reply for _, reply in zip(range((answers or {}).get(name, 1)), replies, strict=False)]
+    return {"cases": by_case, "outputs": outputs, "log": log}
+
+
 # -- a primespeech user's library and dataflow ---------------------------------------------------------
 
 VOICES = ROOT / "models" / "voices"

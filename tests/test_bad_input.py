@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from dora_reference_mel import reference_mel
 from dora_reference_mel.config import Config
 from dora_reference_mel.errors import ERROR_CODES
-from dora_reference_mel.service import ReferenceMelService
-from helpers import SPEECH, run_node
+from dora_reference_mel.node.service import ReferenceMelService
+from helpers import SPEECH, copy_library, replay_cases
 
 GOOD, RATE = soundfile.read(str(SPEECH / "mono_16000.wav"), dtype="float32")
 SECOND = [0.05] * 16000
@@ -108,9 +108,9 @@ def cases(tmp):
 
 
 @pytest.fixture(scope="module")
-def battery(tmp_path_factory, request):
+def battery(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("battery")
-    library = request.getfixturevalue("module_library")
+    library = copy_library(tmp_path_factory.mktemp("lib"))  # a folder of its own: nothing else may appear there
     codes = library["codes_dir"]
     (codes / "truncated_codes.bin").write_bytes(b"\x01\x00\x00\x00\x02")
     (codes / "outofrange_codes.bin").write_bytes(np.array([1, 99999], "<i4").tobytes())
@@ -126,28 +126,15 @@ def battery(tmp_path_factory, request):
     table = cases(tmp)
     if DORA_04:  # dora 0.4.1 never delivers an empty array (docs/delivery.md): there is nothing to answer
         del table["empty"]
-    events = [dict(fields, type="Input", id=fields.get("id", "reference_audio")) for fields, _ in table.values()]
-    events.append({"type": "Input", "id": "reference_audio", "data": GOOD.tolist(), "data_type": "Float32",
-                   "metadata": rate(RATE)})
-    outputs, log = run_node(tmp, events, library["env"])
-    assert len(outputs) == len(events), log[-3000:]  # one answer per event, none lost, none doubled
+    events = {name: dict(fields, id=fields.get("id", "reference_audio")) for name, (fields, _) in table.items()}
+    events["good_at_the_end"] = {"id": "reference_audio", "data": GOOD.tolist(), "data_type": "Float32",
+                                 "metadata": rate(RATE)}
+    run = replay_cases(tmp, events, library["env"])
+    assert len(run["outputs"]) == len(events), run["log"][-3000:]  # one answer per event, none lost, none doubled
     before_outside = secret.read_bytes()
-    return {"answers": dict(zip(table, outputs, strict=False)), "last": outputs[-1], "log": log,
-            "codes": codes, "secret": secret, "before_outside": before_outside, "expected": table}
-
-
-@pytest.fixture(scope="module")
-def module_library(tmp_path_factory):
-    import shutil
-
-    from helpers import ROOT
-
-    tmp = tmp_path_factory.mktemp("lib")
-    shutil.copytree(ROOT / "models", tmp / "models", ignore=shutil.ignore_patterns("*.sh", "*.py"))
-    (tmp / "codes").mkdir()
-    return {"voices": tmp / "models/voices.json", "codes_dir": tmp / "codes",
-            "env": {"PRIMESPEECH_MODEL_DIR": str(tmp / "models"), "VOICES_CONFIG": str(tmp / "models/voices.json"),
-                    "CODES_DIR": str(tmp / "codes")}}
+    return {"answers": {name: replies[0] for name, replies in run["cases"].items()},
+            "last": run["cases"]["good_at_the_end"][0], "log": run["log"], "codes": codes, "secret": secret,
+            "before_outside": before_outside, "expected": table}
 
 
 DORA_04 = importlib.metadata.version("dora-rs").startswith("0.4.")  # the node runs on the test's own line
@@ -164,6 +151,7 @@ CASE_NAMES = [
 
 
 @pytest.mark.parametrize("case", CASE_NAMES)
+@pytest.mark.node
 def test_case(battery, case):
     if DORA_04 and case == "empty":
         pytest.skip("dora 0.4.1 never delivers an empty array (tests/test_delivery.py)")
@@ -179,16 +167,19 @@ def test_case(battery, case):
     assert body["error"] in ERROR_CODES and len(body["message"]) > 20
 
 
+@pytest.mark.node
 def test_every_case_is_listed(battery):
     assert set(CASE_NAMES) == set(battery["expected"]) | ({"empty"} if DORA_04 else set())
 
 
+@pytest.mark.node
 def test_still_serving_after_all_of_them(battery):
     assert battery["last"]["id"] == "mel"
     ours = np.array(battery["last"]["data"], np.float32)
     np.testing.assert_allclose(ours, reference_mel(GOOD, RATE).reshape(-1), atol=1e-5)
 
 
+@pytest.mark.node
 def test_store_repaired_and_nothing_outside_touched(battery):
     codes = battery["codes"]
     assert (codes / "aria_mel.bin").stat().st_size == 704 * 500 * 4  # the corrupt file was replaced

@@ -15,9 +15,9 @@ import soundfile
 
 from dora_reference_mel import get_preset, reference_mel
 from dora_reference_mel.config import Config
-from dora_reference_mel.library import VoiceLibrary
-from dora_reference_mel.service import ReferenceMelService
+from dora_reference_mel.node.service import ReferenceMelService
 from dora_reference_mel.store import ReferenceStore
+from dora_reference_mel.store.library import VoiceLibrary
 from helpers import BIN, RATES, ROOT, SPEECH, run_node
 
 
@@ -82,18 +82,19 @@ def test_precompute_then_nothing_then_exactly_the_changed_voice(library20):
 def test_precompute_in_chunks_of_voices(library20, monkeypatch, capsys):
     """A library larger than one chunk (here 7 voices a chunk): every voice once, nothing twice."""
     from dora_reference_mel import cli as tool
+    from dora_reference_mel import precompute
 
-    monkeypatch.setattr(tool, "VOICES_PER_CHUNK", 7)
+    monkeypatch.setattr(precompute, "VOICES_PER_CHUNK", 7)
     samples, held = [], []
-    real_load = tool._load
+    real_load = precompute.load
 
-    def load(store, job):  # how many voices' samples are alive each time one more voice is read
-        job = real_load(store, job)
-        samples.append(weakref.ref(job.samples))
+    def load(resolver, job):  # how many voices' samples are alive each time one more voice is read
+        job = real_load(resolver, job)
+        samples.append(weakref.ref(job.request.samples))
         held.append(sum(ref() is not None for ref in samples))
         return job
 
-    monkeypatch.setattr(tool, "_load", load)
+    monkeypatch.setattr(precompute, "load", load)
     assert tool.main(["precompute", *library20["args"], "--preset", "v2", "v4"]) == 0
     assert "40 computed, 0 up to date, 0 failed" in capsys.readouterr().out
     assert 7 < max(held) <= 14  # the next chunk is read while one computes; never more than two chunks
@@ -119,6 +120,7 @@ def test_failures_do_not_stop_the_others(library20):
     assert len(list(library20["codes"].glob("voice*_mel*.bin"))) == 32
 
 
+@pytest.mark.node
 def test_node_after_precompute_serves_every_voice_precomputed(library20, tmp_path):
     assert cli("precompute", *library20["args"]).returncode == 0
     events = [{"type": "Input", "id": "voice", "data": [f"Voice {i}"], "data_type": "Utf8", "metadata": {}}
@@ -141,6 +143,7 @@ def test_verify_reports_stale_and_corrupt(library20):
     assert "corrupt  voice02 v2" in bad.stdout and "stale    voice05 v2: made from other audio" in bad.stdout
 
 
+@pytest.mark.node
 def test_list_and_verify_cover_the_files_of_voices_voices_json_does_not_list(library20):
     """A reference_audio event's voice is written back without a voices.json entry: the store still
     lists it, verify checks it, and every sidecar says which package version wrote it."""
@@ -310,10 +313,11 @@ def test_precompute_survives_voices_json_changing_during_the_run(library20, monk
     """Another writer edits voices.json between the plan and the record: the run records what it still
     can, leaves the rest, and always ends with its summary."""
     from dora_reference_mel import cli as tool
+    from dora_reference_mel.resolve import Resolver
 
-    real_compute = tool._compute
+    real_resolve = Resolver.resolve_batch
 
-    def compute_while_someone_edits(todo, preset):
+    def compute_while_someone_edits(resolver, requests, kind, **options):
         config = json.loads(library20["voices"].read_text())
         if change == "entries removed or changed":
             del config["voices"]["voice03"]
@@ -323,9 +327,9 @@ def test_precompute_survives_voices_json_changing_during_the_run(library20, monk
             library20["voices"].write_text('{"voices": ')
         else:
             library20["voices"].unlink()
-        return real_compute(todo, preset)
+        return real_resolve(resolver, requests, kind, **options)
 
-    monkeypatch.setattr(tool, "_compute", compute_while_someone_edits)
+    monkeypatch.setattr(Resolver, "resolve_batch", compute_while_someone_edits)
     status = tool.main(["precompute", *library20["args"]])
     out = capsys.readouterr().out
     assert "20 computed, 0 up to date, 0 failed" in out

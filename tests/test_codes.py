@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from dora_reference_mel import ReferenceMelError
-from dora_reference_mel.codes import read_codes
+from dora_reference_mel.store.codes import read_codes
 
 
 def test_codes_bin_and_npy_dtypes(tmp_path):
@@ -60,7 +60,7 @@ def test_node_and_every_command_judge_codes_alike(library):
     import pyarrow as pa
 
     from dora_reference_mel.config import Config
-    from dora_reference_mel.service import ReferenceMelService
+    from dora_reference_mel.node.service import ReferenceMelService
 
     codes = library["models"] / "codes"
     np.save(codes / "floaty_codes.npy", np.arange(50, dtype=np.float32))
@@ -109,7 +109,7 @@ def test_a_relative_models_base_path_is_the_same_folder_for_node_and_tool(librar
     flow.mkdir()
     # The node's own service, in a process started in `cwd` (as dora starts it), sent two switches to aria.
     code = ("import logging, sys, pyarrow as pa; from dora_reference_mel.config import Config; "
-            "from dora_reference_mel.service import ReferenceMelService; logging.basicConfig(); "
+            "from dora_reference_mel.node.service import ReferenceMelService; logging.basicConfig(); "
             "service = ReferenceMelService(Config.from_env()); "
             "print([service.handle('text', pa.array(['VOICE:aria|Hi.']), {})[0].metadata.get('codes_status') "
             "for _ in range(2)])")
@@ -131,3 +131,9 @@ def test_a_relative_models_base_path_is_the_same_folder_for_node_and_tool(librar
     verify = _reference_mel("verify", env=library["env"], cwd=flow)
     assert verify.returncode == 1 and f"missing  aria codes: no file {flow / 'codes/aria_codes.bin'}" in verify.stdout
     assert f"working folder: {flow} here" in verify.stderr
+
+
+def test_codes_report_counts_seconds_at_25_codes_a_second(store, library):
+    """GPT-SoVITS's semantic codes: HuBERT's 50 Hz features halved by the quantizer's stride, 25 a second."""
+    (library["codes_dir"] / "quarter_codes.bin").write_bytes(np.zeros(250, dtype="<i4").tobytes())
+    assert store.codes_report(store.voice("quarter")) == ("ok", "250 codes (10.00 s)")

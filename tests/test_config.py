@@ -11,6 +11,7 @@ from dora_reference_mel.config import Config
 from dora_reference_mel.errors import ReferenceMelError
 
 
+@pytest.mark.node
 def test_node_with_bad_configuration_says_what_to_fix():
     from helpers import BIN
 
@@ -51,10 +52,11 @@ def test_the_cpu_reuses_freed_memory_where_glibc_runs_it():
 
     if platform.libc_ver()[0] != "glibc" or mx.is_available(mx.gpu):
         pytest.skip("only glibc has mallopt, and a GPU's allocator serves MLX's CPU arrays too")
-    code = ("import numpy as np, mlx.core as mx; from dora_reference_mel import reference_mel, cpu_memory; "
-            "from dora_reference_mel.config import select_device; x = np.random.default_rng(0).standard_normal(48000 * 3)"
+    code = ("import numpy as np, mlx.core as mx; from dora_reference_mel import reference_mel; "
+            "from dora_reference_mel.features import backend, cpu_memory; "
+            "x = np.random.default_rng(0).standard_normal(48000 * 3)"
             ".astype(np.float32) * 0.1; before = reference_mel(x, 48000, preset='v4'); assert mx.get_cache_memory() > 0; "
-            "select_device('cpu'); after = reference_mel(x, 48000, preset='v4'); "
+            "backend.select('cpu'); after = reference_mel(x, 48000, preset='v4'); "
             "print(cpu_memory.keep_freed_memory(), mx.get_cache_memory(), np.array_equal(before, after))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -14,7 +14,7 @@ from dora_reference_mel.contract import (
     decode_mel_event,
     parse_voice_switch,
 )
-from dora_reference_mel.service import ReferenceMelService
+from dora_reference_mel.node.service import ReferenceMelService
 from helpers import speech
 
 

@@ -8,11 +8,12 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from dora_reference_mel import cuda_kernels, get_preset, resample, signal
-from dora_reference_mel.tables import device_hann, device_sinc_taps, sinc_resample_taps
+from dora_reference_mel import get_preset
+from dora_reference_mel.features import backend, cuda_kernels, resample, spectrogram
+from dora_reference_mel.features.tables import device_hann, device_sinc_taps, sinc_resample_taps
 from helpers import speech
 
-pytestmark = pytest.mark.skipif(not cuda_kernels.available(), reason="MLX has no CUDA GPU here: the generic ops serve")
+pytestmark = pytest.mark.skipif(not backend.cuda_available(), reason="MLX has no CUDA GPU here: the generic ops serve")
 
 
 @pytest.fixture(autouse=True)
@@ -46,7 +47,7 @@ def test_the_framing_kernel_gives_the_generic_frames(preset):
     frames = np.array(frames)
     assert frames.shape == (sum(counts), p.n_fft)
     for k, (y, first, n) in enumerate(zip(signals, first_rows, counts, strict=True)):
-        generic, _ = signal.frame_signals([y / signal.peak_divisor(peaks[k])], p)
+        generic, _ = spectrogram.frame_signals([y / spectrogram.peak_divisor(peaks[k])], p)
         expected = np.array(generic[:n] * device_hann(p.n_fft))
         np.testing.assert_allclose(frames[first:first + n], expected, rtol=0, atol=1e-6)  # values up to ~1
 
@@ -85,13 +86,13 @@ def test_one_signal_frames_from_its_own_length():
 def test_the_mel_kernel_gives_the_generic_log_mel(preset):
     """The spectrum of real speech through the one-launch magnitude, filterbank and log against the
     generic ops (magnitudes, then the grouped filterbank, then the log)."""
-    from dora_reference_mel.signal import _normalized_log, apply_filterbank
+    from dora_reference_mel.features.spectrogram import _normalized_log, apply_filterbank
 
     p = get_preset(preset)
     y = mx.array(speech("mono", 48000)[0][:p.sample_rate * 3])
-    frames, _ = signal.frame_signals([y], p)
-    ours = np.array(cuda_kernels.log_mel(signal.spectrum(frames, p), p))
-    spectra = mx.contiguous(signal.magnitude(frames, p, p.n_fft // 2 + 1))
+    frames, _ = spectrogram.stft_frames([(y, None)], p)  # windowed by the framing kernel, as the node frames
+    ours = np.array(cuda_kernels.log_mel(spectrogram.spectrum(frames, p), p))
+    spectra = mx.contiguous(spectrogram.magnitude(frames, p, p.n_fft // 2 + 1))
     generic = np.array(_normalized_log(apply_filterbank(spectra, p, groups=4)))
     assert ours.shape == generic.shape == (p.n_mels, spectra.shape[1])
     np.testing.assert_allclose(ours, generic, rtol=0, atol=2e-5)  # log-mel in [-1, ~1]: a few float32 steps

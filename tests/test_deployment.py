@@ -22,7 +22,7 @@ import yaml
 
 from dora_reference_mel.config import Config
 from dora_reference_mel.contract import MEL_OUTPUT, REFERENCE_KEY, TEXT_OUTPUT
-from dora_reference_mel.service import ReferenceMelService
+from dora_reference_mel.node.service import ReferenceMelService
 from helpers import BIN, DORA_LINES, PROMPTS, ROOT, cluster, dora, spoken, user_home, with_stand_ins
 
 pytestmark = pytest.mark.dataflow

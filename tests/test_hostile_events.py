@@ -20,9 +20,9 @@ import soundfile
 
 from dora_reference_mel.config import Config
 from dora_reference_mel.contract import REFERENCE_KEY, decode_mel_event
-from dora_reference_mel.main import send_outputs
-from dora_reference_mel.service import ReferenceMelService
-from helpers import BIN, ROOT, copy_library, node_run_env, run_node
+from dora_reference_mel.node.main import send_outputs
+from dora_reference_mel.node.service import ReferenceMelService
+from helpers import BIN, ROOT, copy_library, node_run_env, replay_cases, run_node
 
 GOOD, RATE = soundfile.read(str(ROOT / "models/voices/basil.wav"), dtype="float32")
 LONG_PATH = "a/" * 1_000_000 + "x.wav"  # 2 MB: path resolution would take minutes
@@ -96,11 +96,14 @@ def replay(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("hostile-events")
     library = copy_library(tmp)
     hostile_library(library)
-    events = [json.loads(json.dumps(event).replace("MODELS", str(library["models"]))) for event, _, _ in CASES.values()]
-    outputs, log = run_node(tmp, events, {**library["env"], "MAX_REF_SECONDS": "60"})
-    return {"outputs": outputs, "log": log, "library": library}
+    events = {name: json.loads(json.dumps(event).replace("MODELS", str(library["models"])))
+              for name, (event, _, _) in CASES.items()}
+    answers = {name: len(outputs) for name, (_, outputs, _) in CASES.items()}
+    run = replay_cases(tmp, events, {**library["env"], "MAX_REF_SECONDS": "60"}, answers)
+    return {**run, "library": library}
 
 
+@pytest.mark.node
 def test_every_case_is_answered_in_order_and_the_node_ends_cleanly(replay):
     expected = [output for _, outputs, _ in CASES.values() for output in outputs]
     assert [o["id"] for o in replay["outputs"]] == expected, replay["log"][-3000:]
@@ -108,21 +111,18 @@ def test_every_case_is_answered_in_order_and_the_node_ends_cleanly(replay):
 
 
 def first_output(replay, case: str) -> dict:
-    index = 0
-    for name, (_, outputs, _) in CASES.items():
-        if name == case:
-            return replay["outputs"][index]
-        index += len(outputs)
-    raise KeyError(case)
+    return replay["cases"][case][0]
 
 
 @pytest.mark.parametrize("case", [name for name, (_, _, code) in CASES.items() if code])
+@pytest.mark.node
 def test_case_answers_its_error(replay, case):
     body = json.loads(first_output(replay, case)["data"][0])
     assert body["error"] == CASES[case][2], body
     assert 20 < len(body["message"]) < 1000, body["message"][:2000]  # a long path is shown cut, once
 
 
+@pytest.mark.node
 def test_messages_name_the_fix(replay):
     messages = {name: json.loads(first_output(replay, name)["data"][0])["message"]
                 for name, (_, _, code) in CASES.items() if code}
@@ -136,12 +136,14 @@ def test_messages_name_the_fix(replay):
     assert all(name in m4a for name in ("WAV", "FLAC", "OGG", "MP3")) and "BufferedReader" not in m4a, m4a
 
 
+@pytest.mark.node
 def test_a_2_ghz_header_allocates_nothing_big(replay):
     peak = float(re.search(r"peak RSS (\d+) MB", replay["log"]).group(1))
     assert peak < 1500, peak  # decoding and resampling that clip took 7.5 GiB
 
 
 @pytest.mark.slow
+@pytest.mark.node
 def test_files_that_decode_large_are_refused_before_decoding(tmp_path, library):
     """Each of these took 520 MB to 1.1 GB of the node's memory (with MAX_REF_SECONDS=10; 5.9 GB at 60):
     rate, channels and length pass one by one, their product does not."""
@@ -172,6 +174,7 @@ def test_files_that_decode_large_are_refused_before_decoding(tmp_path, library):
     assert peak(log) < peak(alone) + 100, (peak(log), peak(alone))
 
 
+@pytest.mark.node
 def test_float16_overflow_is_an_error_not_inf(tmp_path, library):
     """float PCM at int16 scale: its float32 spectrogram is finite, its float16 one is not."""
     loud = (GOOD * 30000).astype(np.float32)
@@ -183,6 +186,7 @@ def test_float16_overflow_is_an_error_not_inf(tmp_path, library):
 
 
 @pytest.mark.parametrize("startup", ["nul", "huge", "bigint"])
+@pytest.mark.node
 def test_a_broken_startup_voice_answers_an_error_and_the_node_serves_on(tmp_path, library, startup):
     hostile_library(library)
     outputs, log = run_node(tmp_path, [text("VOICE:aria|Hello.")], {**library["env"], "VOICE_CHARACTER": startup})
@@ -243,7 +247,7 @@ def test_custom_path_spellings_share_one_remembered_file(library):
 
 
 def test_unlisted_voices_written_back_are_bounded(library, monkeypatch):
-    import dora_reference_mel.store as store_module
+    import dora_reference_mel.store.reference_store as store_module
 
     monkeypatch.setattr(store_module, "MAX_UNLISTED_VOICES", 3)
     service = ReferenceMelService(Config.from_env(library["env"]))
@@ -364,6 +368,7 @@ def test_a_restarted_node_comes_back_with_the_voice_it_last_switched_to(library,
 
 @pytest.mark.parametrize("setting, value", [("MAX_REF_SECONDS", "1e307"), ("MEL_CACHE_MB", "1e303"),
                                             ("MEL_DEVICE", "gpu")])
+@pytest.mark.node
 def test_an_absurd_setting_is_one_line_naming_it(tmp_path, library, setting, value):
     import mlx.core as mx
 
@@ -375,6 +380,7 @@ def test_an_absurd_setting_is_one_line_naming_it(tmp_path, library, setting, val
     assert f"bad configuration [bad_config]: {setting}=" in proc.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.node
 def test_the_node_forwards_the_texts_of_a_long_replay(tmp_path, library):
     """100 texts and a Stop: every text is forwarded, the ones after the switches too."""
     events = [text(f"VOICE:aria|t{i}" if i % 10 == 0 else f"t{i}") for i in range(100)]

@@ -7,7 +7,8 @@ import stat
 import pytest
 
 from dora_reference_mel import ReferenceMelError, get_preset
-from dora_reference_mel.library import VoiceLibrary, edit_json_fields
+from dora_reference_mel.store.kinds import kind_of
+from dora_reference_mel.store.library import VoiceLibrary, edit_json_fields
 
 V2, V4 = get_preset("v2"), get_preset("v4")
 
@@ -31,7 +32,7 @@ def test_set_voice_fields_keeps_every_key_and_the_order(library):
     assert updated["voices"]["aria"]["mel_path"] == "/x/aria_mel.bin"
     updated["voices"]["aria"].pop("mel_path")
     assert updated == original
-    assert lib.resolve("aria").mel_path(V2).as_posix() == "/x/aria_mel.bin"  # re-read after the write
+    assert lib.resolve("aria").stored_path(kind_of(V2)).as_posix() == "/x/aria_mel.bin"  # re-read after the write
 
 
 @pytest.mark.parametrize("mode", [0o600, 0o444, 0o640])

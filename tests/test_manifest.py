@@ -82,12 +82,6 @@ def test_python_dash_m_and_contract_import_without_mlx():
     assert outside.returncode == 1 and "start it from a dataflow" in outside.stderr, outside.stderr[-2000:]
 
 
-
-
-
-
-
-
 def test_manifest_names_no_build_that_cannot_run():
     """The package is not on the package index: a `build:` that pip-installs it by name would fail."""
     manifest = yaml.safe_load((ROOT / "node_hub/dora_reference_mel/dora-node.yml").read_text())

@@ -4,7 +4,7 @@
 import pytest
 
 from dora_reference_mel import ReferenceMelError
-from dora_reference_mel.names import check_voice_name
+from dora_reference_mel.store.names import check_voice_name
 
 
 @pytest.mark.parametrize("name", ["", " ", "../etc/passwd", "a/b", "a\\b", "..", ".hidden", "x\x00y",
@@ -28,7 +28,7 @@ def test_a_name_finds_keys_then_aliases_as_the_mlx_node_then_keys_without_spaces
     import pyarrow as pa
 
     from dora_reference_mel.config import Config
-    from dora_reference_mel.service import ReferenceMelService
+    from dora_reference_mel.node.service import ReferenceMelService
 
     voices = {"luoxiang": {"ref_audio": "voices/basil.wav", "ref_text": "l"},
               "doubao": {"ref_audio": "voices/aria.wav", "ref_text": "d", "aliases": ["Luo Xiang", "Basil"]},

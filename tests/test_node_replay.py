@@ -8,9 +8,12 @@ import subprocess
 
 import numpy as np
 import pyarrow as pa
+import pytest
 
 import oracle
 from helpers import BIN, EVENTS, node_run_env, read_outputs, recorded, run_node
+
+pytestmark = pytest.mark.node  # every test here runs the node process
 
 
 def recorded_samples(index):

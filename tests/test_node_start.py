@@ -8,10 +8,12 @@ import subprocess
 
 import pytest
 
-from dora_reference_mel import resample
 from dora_reference_mel.config import ENV_VARS
 from dora_reference_mel.contract import INPUTS, OUTPUTS
+from dora_reference_mel.features import resample
 from helpers import BIN, run_node
+
+pytestmark = pytest.mark.node  # every test here runs the node process
 
 NODE = str(BIN / "dora-reference-mel")
 

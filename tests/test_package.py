@@ -62,13 +62,15 @@ def test_sdist_and_wheel_hold_the_package_and_nothing_local(built):
     with tarfile.open(built["sdist"]) as sdist:
         names = {Path(*Path(n).parts[1:]).as_posix() for n in sdist.getnames()}
     assert {"pyproject.toml", "README.md", f"node_hub/{MANIFEST_IN_PACKAGE}",
-            "node_hub/dora_reference_mel/main.py"} <= names
+            "node_hub/dora_reference_mel/node/main.py"} <= names
     assert not any(n.startswith((".venv", "out/", ".mlxcuda")) for n in names), sorted(names)[:20]
     with zipfile.ZipFile(built["wheel"]) as wheel:
         names = set(wheel.namelist())
         meta = next(wheel.read(n).decode() for n in names if n.endswith(".dist-info/METADATA"))
         scripts = next(wheel.read(n).decode() for n in names if n.endswith(".dist-info/entry_points.txt"))
-    assert {MANIFEST_IN_PACKAGE, "dora_reference_mel/contract.py", "dora_reference_mel/cli.py"} <= names
+    assert {MANIFEST_IN_PACKAGE, "dora_reference_mel/contract.py", "dora_reference_mel/node/contract.py",
+            "dora_reference_mel/features/spectrogram.py", "dora_reference_mel/store/reference_store.py",
+            "dora_reference_mel/cli.py"} <= names  # every layer's sub-package
     assert not any(n.startswith(("tests/", "models/", "demo_nodes/", "benchmarks/")) for n in names), sorted(names)
     assert "License-Expression: MIT" in meta and "Requires-Dist: dora-rs" in meta
     assert "dora_reference_mel-0.1.0.dist-info/licenses/LICENSE" in names
@@ -79,7 +81,7 @@ def test_sdist_and_wheel_hold_the_package_and_nothing_local(built):
     for extra in ("cpu", "cuda12", "cuda13", "cuda"):  # each extra brings exactly one MLX backend
         assert sum(f'extra == "{extra}"' in line for line in requires) == 1, requires
     assert not any("extra" not in line and "linux" in line for line in requires), requires
-    assert "dora-reference-mel = dora_reference_mel.main:main" in scripts
+    assert "dora-reference-mel = dora_reference_mel.node.main:main" in scripts
     assert "reference-mel = dora_reference_mel.cli:main" in scripts
 
 

@@ -14,8 +14,8 @@ def test_both_resampler_strategies_agree(rate):
     """A GPU uses the gathered form for 44.1k and 22.05k; check it here against the strided one."""
     import mlx.core as mx
 
-    from dora_reference_mel.resample import _phases_gathered, _phases_strided
-    from dora_reference_mel.tables import device_sinc_taps, sinc_resample_taps
+    from dora_reference_mel.features.resample import _phases_gathered, _phases_strided
+    from dora_reference_mel.features.tables import device_sinc_taps, sinc_resample_taps
 
     orig, new, width, starts, weights = sinc_resample_taps(rate, 32000)
     padded = mx.pad(mx.array(speech("mono", rate)[0]), [(width, width + orig)])
@@ -50,7 +50,8 @@ def test_without_a_compiler_the_cpu_resamples_uncompiled_with_the_same_output(tm
     if mx.default_device() != mx.cpu:
         pytest.skip("the compiled resampler is the CPU's; a GPU resamples with the strided form")
     samples, rate = speech("mono", 48000)
-    code = ("import sys, numpy as np; from dora_reference_mel import resample, reference_mel; "
+    code = ("import sys, numpy as np; from dora_reference_mel import reference_mel; "
+            "from dora_reference_mel.features import backend, resample; backend.compile_pairs([(48000, 32000)]); "
             "x = np.load(sys.argv[1]); print(resample.compiler_works()); np.save(sys.argv[2], reference_mel(x, 48000))")
     np.save(tmp_path / "in.npy", samples)
     env = {"PATH": os.path.dirname(sys.executable), "HOME": str(tmp_path), "TMPDIR": str(tmp_path),
@@ -60,15 +61,31 @@ def test_without_a_compiler_the_cpu_resamples_uncompiled_with_the_same_output(tm
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "False"
 
-    from dora_reference_mel import resample
+    from dora_reference_mel.features import resample
 
     assert resample.compiler_works()  # here, with g++: the compiled kernel
     np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), reference_mel(samples, rate))
 
 
+def test_the_library_api_and_the_tool_build_no_kernel_unasked(tmp_path, library):
+    """Only the node's warm-up (or a caller of backend.compile_pairs) compiles: reference_mel and
+    `reference-mel precompute` at a rate pair that compiles here resample through the strided form."""
+    import subprocess
+    import sys
+
+    code = ("import numpy as np; from dora_reference_mel import reference_mel; "
+            "from dora_reference_mel.cli import main; from dora_reference_mel.features import backend, resample; "
+            "reference_mel(np.zeros(48000, np.float32), 48000, preset='v4'); "
+            f"main(['precompute', '--voices', {str(library['voices'])!r}, '--codes-dir', {str(library['codes_dir'])!r}]); "
+            "print(backend.current().compiled_pairs, resample._piece_kernels.cache_info().currsize)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines()[-1] == "frozenset() 0"
+
+
 def test_piece_sizes_are_few_and_waste_less_than_a_tail():
     """Every clip length resamples through the piece sizes warm_pieces traces at start."""
-    from dora_reference_mel.resample import RESAMPLE_BLOCKS, TAIL_BLOCKS, piece_sizes
+    from dora_reference_mel.features.resample import RESAMPLE_BLOCKS, TAIL_BLOCKS, piece_sizes
 
     traced = set(range(TAIL_BLOCKS, RESAMPLE_BLOCKS + 1, TAIL_BLOCKS))
     for n_blocks in [1, TAIL_BLOCKS, TAIL_BLOCKS + 1, RESAMPLE_BLOCKS, RESAMPLE_BLOCKS + 1, *range(7, 400_000, 4999)]:
@@ -80,8 +97,8 @@ def test_piece_sizes_are_few_and_waste_less_than_a_tail():
 def test_compiled_pieces_give_the_strided_sums(pair):
     """Lengths that end in each tail size, and whole pieces: the compiled kernels' output is the strided
     form's, bit for bit."""
-    from dora_reference_mel import resample
-    from dora_reference_mel.tables import device_sinc_taps, sinc_resample_taps
+    from dora_reference_mel.features import resample
+    from dora_reference_mel.features.tables import device_sinc_taps, sinc_resample_taps
 
     if not resample.uses_compiled_kernels(*pair):
         pytest.skip("the compiled resampler runs on a CPU with a compiler")

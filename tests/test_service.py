@@ -12,7 +12,7 @@ import soundfile
 import oracle
 from dora_reference_mel.config import Config
 from dora_reference_mel.contract import REFERENCE_KEY, decode_mel_event
-from dora_reference_mel.service import ReferenceMelService
+from dora_reference_mel.node.service import ReferenceMelService
 from helpers import ROOT, run_node, speech
 
 
@@ -347,6 +347,7 @@ def test_a_broken_trained_text_answers_why_and_goes_on_with_the_voice_before(tmp
 
 
 @pytest.mark.slow
+@pytest.mark.node
 def test_the_node_process_serves_moxin_voices_texts_with_its_default_folders(tmp_path, monkeypatch):
     """The real node in dora's test mode, configured by nothing but $HOME, as Moxin-Voice's users run it."""
     moxin = moxin_home(tmp_path)

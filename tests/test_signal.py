@@ -94,8 +94,6 @@ def test_batch_equals_one_by_one():
             np.testing.assert_allclose(out, single, rtol=0, atol=1e-5)
 
 
-
-
 def test_sv_peak_normalises_at_32k_like_v2():
     """sv takes v2's audio: peak-normalised at 32 kHz. A louder clip's log power rises by 2 ln(gain)
     until the peak rule caps it; v4 (no rule) keeps rising."""
@@ -106,8 +104,6 @@ def test_sv_peak_normalises_at_32k_like_v2():
     for gain, amplitude in ((1.5, 1.5), (8.0, 4.0)):  # peak 0.75: as is; peak 4: divided by min(2, 4)
         shift = (reference_mel(samples * gain, sr, preset="sv") - quiet)[above_floor]
         assert abs(float(np.median(shift)) - 2 * math.log(amplitude)) < 1e-3, (gain, np.median(shift))
-
-
 
 
 @pytest.mark.parametrize("n, frames", [(400, 1), (559, 1), (560, 2), (16000, 98)])
@@ -134,27 +130,11 @@ def test_float16_is_the_float32_result_rounded_once(preset):
         reference_mel(clips[1], 16000, dtype="float64")
 
 
-
-
-
-
 @pytest.mark.parametrize("n, code", [(0, "empty_audio"), (1, "too_short"), (1000, "too_short")])
 def test_too_short_is_a_clear_error(n, code):
     with pytest.raises(ReferenceMelError) as err:
         reference_mel(np.zeros(n, np.float32), 48000)
     assert err.value.code == code
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 def test_an_integral_float_rate_is_the_integer_rate_and_a_fractional_one_is_named():
@@ -194,7 +174,7 @@ def test_one_gather_filterbank_gives_the_grouped_sums(preset):
     width. The padding adds zero products only: the same bands to float32 rounding."""
     import mlx.core as mx
 
-    from dora_reference_mel.signal import apply_filterbank
+    from dora_reference_mel.features.spectrogram import apply_filterbank
 
     p = get_preset(preset)
     spectra = mx.array(np.random.default_rng(1).random((p.n_fft // 2 + 1, 300)).astype(np.float32))

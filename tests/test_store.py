@@ -8,24 +8,16 @@ import pytest
 import xxhash
 
 from dora_reference_mel import get_preset
-from dora_reference_mel.library import Voice
 from dora_reference_mel.store import ABSENT, CORRUPT, FRESH, STALE
+from dora_reference_mel.store.library import Voice
 
 V2, V4 = get_preset("v2"), get_preset("v4")
-
-
-
-
-
-
-
-
 
 
 def test_mel_round_trip_with_sidecar(store, library):
     data = np.random.default_rng(0).random((704, 37), dtype=np.float32)
     voice = store.voice("aria")
-    path = store.save_mel(voice, V2, data, source_digest="abc", source_sample_rate=48000)
+    path = store.save(voice, V2, data, source_digest="abc", source_sample_rate=48000)
     assert path == library["codes_dir"] / "aria_mel.bin"
     assert path.stat().st_size == 704 * 37 * 4
     sidecar = json.loads(path.with_suffix(".json").read_text())
@@ -37,7 +29,7 @@ def test_mel_round_trip_with_sidecar(store, library):
     assert not stored.data.flags.writeable
     assert store.lookup(voice, V2, digest="other").state == STALE
     assert store.lookup(voice, V4, digest="abc").state == ABSENT
-    v4 = store.save_mel(voice, V4, data[:100], source_digest="abc", source_sample_rate=48000)
+    v4 = store.save(voice, V4, data[:100], source_digest="abc", source_sample_rate=48000)
     assert v4.name == "aria_mel_v4.bin"
     assert not [f for f in os.listdir(library["codes_dir"]) if f.endswith(".tmp")]
 
@@ -60,7 +52,7 @@ def test_legacy_bin_without_sidecar(store, library):
 def test_corrupt_files_are_refused(store, library, damage):
     voice = store.voice("aria")
     data = np.ones((704, 10), np.float32)
-    path = store.save_mel(voice, V2, data, source_digest="x", source_sample_rate=48000)
+    path = store.save(voice, V2, data, source_digest="x", source_sample_rate=48000)
     blob = bytearray(path.read_bytes())
     if damage == "truncate":
         path.write_bytes(blob[:-100])
@@ -91,28 +83,14 @@ def test_symlink_out_of_the_codes_dir_is_read_and_never_written_through(store, l
     found = store.lookup(store.voice("linked"), V2)
     assert found.fresh and found.data.shape == (704, 2)  # a legacy file (no sidecar), no audio to check it by
     assert store.load_codes(store.voice("linked")).tolist() == [1, 2, 3]
-    store.save_mel(Voice("linked"), V2, np.zeros((704, 1), np.float32), source_digest="x", source_sample_rate=1)
+    store.save(Voice("linked"), V2, np.zeros((704, 1), np.float32), source_digest="x", source_sample_rate=1)
     assert elsewhere.read_bytes() == np.ones(704 * 2, "<f4").tobytes()
     assert not (library["codes_dir"] / "linked_mel.bin").is_symlink()
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 def test_stored_files_count_spectrograms_without_sidecar(store, library):
     codes = library["codes_dir"]
-    store.save_mel(store.voice("visitor"), V2, np.ones((704, 3), np.float32), source_digest="d", source_sample_rate=1)
+    store.save(store.voice("visitor"), V2, np.ones((704, 3), np.float32), source_digest="d", source_sample_rate=1)
     (codes / "legacy_mel.bin").write_bytes(np.ones((704, 2), "<f4").tobytes())  # the Rust port's layout
     (codes / "legacy_codes.bin").write_bytes(np.arange(4, dtype="<i4").tobytes())
     assert store.stored_files() == [("legacy", "v2", codes / "legacy_mel.bin"), ("visitor", "v2", codes / "visitor_mel.bin")]
@@ -127,7 +105,7 @@ def test_inspect_finds_the_voices_the_node_serves_from_the_codes_dir(library):
     import soundfile
 
     from dora_reference_mel.config import Config
-    from dora_reference_mel.service import ReferenceMelService
+    from dora_reference_mel.node.service import ReferenceMelService
     from helpers import BIN, ROOT
 
     service = ReferenceMelService(Config.from_env(library["env"]))
@@ -154,7 +132,7 @@ def _unlisted_writer(args):
     import soundfile
 
     from dora_reference_mel.config import Config
-    from dora_reference_mel.service import ReferenceMelService
+    from dora_reference_mel.node.service import ReferenceMelService
     from helpers import ROOT
 
     env, worker, count = args
@@ -174,7 +152,7 @@ def test_two_node_processes_keep_one_bound_on_unlisted_voices(library):
     voices voices.json does not list, sidecar-less .bin files already there counted."""
     import multiprocessing
 
-    from dora_reference_mel.store import MAX_UNLISTED_VOICES
+    from dora_reference_mel.store.reference_store import MAX_UNLISTED_VOICES
 
     for i in range(56):
         (library["codes_dir"] / f"old{i}_mel.bin").write_bytes(np.ones((704, 2), "<f4").tobytes())
@@ -184,3 +162,53 @@ def test_two_node_processes_keep_one_bound_on_unlisted_voices(library):
     assert all(set(states) == {"written", "skipped"} for states in results)
     names = {p.name.rsplit("_mel", 1)[0] for p in library["codes_dir"].iterdir()}
     assert len(names) == MAX_UNLISTED_VOICES
+
+
+def test_a_second_kind_goes_through_the_resolver_and_the_store_unchanged(store, library):
+    """A kind of artifact shaped like the semantic codes (int32 LE `<voice>_<suffix>.bin` with a sidecar, a
+    fingerprint of its own) is computed, written back, then served from the store and the cache: the
+    resolver and the store use only what ArtifactKind declares."""
+    from dora_reference_mel.resolve import Request, Resolver
+    from dora_reference_mel.store.kinds import ArtifactKind
+
+    class FrameEnergy(ArtifactKind):  # one int32 per 40 ms of audio: the codes' rate and dtype
+        name, fingerprint, file_suffix, dtype, what, layout = "energy", "energy-1", "_energy", "<i4", "energy", "[n]"
+
+        def voice_path_key(self):
+            return "energy_path"
+
+        def recipe(self):
+            return {"frame_seconds": 0.04}
+
+        def max_bytes(self, max_ref_seconds):
+            return int(max_ref_seconds * 25 + 1) * 4
+
+        def shape_problem(self, shape, max_ref_seconds):
+            return None if isinstance(shape, list) and len(shape) == 1 else f"shape={shape} is not [n]"
+
+        def legacy(self, blob):
+            return "has no sidecar"
+
+        def check_length(self, n_samples, sample_rate):
+            pass
+
+        def compute(self, samples, sample_rate):
+            frames = samples[: len(samples) // (sample_rate // 25) * (sample_rate // 25), 0].reshape(-1, sample_rate // 25)
+            return (np.abs(frames).mean(axis=1) * 1000).astype(np.int32)
+
+        def compute_batch(self, clips, sample_rates):
+            return [self.compute(c, r) for c, r in zip(clips, sample_rates, strict=True)]
+
+        def problem(self, data):
+            return None
+
+    kind, aria = FrameEnergy(), store.voice("aria")
+    first = Resolver(store, cache_bytes=1 << 20).resolve(Request(aria, audio_path=aria.ref_audio), kind)
+    assert (first.source, first.write_back) == ("computed", "written") and first.served.data.dtype == np.int32
+    assert first.path == library["codes_dir"] / "aria_energy.bin" and first.path.stat().st_size == 250 * 4  # 10 s
+    resolver = Resolver(store, cache_bytes=1 << 20)
+    again = resolver.resolve(Request(aria, audio_path=aria.ref_audio), kind)
+    assert again.source == "precomputed"
+    np.testing.assert_array_equal(again.served.data, first.served.data)
+    assert resolver.resolve(Request(aria, audio_path=aria.ref_audio), kind).source == "cache"
+    assert store.lookup(aria, get_preset("v2")).state == ABSENT  # kinds keep to their own files

@@ -21,10 +21,11 @@ from hypothesis import strategies as st
 from dora_reference_mel import get_preset, reference_mel
 from dora_reference_mel.config import Config
 from dora_reference_mel.errors import ERROR_CODES, ReferenceMelError
-from dora_reference_mel.library import Voice, VoiceLibrary
-from dora_reference_mel.service import ReferenceMelService
+from dora_reference_mel.node.service import ReferenceMelService
 from dora_reference_mel.store import CORRUPT, FRESH, STALE, ReferenceStore
-from helpers import BIN, ROOT, run_node
+from dora_reference_mel.store.kinds import kind_of
+from dora_reference_mel.store.library import Voice, VoiceLibrary
+from helpers import BIN, ROOT, replay_cases, run_node
 
 V2 = get_preset("v2")
 
@@ -92,7 +93,7 @@ def hostile(tmp_path_factory):
     # Sidecars of valid JSON but the wrong shape, beside whole .bin files.
     store = ReferenceStore(codes, VoiceLibrary(models / "voices.json", models))
     for name, bad in (("shape_bool", [True, 500]), ("shape_deep", None), ("shape_digits", None)):
-        store.save_mel(Voice(name), V2, np.ones((704, 500), np.float32), source_digest="x", source_sample_rate=1)
+        store.save(Voice(name), V2, np.ones((704, 500), np.float32), source_digest="x", source_sample_rate=1)
         side = codes / f"{name}_mel.json"
         text = side.read_text()
         if name == "shape_bool":
@@ -129,18 +130,19 @@ NODE_CASES = {  # voice event -> expected answer
 @pytest.fixture(scope="module")
 def node_run(hostile):
     before = snapshot(hostile["tmp"], hostile["codes"])
-    events = [voice_event(name) for name in NODE_CASES] + [voice_event("aria")]
+    events = {**{name: voice_event(name) for name in NODE_CASES}, "good_at_the_end": voice_event("aria")}
     started = time.monotonic()
     # Cache off: every event goes through the store lookup (they share one clip, which the cache would serve).
-    outputs, log = run_node(hostile["tmp"], events, {**hostile["env"], "MEL_CACHE_MB": "0"}, keep_logs=True)
-    answers = [o for o in outputs if o["id"] != "log"]
-    assert len(answers) == len(events), log[-3000:]
-    return {"answers": dict(zip(NODE_CASES, answers, strict=False)), "last": answers[-1], "log": log,
-            "logs": [json.loads(o["data"][0]) for o in outputs if o["id"] == "log"], "before": before,
+    run = replay_cases(hostile["tmp"], events, {**hostile["env"], "MEL_CACHE_MB": "0"}, keep_logs=True)
+    assert all(run["cases"].values()), run["log"][-3000:]  # an answer for every event
+    return {"answers": {name: replies[0] for name, replies in run["cases"].items()},
+            "last": run["cases"]["good_at_the_end"][0], "log": run["log"],
+            "logs": [json.loads(o["data"][0]) for o in run["outputs"] if o["id"] == "log"], "before": before,
             "seconds": time.monotonic() - started}
 
 
 @pytest.mark.parametrize("name", list(NODE_CASES), ids=[ascii(n)[:20] for n in NODE_CASES])
+@pytest.mark.node
 def test_node_case(node_run, name):
     answer, expected = node_run["answers"][name], NODE_CASES[name]
     if expected == "mel":
@@ -156,6 +158,7 @@ def test_node_case(node_run, name):
         assert len(body["message"]) > 30 and body["error"] != "internal"
 
 
+@pytest.mark.node
 def test_node_logged_why_each_stored_file_was_refused(node_run):
     log = node_run["log"]
     for why in ("is not a regular file", "holds 4294967296 bytes", "shape=[True, 500]", "not usable JSON",
@@ -166,6 +169,7 @@ def test_node_logged_why_each_stored_file_was_refused(node_run):
     assert len(errors) == 3 and all(set(line) == {"level", "message", "timestamp", "node"} for line in errors)
 
 
+@pytest.mark.node
 def test_nothing_outside_the_codes_dir_changed(node_run, hostile):
     assert snapshot(hostile["tmp"], hostile["codes"]) == node_run["before"]
     assert (hostile["outside"] / "secret.bin").read_bytes() == hostile["secret"]
@@ -176,6 +180,7 @@ def test_nothing_outside_the_codes_dir_changed(node_run, hostile):
     assert not (hostile["codes"] / "linkside_mel.json").is_symlink()
 
 
+@pytest.mark.node
 def test_cli_on_the_hostile_library(hostile, node_run):
     env = {**os.environ, **hostile["env"]}
     before = snapshot(hostile["tmp"], hostile["codes"])
@@ -195,6 +200,7 @@ def test_cli_on_the_hostile_library(hostile, node_run):
     assert "mel_path" not in config["voices"]["../../x"]
 
 
+@pytest.mark.node
 def test_replaced_clip_same_size_and_mtime_is_recomputed(library, tmp_path):
     """Two clips of equal length; the second unpacked over the first with the first's mtime."""
     wav = library["models"] / "voices/aria.wav"
@@ -227,7 +233,7 @@ import os, sys
 import numpy as np
 import pyarrow as pa
 from dora_reference_mel import get_preset
-from dora_reference_mel.library import Voice, VoiceLibrary
+from dora_reference_mel.store.library import Voice, VoiceLibrary
 from dora_reference_mel.store import ReferenceStore
 renames = []
 real_replace = os.replace
@@ -238,11 +244,12 @@ def dying_replace(src, dst):
     real_replace(src, dst)
 os.replace = dying_replace
 store = ReferenceStore(sys.argv[1], VoiceLibrary(sys.argv[2]))
-store.save_mel(Voice("aria"), get_preset("v2"), np.full((704, 500), 3.0, np.float32), source_digest="other",
+store.save(Voice("aria"), get_preset("v2"), np.full((704, 500), 3.0, np.float32), source_digest="other",
                source_sample_rate=48000)
 """
 
 
+@pytest.mark.node
 def test_crash_between_sidecar_and_data_is_never_served_and_leftovers_go(library, tmp_path):
     node = ReferenceMelService(Config.from_env(library["env"]))
     assert [o for o in node.handle("voice", _names("aria"), {}) if o.output_id == "mel"][0].metadata["source"] == "computed"
@@ -262,6 +269,7 @@ def test_crash_between_sidecar_and_data_is_never_served_and_leftovers_go(library
 
 
 @pytest.mark.parametrize("content", ["directory", "fifo", "deep", "digits"])
+@pytest.mark.node
 def test_unusable_voices_json_answers_every_event(library, tmp_path, content):
     path = library["voices"]
     path.unlink()
@@ -302,7 +310,7 @@ sidecar_keys = st.sampled_from(["format", "shape", "fingerprint", "source_digest
 def test_any_sidecar_is_fresh_only_when_it_is_the_one_written(library, changes):
     store = ReferenceStore(library["codes_dir"], VoiceLibrary(library["voices"]))
     voice = Voice("prop")
-    path = store.save_mel(voice, V2, np.ones((704, 20), np.float32), source_digest="d", source_sample_rate=1)
+    path = store.save(voice, V2, np.ones((704, 20), np.float32), source_digest="d", source_sample_rate=1)
     sidecar = json.loads(path.with_suffix(".json").read_text())
     edited = {**sidecar, **changes}
     path.with_suffix(".json").write_text(json.dumps(edited))
@@ -347,7 +355,7 @@ def test_any_file_kind_at_the_spectrogram_path(library, kind):
     found = store.lookup(Voice("kind"), V2)
     assert found.state in (CORRUPT, "absent") and not found.fresh
     if kind != "directory":  # the next write replaces whatever was there
-        store.save_mel(Voice("kind"), V2, np.ones((704, 3), np.float32), source_digest="d", source_sample_rate=1)
+        store.save(Voice("kind"), V2, np.ones((704, 3), np.float32), source_digest="d", source_sample_rate=1)
         assert store.lookup(Voice("kind"), V2, digest="d").fresh
 
 
@@ -377,7 +385,7 @@ def _damage(path: Path, outside: Path, store: ReferenceStore, how: str) -> None:
         sidecar["source_digest"] = "another clip"
         path.with_suffix(".json").write_text(json.dumps(sidecar))
     elif how == "rewritten":  # a new whole pair, by the store's own commit
-        store.save_mel(Voice("memo"), V2, np.full((704, 20), 2.0, np.float32), source_digest="d", source_sample_rate=1)
+        store.save(Voice("memo"), V2, np.full((704, 20), 2.0, np.float32), source_digest="d", source_sample_rate=1)
 
 
 @pytest.mark.parametrize("how", ["flip", "truncate", "link_out", "fifo", "removed", "sidecar", "rewritten"])
@@ -385,14 +393,14 @@ def test_a_pair_verified_once_still_sees_every_change(library, tmp_path, monkeyp
     """With the racy-stamp window at 0 (the filesystem here stamps in nanoseconds), the second lookup
     takes the once-verified path; after any change its answer is the one a store that never saw the
     pair gives."""
-    import dora_reference_mel.files as files_module
+    import dora_reference_mel.store.files as files_module
 
     monkeypatch.setattr(files_module, "SETTLED_NS", 0)
     store = ReferenceStore(library["codes_dir"], VoiceLibrary(library["voices"]))
-    path = store.save_mel(Voice("memo"), V2, np.ones((704, 20), np.float32), source_digest="d", source_sample_rate=1)
+    path = store.save(Voice("memo"), V2, np.ones((704, 20), np.float32), source_digest="d", source_sample_rate=1)
     assert store.lookup(Voice("memo"), V2, digest="d").fresh
     assert store.lookup(Voice("memo"), V2, digest="d").fresh  # served by the memo: stamps unchanged
-    assert (path, V2) in store._verified
+    assert (path, kind_of(V2)) in store._verified
     outside = tmp_path / "outside"
     outside.mkdir()
     _damage(path, outside, store, how)
@@ -409,15 +417,15 @@ def test_a_pair_verified_once_still_sees_every_change(library, tmp_path, monkeyp
 def test_a_pair_younger_than_the_stamp_granularity_is_checked_every_time(library):
     """A write within the timestamp tick of the check can leave the stamps as they were: such a pair is
     verified whole at every lookup until both files are older than SETTLED_NS, then only once."""
-    from dora_reference_mel.files import SETTLED_NS
+    from dora_reference_mel.store.files import SETTLED_NS
 
     store = ReferenceStore(library["codes_dir"], VoiceLibrary(library["voices"]))
-    path = store.save_mel(Voice("young"), V2, np.ones((704, 20), np.float32), source_digest="d", source_sample_rate=1)
+    path = store.save(Voice("young"), V2, np.ones((704, 20), np.float32), source_digest="d", source_sample_rate=1)
     assert store.lookup(Voice("young"), V2, digest="d").fresh
-    assert (path, V2) not in store._verified
+    assert (path, kind_of(V2)) not in store._verified
     time.sleep(SETTLED_NS / 1e9 + 0.2)
     assert store.lookup(Voice("young"), V2, digest="d").fresh
-    assert (path, V2) in store._verified
+    assert (path, kind_of(V2)) in store._verified
 
 
 def test_an_event_never_replaces_a_spectrogram_the_library_cannot_recompute(library, caplog):
@@ -459,7 +467,7 @@ def test_a_clip_swapped_for_a_link_out_is_never_served(library, tmp_path, monkey
     the path resolved again and compared by device and inode)."""
     import threading
 
-    from dora_reference_mel import files
+    from dora_reference_mel.store import files
 
     if where == "stat":
         monkeypatch.setattr(files, "descriptor_path", lambda fd: None)

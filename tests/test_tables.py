@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from dora_reference_mel import reference_mel
-from dora_reference_mel.tables import (
+from dora_reference_mel.features.tables import (
     hann_window,
     kaldi_mel_filterbank,
     povey_window,
@@ -32,6 +32,26 @@ def test_cached_tables_cannot_be_poisoned():
                   kaldi_mel_filterbank(16000, 512, 80, 20.0, 8000.0)):
         with pytest.raises(ValueError):
             table *= 0
+
+
+def test_device_tables_cannot_be_poisoned():
+    """MLX arrays cannot be frozen: each call hands out its own arrays, so writing to one leaves every
+    later call's table (and so every later spectrogram) as it was."""
+    import mlx.core as mx
+
+    from dora_reference_mel import get_preset
+    from dora_reference_mel.features.tables import device_filterbank, device_hann, device_sinc_taps
+
+    clip = np.random.default_rng(0).standard_normal(48000).astype(np.float32) * 0.1
+    before = reference_mel(clip, 48000, preset="v3")
+    hann = device_hann(1280)
+    hann[0] = 99
+    hann += 1
+    index, weights, _, _ = device_filterbank(get_preset("v3"))[0]
+    weights *= 0
+    device_sinc_taps(48000, 24000)[1][0][:] = 0
+    assert float(device_hann(1280)[0]) == 0.0 and float(mx.max(device_filterbank(get_preset("v3"))[0][1])) > 0
+    np.testing.assert_array_equal(reference_mel(clip, 48000, preset="v3"), before)
 
 
 def stft_magnitude(y: np.ndarray, pad: int, window: np.ndarray, hop: int = 640) -> np.ndarray:

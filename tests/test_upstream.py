@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from dora_reference_mel import reference_mel
-from dora_reference_mel.resample import resample_sinc
+from dora_reference_mel.features.resample import resample_sinc
 from helpers import RATES, speech
 
 torch = pytest.importorskip("torch")

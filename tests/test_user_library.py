@@ -14,9 +14,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from dora_reference_mel import reference_mel, resample, signal
+from dora_reference_mel import reference_mel
 from dora_reference_mel.config import Config
-from dora_reference_mel.service import ReferenceMelService
+from dora_reference_mel.features import resample, spectrogram
+from dora_reference_mel.node.service import ReferenceMelService
 from helpers import BIN, DORA_LINES, PROMPTS, ROOT, dora, readme_wiring, user_home
 
 
@@ -152,14 +153,11 @@ def test_a_cjk_title_is_never_empty_boxes(tmp_path, library):
 def test_no_kernel_is_built_on_the_event_path(library):
     """After the start-up warm-up, a clip at a rate that was not warmed resamples uncompiled."""
     service = ReferenceMelService(Config.from_env(library["env"]))
-    try:
-        resample.compile_only(signal.warm_up(service.config.presets))
-        built = resample._piece_kernels.cache_info().currsize
-        clip = np.random.default_rng(0).standard_normal(12000 * 3).astype(np.float32) * 0.1
-        served = service.handle("reference_audio", pa.array(clip), {"sample_rate": 12000})[0]
-        assert resample._piece_kernels.cache_info().currsize == built
-    finally:
-        resample.compile_only(None)
+    spectrogram.warm_up(service.config.presets)
+    built = resample._piece_kernels.cache_info().currsize
+    clip = np.random.default_rng(0).standard_normal(12000 * 3).astype(np.float32) * 0.1
+    served = service.handle("reference_audio", pa.array(clip), {"sample_rate": 12000})[0]
+    assert resample._piece_kernels.cache_info().currsize == built
     np.testing.assert_allclose(served.value.to_numpy(), reference_mel(clip, 12000).reshape(-1), atol=1e-4)
 
 

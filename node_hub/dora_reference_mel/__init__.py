@@ -5,14 +5,14 @@
 """
 
 from .errors import ReferenceMelError
-from .recipe import PRESET_NAMES, Preset, get_preset
+from .features.recipe import PRESET_NAMES, Preset, get_preset
 
 __all__ = ["PRESET_NAMES", "Preset", "ReferenceMelError", "get_preset", "reference_mel", "reference_mel_batch"]
 
 
 def __getattr__(name):
     if name in ("reference_mel", "reference_mel_batch"):
-        from . import signal
+        from .features import spectrogram
 
-        return getattr(signal, name)
+        return getattr(spectrogram, name)
     raise AttributeError(name)

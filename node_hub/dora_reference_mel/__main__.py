@@ -1,3 +1,3 @@
-from .main import main
+from .node.main import main
 
 main()

@@ -11,10 +11,9 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from . import cpu_memory
-from .contract import DTYPES
 from .errors import ReferenceMelError
-from .recipe import PRESET_NAMES, V2_DEFAULT_BINS, Preset, get_preset
+from .features.recipe import PRESET_NAMES, V2_DEFAULT_BINS, Preset, get_preset
+from .limits import DEVICES, DTYPES
 
 DEFAULT_MODEL_DIR = "~/.dora/models/primespeech"
 # Where Moxin-Voice keeps the clips its VOICE:CUSTOM and VOICE:TRAINED texts name: recorded voices in
@@ -59,15 +58,15 @@ class Config:
     codes_dir: Path
     voices_config: Path
     presets: tuple[Preset, ...]
-    model_dir: Path = Path(os.path.expanduser(DEFAULT_MODEL_DIR))
-    ref_audio_roots: tuple[Path, ...] = ()
-    startup_voice: str | None = None
-    device: str = "auto"
-    mel_dtype: str = "float32"
-    cache_mb: float = 256.0
-    write_back: bool = True
-    max_ref_seconds: float = 60.0
-    log_level: str = "INFO"
+    model_dir: Path
+    ref_audio_roots: tuple[Path, ...]
+    startup_voice: str | None
+    device: str  # MEL_DEVICE as given: features.backend.select decides the device from it
+    mel_dtype: str
+    cache_mb: float
+    write_back: bool
+    max_ref_seconds: float
+    log_level: str
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
@@ -89,7 +88,7 @@ class Config:
                 f"{', '.join(PRESET_NAMES)}, e.g. v2 or v2,v4")
         presets = tuple(get_preset(n, resampler=resampler, v2_bins=bins) for n in names)
         device = get("MEL_DEVICE").lower()
-        if device not in ("auto", "gpu", "cpu"):
+        if device not in DEVICES:
             raise ReferenceMelError("bad_config", f"MEL_DEVICE={device!r} must be auto, gpu or cpu")
         mel_dtype = get("MEL_DTYPE").lower()
         if mel_dtype not in DTYPES:
@@ -131,18 +130,3 @@ def _parse_float(name: str, text: str, *, minimum: float, maximum: float) -> flo
     if not minimum <= value <= maximum:
         raise ReferenceMelError("bad_config", f"{name}={text[:60]!r} must be a number from {minimum:g} to {maximum:g}")
     return value
-
-
-def select_device(name: str) -> str:
-    """Make MLX's default device the one MEL_DEVICE asks for (on the CPU, with its freed memory reused:
-    cpu_memory); returns "gpu" or "cpu"."""
-    import mlx.core as mx
-
-    has_gpu = mx.is_available(mx.gpu)
-    if name == "gpu" and not has_gpu:
-        raise ReferenceMelError("bad_config", "MEL_DEVICE=gpu but MLX has no GPU here; use auto or cpu")
-    device = "gpu" if (name == "gpu" or (name == "auto" and has_gpu)) else "cpu"
-    mx.set_default_device(mx.gpu if device == "gpu" else mx.cpu)
-    if device == "cpu":
-        cpu_memory.keep_freed_memory()
-    return device

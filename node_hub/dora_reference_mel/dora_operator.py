@@ -9,7 +9,7 @@ import collections
 
 from dora import DoraStatus
 
-from dora_reference_mel.main import configured_service, log_stop, send_outputs
+from dora_reference_mel.node.main import configured_service, log_stop, send_outputs
 
 
 class Operator:

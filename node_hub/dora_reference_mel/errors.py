@@ -42,6 +42,3 @@ class ReferenceMelError(ValueError):
         self.code = code
         self.message = message
         self.voice = voice
-
-    def to_dict(self) -> dict:
-        return {"error": self.code, "message": self.message, "voice": self.voice}

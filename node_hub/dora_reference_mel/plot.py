@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .contract import BINS_FRAMES, FRAMES_BINS
+from .limits import BINS_FRAMES, FRAMES_BINS
 
 # Families that draw Chinese, Japanese and Korean names, tried first (Linux, macOS, Windows spellings).
 CJK_FAMILIES = ("Noto Sans CJK SC", "Noto Sans CJK JP", "Noto Sans SC", "Source Han Sans SC", "WenQuanYi Zen Hei",

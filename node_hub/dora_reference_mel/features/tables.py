@@ -20,8 +20,6 @@ from .recipe import FBANK, KALDI_POVEY_POWER, SINC_LOWPASS_FILTER_WIDTH, SINC_RO
 FILTERBANK_GROUPS = 4  # runs of consecutive mel bands, each padded to its own width (2 to 3x less work)
 
 
-
-
 def sinc_geometry(orig_freq: int, new_freq: int) -> tuple[int, int, int]:
     """(orig, new, width) of torchaudio's kernel: rates reduced by their gcd, and its half-width in
     input samples. The full kernel table is [new, 2 * width + orig]."""
@@ -146,19 +144,37 @@ def _frozen(array: np.ndarray) -> np.ndarray:
 # -- the same tables on the device, uploaded once -----------------------------------------------------
 
 
-@functools.lru_cache(maxsize=16)
+# An MLX array cannot be made read-only: `table[0] = x` and `table += x` rebind the very object. So each
+# table is uploaded once and cached, and every call hands out its own arrays over the same device memory
+# (mx.array of an MLX array: no copy), which a caller may write to without touching the cached one.
+
+
+def _handed_out(table):
+    if isinstance(table, mx.array):
+        return mx.array(table)
+    return type(table)(_handed_out(part) for part in table) if isinstance(table, (tuple, list)) else table
+
+
+def _device_table(maxsize: int):
+    def wrap(build):
+        cached = functools.lru_cache(maxsize=maxsize)(build)
+        return functools.wraps(build)(lambda *args: _handed_out(cached(*args)))
+    return wrap
+
+
+@_device_table(16)
 def device_hann(n: int) -> mx.array:
     """hann_window(n) as an MLX array [n]."""
     return mx.array(hann_window(n))
 
 
-@functools.lru_cache(maxsize=4)
+@_device_table(4)
 def device_povey(n: int) -> mx.array:
     """povey_window(n) as an MLX array [n]."""
     return mx.array(povey_window(n))
 
 
-@functools.lru_cache(maxsize=16)
+@_device_table(16)
 def device_filterbank(preset: Preset, groups: int | None = None) -> tuple[tuple[mx.array, mx.array, int, int], ...]:
     """filterbank_bands(preset, groups) on the device: per run of bands, the flat row index [n * width], the
     weights [n, width, 1], the band count n and the width."""
@@ -170,13 +186,13 @@ def device_filterbank(preset: Preset, groups: int | None = None) -> tuple[tuple[
     return tuple(runs)
 
 
-@functools.lru_cache(maxsize=64)
+@_device_table(64)
 def device_sinc_weights(orig_freq: int, new_freq: int) -> mx.array:
     """sinc_resample_taps's weights [new, taps] as one MLX array (the gathered and CUDA forms read it whole)."""
     return mx.array(sinc_resample_taps(orig_freq, new_freq)[4])
 
 
-@functools.lru_cache(maxsize=64)
+@_device_table(64)
 def device_sinc_taps(orig_freq: int, new_freq: int) -> tuple[mx.array, list[mx.array]]:
     """sinc_resample_taps on the device: starts [new] (int32) and each phase's weights [taps]."""
     _, _, _, starts, weights = sinc_resample_taps(orig_freq, new_freq)

@@ -12,18 +12,15 @@ import os
 import threading
 from pathlib import Path
 
-from .contract import MAX_PROMPT_TEXT_BYTES
-from .errors import ReferenceMelError
+from ..errors import ReferenceMelError
+from ..limits import MAX_PROMPT_TEXT_BYTES
 from .files import FileStamp, StoreFileError, atomic_write, open_regular, read_regular
 from .names import check_voice_name, path_problem, shown
-from .recipe import Preset
 
 log = logging.getLogger(__name__)
 
 MAX_VOICES_JSON_BYTES = 16 * 1024 * 1024
 MAX_RESOLVED_PER_ENTRY = 4  # spellings of one voice remembered (key, display name, aliases)
-
-
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,8 +34,9 @@ class Voice:
     in_library: bool = False
     info: tuple[tuple[str, object], ...] = ()  # ref_text, speed_factor, language keys: for the metadata
 
-    def mel_path(self, preset: Preset) -> Path | None:
-        return dict(self.mel_paths).get(mel_path_key(preset))
+    def stored_path(self, kind) -> Path | None:
+        """The file voices.json names for this kind of artifact (kinds.ArtifactKind), if any."""
+        return dict(self.mel_paths).get(kind.voice_path_key())
 
 
 # Entry keys passed on in `mel` metadata when present, with the type they must have.
@@ -52,15 +50,6 @@ def resolve_path(value: str, base: Path) -> Path:
     node and every command: `/` and `~` paths as they are (`~` expanded), any other joined to `base`."""
     expanded = os.path.expanduser(value)  # os.path's: Path.expanduser raises on ~nosuchuser
     return Path(expanded) if os.path.isabs(expanded) else base / expanded
-
-
-def mel_file_stem(voice: str, preset: Preset) -> str:
-    return f"{voice}_mel" if preset.name == "v2" else f"{voice}_mel_{preset.name}"
-
-
-def mel_path_key(preset: Preset) -> str:
-    """The voices.json key naming a voice's file for this preset (`mel_path` for v2)."""
-    return "mel_path" if preset.name == "v2" else f"mel_{preset.name}_path"
 
 
 MAX_SPEED_FACTOR = 100.0  # far above any real speed_factor (primespeech's are 0.5 to 2); keeps it a float

@@ -14,16 +14,16 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import time
 from collections.abc import Iterator, Sequence
 
 import mlx.core as mx
 import numpy as np
 
-from . import cuda_kernels
-from .contract import DTYPES, FRAMES_BINS, MAX_CHANNELS, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
-from .errors import ReferenceMelError
+from ..errors import ReferenceMelError
+from ..limits import DTYPES, FRAMES_BINS
+from . import backend, cuda_kernels
+from .pcm import INT_SCALE, check_long_enough, check_sample_rate, check_samples, pcm_to_float32
 from .recipe import (
     FBANK,
     KALDI_LOG_FLOOR,
@@ -37,16 +37,14 @@ from .recipe import (
     get_preset,
 )
 from .resample import (
-    MAX_KERNEL_TAPS,
     cpu_streams,
     resample_sinc,
     resample_soxr_hq,
-    resampled_length,
     resampling_pairs,
     uses_compiled_kernels,
     warm_pieces,
 )
-from .tables import device_filterbank, device_hann, device_povey, sinc_geometry
+from .tables import device_filterbank, device_hann, device_povey
 
 CPU_FRAMES_PER_GRAPH = 600  # ~12 s of v2 frames: the spectra of one graph stay in cache
 # ~16 ten-second v2 clips: a batch runs as several graphs, so one graph's copies to and from the device
@@ -58,88 +56,6 @@ GPU_FRAMES_PER_GRAPH = 8_000
 # (identical output).
 MIN_ROWS_PER_STREAM = 64
 OUTPUT_DTYPES = {name: getattr(mx, name) for name in DTYPES}  # the contract's dtypes, as MLX types
-_INT_SCALE = {np.dtype(np.int16): 32768.0, np.dtype(np.int32): 2147483648.0}
-
-# ---------------------------------------------------------------------------------------------
-# Input checks (shared by the node, the CLI and the public functions)
-# ---------------------------------------------------------------------------------------------
-
-
-def check_sample_rate(sample_rate) -> int:
-    """The rate in Hz as an int: an integer, or a float with an integral value (24000.0, as soundfile
-    and librosa users may hold it); `bad_sample_rate` naming the value otherwise."""
-    if isinstance(sample_rate, (float, np.floating)) and float(sample_rate).is_integer():
-        sample_rate = int(sample_rate)
-    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)):
-        raise ReferenceMelError("bad_sample_rate", f"sample_rate={sample_rate!r} must be a positive integer in Hz")
-    if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
-        raise ReferenceMelError(
-            "bad_sample_rate", f"sample_rate={sample_rate} must be between {MIN_SAMPLE_RATE} and {MAX_SAMPLE_RATE} "
-            "Hz; resample the audio to a standard rate such as 16000, 24000, 32000 or 48000 Hz")
-    return int(sample_rate)
-
-
-def check_samples(samples: np.ndarray, sample_rate: int) -> np.ndarray:
-    """Validate PCM and return it as [n, channels] (float32, or int16/int32 PCM, unscaled)."""
-    check_sample_rate(sample_rate)
-    samples = np.asarray(samples)
-    if samples.dtype not in (np.float32, np.float64, np.int16, np.int32):
-        raise ReferenceMelError(
-            "bad_dtype", f"samples of dtype {samples.dtype} are not PCM; send float32, float64, int16 or int32")
-    if samples.ndim == 1:
-        samples = samples[:, None]
-    if samples.ndim != 2 or samples.shape[1] == 0:
-        raise ReferenceMelError(
-            "bad_shape", f"samples of shape {samples.shape} must be [n] or [n, channels]")
-    if samples.shape[0] <= MAX_CHANNELS < samples.shape[1]:  # torchaudio.load's layout: far more columns than rows
-        raise ReferenceMelError(
-            "bad_shape", f"samples of shape {samples.shape} look like [channels, n] (torchaudio's layout); pass [n] "
-            "or [n, channels]: transpose them (samples.T)")
-    if samples.shape[0] == 0:
-        raise ReferenceMelError("empty_audio", "the reference audio has no samples; send 3 to 10 s of speech")
-    if samples.dtype.kind == "f":
-        if not np.isfinite(samples).all():
-            bad = int((~np.isfinite(samples)).sum())
-            raise ReferenceMelError(
-                "non_finite_audio", f"{bad} samples are NaN or Inf; send finite PCM in [-1, 1]")
-        if samples.dtype == np.float64:
-            peak = max(float(samples.max()), -float(samples.min()))
-            if peak > float(np.finfo(np.float32).max):
-                raise ReferenceMelError(
-                    "non_finite_audio", f"float64 samples reach {peak:.3g}, beyond float32's range (the recipe "
-                    "computes in float32); send PCM in [-1, 1]")
-        samples = samples.astype(np.float32, copy=False)
-    return samples
-
-
-def pcm_to_float32(samples: np.ndarray) -> np.ndarray:
-    """Checked [n, channels] PCM as float32: int16 / int32 scaled to [-1, 1] (by 2^15 / 2^31, as
-    torchaudio.load scales), float32 as is."""
-    if samples.dtype == np.float32:
-        return samples
-    return samples.astype(np.float32) / np.float32(_INT_SCALE[samples.dtype])
-
-
-def check_long_enough(n_samples: int, sample_rate: int, preset: Preset) -> int:
-    """Raise `too_short` when the clip gives no frame, `bad_sample_rate` when its rate has no practical
-    ratio to the preset's; return the resampled length."""
-    if sample_rate != preset.input_rate:
-        orig, new, width = sinc_geometry(sample_rate, preset.input_rate)
-        taps = 2 * width + orig
-        if new * taps > MAX_KERNEL_TAPS:  # torchaudio would build the same table: [new, taps] floats
-            raise ReferenceMelError(
-                "bad_sample_rate", f"sample_rate={sample_rate} has no small ratio to {preset.input_rate} Hz "
-                f"({orig}:{new}; the resampling kernel would hold {new} x {taps} taps); resample the audio to a "
-                "standard rate such as 16000, 22050, 24000, 32000, 44100 or 48000 Hz")
-    n_resampled = resampled_length(n_samples, sample_rate, preset.sample_rate)
-    if n_resampled < preset.min_samples:
-        need = math.ceil(preset.min_samples * sample_rate / preset.sample_rate)
-        raise ReferenceMelError(
-            "too_short",
-            f"{n_samples} samples at {sample_rate} Hz are shorter than one {preset.name} frame "
-            f"(at least {need} samples); send 3 to 10 s of speech")
-    return n_resampled
-
 
 # ---------------------------------------------------------------------------------------------
 # MLX steps
@@ -157,7 +73,7 @@ def to_mono(clips: Sequence[np.ndarray]) -> list[mx.array]:
     flat = [(x if as_int16 else pcm_to_float32(x)).reshape(-1) for x in clips]
     device = cuda_kernels.copy_to_device(flat[0] if len(flat) == 1 else np.concatenate(flat))
     if as_int16:
-        device = device.astype(mx.float32) / _INT_SCALE[np.dtype(np.int16)]
+        device = device.astype(mx.float32) / INT_SCALE[np.dtype(np.int16)]
     offsets = np.cumsum([0] + [f.size for f in flat]).tolist()
     mono = []
     for x, start, stop in zip(clips, offsets[:-1], offsets[1:], strict=True):
@@ -205,14 +121,14 @@ def _magnitude(spectrum: mx.array) -> mx.array:
     return mx.sqrt(real * real + imag * imag + MAGNITUDE_EPS)
 
 
-def stft_frames(prepared: Sequence[tuple[mx.array, mx.array | None]], preset: Preset) -> tuple[mx.array, list[int], bool]:
+def stft_frames(prepared: Sequence[tuple[mx.array, mx.array | None]], preset: Preset) -> tuple[mx.array, list[int]]:
     """The STFT presets' frames of preprocessed signals (each with its peak still to divide by, or None):
-    the frames, the first row of each signal, and whether the frames are windowed already.
+    the frames and the first row of each signal.
 
     On a CUDA GPU one kernel pads, divides, frames and windows (cuda_kernels.stft_frames); elsewhere
     the division comes first and the frames are a strided view, windowed by `spectrum` (on the CPU,
     part by part on the CPU streams)."""
-    if cuda_kernels.in_use():
+    if backend.current().cuda:
         if not preset.peak_normalize:
             peaks = mx.zeros((len(prepared),))  # divides by 1
         else:  # one signal: a view, not a copy
@@ -220,24 +136,22 @@ def stft_frames(prepared: Sequence[tuple[mx.array, mx.array | None]], preset: Pr
         counts = [preset.n_frames(y.shape[0]) for y, _ in prepared]
         frames, first_rows = cuda_kernels.stft_frames([y for y, _ in prepared], peaks, preset.n_fft,
                                                       preset.hop_length, preset.pad, counts)
-        return frames, first_rows, True
-    frames, first_rows = frame_signals([y if peak is None else y / peak_divisor(peak) for y, peak in prepared],
-                                       preset)
-    return frames, first_rows, False
+        return frames, first_rows
+    return frame_signals([y if peak is None else y / peak_divisor(peak) for y, peak in prepared], preset)
 
 
-def spectrum(frames: mx.array, preset: Preset, windowed: bool = False) -> mx.array:
-    """rfft(frames * periodic hann): [n_frames, n_fft] -> [n_frames, n_fft / 2 + 1] complex (windowed: the
-    frames carry the window already)."""
-    return mx.fft.rfft(frames if windowed else frames * device_hann(preset.win_length), axis=-1)
+def spectrum(frames: mx.array, preset: Preset) -> mx.array:
+    """rfft(frames * periodic hann) of stft_frames' frames: [n_frames, n_fft] -> [n_frames, n_fft / 2 + 1]
+    complex (on a CUDA GPU its framing kernel has applied the window already)."""
+    return mx.fft.rfft(frames if backend.current().cuda else frames * device_hann(preset.win_length), axis=-1)
 
 
-def magnitude(frames: mx.array, preset: Preset, n_bins: int, windowed: bool = False) -> mx.array:
+def magnitude(frames: mx.array, preset: Preset, n_bins: int) -> mx.array:
     """|spectrum| with eps inside the root: [n_frames, n_fft] -> [n_bins, n_frames].
 
     The kept bins are cut and transposed before the fused kernel reads them, so one pass over the
     spectrum writes the result in its final layout."""
-    return _magnitude(spectrum(frames, preset, windowed)[:, :n_bins].T)
+    return _magnitude(spectrum(frames, preset)[:, :n_bins].T)
 
 
 def apply_filterbank(spectra_t: mx.array, preset: Preset, groups: int | None = None) -> mx.array:
@@ -250,7 +164,7 @@ def apply_filterbank(spectra_t: mx.array, preset: Preset, groups: int | None = N
     """
     mels = []
     if groups is None:
-        groups = 1 if mx.default_device() == mx.gpu else None
+        groups = None if backend.current().cpu else 1
     for index, weights, n_bands, width in device_filterbank(preset, groups):
         rows = mx.take(spectra_t, index, axis=0).reshape(n_bands, width, -1)
         mels.append(mx.sum(rows * weights, axis=1))
@@ -315,12 +229,12 @@ def features_mx(mono: Sequence[mx.array], sample_rates: Sequence[int], preset: P
     """reference_mel_batch_mx from mono signals already on the device (to_mono's)."""
     prepared = [preprocess(x, sr, preset) for x, sr in zip(mono, sample_rates, strict=True)]
     if preset.kind == FBANK:  # Kaldi's framing: no padding, and the window comes after pre-emphasis
-        (frames, first_rows), windowed = frame_signals([y for y, _ in prepared], preset), False
+        frames, first_rows = frame_signals([y for y, _ in prepared], preset)
     else:
-        frames, first_rows, windowed = stft_frames(prepared, preset)
-    streams = cpu_streams() if mx.default_device() == mx.cpu else ()
+        frames, first_rows = stft_frames(prepared, preset)
+    streams = cpu_streams() if backend.current().cpu else ()
     if len(streams) < 2 or frames.shape[0] < len(streams) * MIN_ROWS_PER_STREAM:
-        return frame_features(frames, preset, windowed), first_rows
+        return frame_features(frames, preset), first_rows
     # Every step from here on is per frame, so the rows can be cut into parts, each part's graph on its
     # own CPU stream: MLX runs each stream on its own thread, and its CPU FFT (pocketfft) is
     # single-threaded. The parts are the same float32 operations on the same rows: identical output.
@@ -328,18 +242,18 @@ def features_mx(mono: Sequence[mx.array], sample_rates: Sequence[int], preset: P
     parts = []
     for stream, start, stop in zip(streams, edges[:-1], edges[1:], strict=True):
         with mx.stream(stream):
-            parts.append(frame_features(frames[start:stop], preset, windowed))
+            parts.append(frame_features(frames[start:stop], preset))
     return mx.concatenate(parts, axis=0 if preset.layout == FRAMES_BINS else 1), first_rows
 
 
-def frame_features(frames: mx.array, preset: Preset, windowed: bool = False) -> mx.array:
+def frame_features(frames: mx.array, preset: Preset) -> mx.array:
     """The preset's feature of each frame row [n_rows, frame_length]: [n_bins, n_rows], or [n_rows, n_bins]
-    for frames_bins (sv). windowed: the STFT frames carry the window already (stft_frames)."""
+    for frames_bins (sv): the STFT presets' from stft_frames, sv's from frame_signals."""
     if preset.kind == FBANK:
         return kaldi_fbank(frames, preset)
-    if preset.kind != LINEAR and cuda_kernels.in_use():  # magnitudes, filterbank and log in one kernel
-        return cuda_kernels.log_mel(spectrum(frames, preset, windowed), preset)
-    features = magnitude(frames, preset, preset.n_bins if preset.kind == LINEAR else preset.n_fft // 2 + 1, windowed)
+    if preset.kind != LINEAR and backend.current().cuda:  # magnitudes, filterbank and log in one kernel
+        return cuda_kernels.log_mel(spectrum(frames, preset), preset)
+    features = magnitude(frames, preset, preset.n_bins if preset.kind == LINEAR else preset.n_fft // 2 + 1)
     return features if preset.kind == LINEAR else log_mel(mx.contiguous(features), preset)
 
 
@@ -382,7 +296,7 @@ def reference_mel_batch(
             raise ReferenceMelError(err.code, f"clip {index} of {len(clips)}: {err.message}") from None
     # Frames per MLX graph: a GPU wants big launches; MLX's CPU kernels slow down once a graph's spectra
     # leave the cache (benchmarks/inprocess.py: the FFT of 4000 frames costs about 8.5x that of 500).
-    budget = CPU_FRAMES_PER_GRAPH if mx.default_device() == mx.cpu else GPU_FRAMES_PER_GRAPH
+    budget = CPU_FRAMES_PER_GRAPH if backend.current().cpu else GPU_FRAMES_PER_GRAPH
     results, previous = [], None
     for start, stop in graph_spans(counts, budget):
         features, first_rows = reference_mel_batch_mx(checked[start:stop], rates[start:stop], preset)
@@ -436,15 +350,17 @@ WARM_UP_SECONDS = 10  # upstream's longest reference
 
 
 def warm_up(presets: Sequence[Preset]) -> set[tuple[int, int]]:
-    """Run every preset once on 10 s of audio at its own rates and at the common recording rates whose
-    resampling is compiled: MLX builds those kernels (seconds, the first time on a machine; then from its
-    disk cache), traces them for every piece size, and fills MLX's buffer cache where it keeps one. Returns
-    the resampling rate pairs whose kernels are now built."""
+    """Run every preset once on 10 s of audio at its own rates and at the common recording rates, with
+    the backend's compile policy extended to the resampling pairs among them that compile here: MLX
+    builds those kernels (seconds, the first time on a machine; then from its disk cache), traces them
+    for every piece size, and fills MLX's buffer cache where it keeps one. Returns the pairs built."""
     rng = np.random.default_rng(0)
-    built = set()
+    rates = {preset: sorted({preset.sample_rate, preset.input_rate, *WARM_RATES}) for preset in presets}
+    built = {pair for preset in presets for rate in rates[preset] for pair in resampling_pairs(rate, preset)
+             if uses_compiled_kernels(*pair)}
+    backend.compile_pairs(backend.current().compiled_pairs | built)
     for preset in presets:
-        for rate in sorted({preset.sample_rate, preset.input_rate, *WARM_RATES}):
-            built.update(p for p in resampling_pairs(rate, preset) if uses_compiled_kernels(*p))
+        for rate in rates[preset]:
             samples = (rng.standard_normal((rate * WARM_UP_SECONDS, 1)) * 0.1).astype(np.float32)
             for attempt in range(WARM_UP_ATTEMPTS):
                 try:

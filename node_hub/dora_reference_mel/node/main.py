@@ -15,8 +15,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from . import cuda_kernels, resample, signal
-from .config import ENV_VARS, Config, select_device
+from ..config import ENV_VARS, Config
+from ..errors import ReferenceMelError
+from ..features import backend, resample, spectrogram
+from ..resolve import UPSTREAM_SECONDS
+from ..store.names import shown
 from .contract import (
     ERROR_OUTPUT,
     INPUTS,
@@ -28,10 +31,8 @@ from .contract import (
     error_value,
     log_value,
 )
-from .errors import ReferenceMelError
 from .last_voice import dora_run
-from .names import shown
-from .service import UPSTREAM_SECONDS, Output, ReferenceMelService
+from .service import Output, ReferenceMelService
 
 log = logging.getLogger("dora_reference_mel")
 
@@ -40,7 +41,7 @@ def build_service(config: Config) -> ReferenceMelService:
     """Configure logging and MLX, build the service and warm MLX up (shared with the operator);
     `bad_config` when MEL_DEVICE asks for a device MLX does not have."""
     logging.basicConfig(level=config.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    device = select_device(config.device)
+    device = backend.select(config.device).device
     service = ReferenceMelService(config, run=dora_run())  # under dora: keeps the last voice for a restart
     start = time.perf_counter()
     kernels_before = mlx_cpu_kernels()
@@ -48,11 +49,11 @@ def build_service(config: Config) -> ReferenceMelService:
         log.info("building MLX's CPU kernels for presets %s: MLX's kernel cache %s is empty, so this first start on "
                  "the machine compiles them; later starts load them from there",
                  ",".join(p.name for p in config.presets), mlx_cpu_kernel_dir())
-    elif device == "gpu" and cuda_kernels.available():
+    elif device == "gpu" and backend.cuda_available():
         log.info("compiling the CUDA resampling and framing kernels (about 3 s each on an H200, once per start; "
                  "they serve every rate and clip length)")
     # No event waits for a kernel build: clips at rates not warmed here resample uncompiled (same output).
-    resample.compile_only(signal.warm_up(config.presets))
+    spectrogram.warm_up(config.presets)  # the backend now compiles the rate pairs it built
     built = len(mlx_cpu_kernels() - kernels_before)
     log.info("ready on %s: presets %s, codes %s, warm-up %.0f ms%s, idle RSS %.0f MB", device,
              ",".join(p.name for p in config.presets), config.codes_dir, (time.perf_counter() - start) * 1e3,
@@ -228,8 +229,8 @@ def prewarm_transport(node, service: ReferenceMelService) -> None:
 
 def log_stop(service: ReferenceMelService, sent: collections.Counter) -> None:
     log.info("stopping: sent %d mel, %d error and %d text events; cache %d entries, %.1f MB; peak RSS %.0f MB",
-             sent[MEL_OUTPUT], sent[ERROR_OUTPUT], sent[TEXT_OUTPUT], len(service.cache),
-             service.cache.nbytes / 2**20, peak_rss_mb())
+             sent[MEL_OUTPUT], sent[ERROR_OUTPUT], sent[TEXT_OUTPUT], len(service.resolver.cache),
+             service.resolver.cache.nbytes / 2**20, peak_rss_mb())
 
 
 def peak_rss_mb() -> float:

@@ -12,8 +12,8 @@ import os
 import re
 from pathlib import Path
 
+from ..store.files import StoreFileError, atomic_write, read_regular
 from .contract import VoiceSwitch
-from .files import StoreFileError, atomic_write, read_regular
 
 log = logging.getLogger(__name__)
 

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..limits import CODE_RANGE
 from .files import StoreFileError, read_regular
-
-CODE_RANGE = (0, 1023)  # SoVITS quantizer codebook
 
 
 def parse_codes(blob: bytes, suffix: str) -> np.ndarray:

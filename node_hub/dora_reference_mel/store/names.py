@@ -8,8 +8,8 @@ import unicodedata
 import numpy as np
 import xxhash
 
-from .contract import MAX_PATH_BYTES, MAX_VOICE_NAME_BYTES
-from .errors import ReferenceMelError
+from ..errors import ReferenceMelError
+from ..limits import MAX_PATH_BYTES, MAX_VOICE_NAME_BYTES
 
 
 def check_voice_name(name, *, entry: str | None = None) -> str:

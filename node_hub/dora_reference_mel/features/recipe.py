@@ -13,8 +13,8 @@ import hashlib
 import json
 from collections.abc import Sequence
 
-from .contract import BINS_FRAMES, FRAMES_BINS
-from .errors import ReferenceMelError
+from ..errors import ReferenceMelError
+from ..limits import BINS_FRAMES, FRAMES_BINS
 
 RESAMPLERS = ("torchaudio", "soxr_hq")
 

@@ -6,7 +6,8 @@
 - `text` (primespeech's protocol): when it switches voice, that voice's `mel` events first, then the
   text itself, forwarded unchanged;
 and a `log` line (MoFA's shape) beside every error and warning.
-Resolution per preset: memory cache -> the store's lookup (precomputed file) -> compute (then write back).
+Each preset's spectrogram is resolved by resolve.Resolver (memory cache -> the store's lookup -> compute ->
+write-back); this module turns events into its requests, and its answers into outputs.
 """
 
 from __future__ import annotations
@@ -15,14 +16,20 @@ import dataclasses
 import logging
 import time
 import uuid
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
-from . import signal
-from .cache import ByteLRU
-from .config import Config
+from ..cache import ByteLRU
+from ..config import Config
+from ..errors import ReferenceMelError
+from ..features import pcm
+from ..features.recipe import Preset
+from ..resolve import Request, Resolved, Resolver, audio_warnings
+from ..store import ReferenceStore
+from ..store.kinds import kind_of
+from ..store.library import Voice
+from ..store.names import check_voice_name, samples_digest, shown
 from .contract import (
     ERROR_OUTPUT,
     INPUT_AUDIO,
@@ -44,13 +51,7 @@ from .contract import (
     parse_voice_switch,
     pcm_from_arrow,
 )
-from .errors import ReferenceMelError
-from .files import FileStamp
 from .last_voice import LastVoice
-from .library import Voice
-from .names import check_voice_name, samples_digest, shown
-from .recipe import Preset
-from .store import CORRUPT, ReferenceStore, Stored
 
 log = logging.getLogger(__name__)
 
@@ -59,18 +60,7 @@ log = logging.getLogger(__name__)
 OWN_KEYS = frozenset(MEL_METADATA) - {"request_id"} | {"channels", "error", REFERENCE_KEY}
 # dora stamps every message it carries: an input's `timestamp` is not forwarded (dora 0.4 cannot send it back).
 DORA_KEYS = frozenset({"timestamp"})
-UPSTREAM_SECONDS = (3.0, 10.0)  # GPT-SoVITS refuses references outside this range for code extraction
 MAX_CHECKED_AUDIO = 4096  # digests of audio that passed the checks, kept beside the cache
-
-
-def duration_warning(seconds: float, longest: float | None = None) -> str | None:
-    """The warning for a reference of `seconds` outside GPT-SoVITS's range, or None. With `longest`, the
-    duration is known only to lie between the two (as a stored spectrogram's frames tell): it warns
-    only when the whole span is outside, and names its middle."""
-    longest = seconds if longest is None else longest
-    if longest >= UPSTREAM_SECONDS[0] and seconds <= UPSTREAM_SECONDS[1]:
-        return None
-    return f"duration {(seconds + longest) / 2:.2f} s is outside GPT-SoVITS's 3 to 10 s reference range"
 
 
 @dataclasses.dataclass
@@ -86,52 +76,6 @@ class Output:
             log.info("%s", self.note)
 
 
-@dataclasses.dataclass(frozen=True)
-class Served:
-    """A spectrogram ready to send, shared by the cache: never written to."""
-
-    array: pa.Array  # flat, C-order data of `shape`
-    shape: tuple[int, int, int]
-    warnings: tuple[str, ...] = ()  # the samples' own (duration, peak): told again whenever this is served
-
-
-@dataclasses.dataclass(frozen=True)
-class Request:
-    """One reference to serve: samples in hand, or a file (a voice's ref_audio, a CUSTOM path) to read."""
-
-    voice: Voice | None  # the store's voice; None for unnamed audio and CUSTOM references (cache only)
-    audio_path: Path | None = None  # read when `samples` is None
-    samples: np.ndarray | None = None  # float32 [n, channels]
-    sample_rate: int | None = None
-    digest: str | None = None  # samples_digest, computed once for every preset
-    stamp: FileStamp | None = None  # of audio_path, when the samples were read from it
-    roots: tuple[Path, ...] | None = None  # folders audio_path must lie in: set for a path from an event
-    warnings: tuple[str, ...] = ()
-    audio_warnings: tuple[str, ...] = ()  # those of `warnings` that belong to the samples (with_samples')
-    about: tuple[tuple[str, object], ...] = ()  # voice metadata: voice, ref_text, speed_factor, languages
-
-    def with_samples(self, samples: np.ndarray, sample_rate: int, warnings, stamp: FileStamp | None = None,
-                     digest: str | None = None) -> Request:
-        """digest: samples_digest of these samples when the caller has it already."""
-        return dataclasses.replace(self, samples=samples, sample_rate=sample_rate, stamp=stamp,
-                                   digest=digest or samples_digest(samples, sample_rate),
-                                   warnings=self.warnings + tuple(warnings), audio_warnings=tuple(warnings))
-
-    def told(self, served: Served) -> Request:
-        """This request, with the warnings of the samples `served` was made from, when it is served without
-        reading them (from the cache or the store)."""
-        new = tuple(w for w in served.warnings if w not in self.warnings)
-        return dataclasses.replace(self, warnings=self.warnings + new) if new else self
-
-
-@dataclasses.dataclass(frozen=True)
-class Resolved:
-    served: Served
-    source: str  # cache | precomputed | computed
-    request: Request  # with the samples, once they had to be read
-    write_back: str | None = None
-
-
 class ReferenceMelService:
     def __init__(self, config: Config, node_name: str = "reference-mel", run: tuple[str, str] | None = None):
         """run: (node id, dataflow id) under dora (last_voice.dora_run): the voice texts were last switched to
@@ -140,12 +84,11 @@ class ReferenceMelService:
         self.node_name = node_name
         self.store = ReferenceStore.from_config(config)
         self.store.clean_leftovers()
-        self.cache = ByteLRU(int(config.cache_mb * 1024 * 1024))
+        self.resolver = Resolver(self.store, cache_bytes=int(config.cache_mb * 1024 * 1024),
+                                 write_back=config.write_back, dtype=config.mel_dtype)
         # samples_digest -> the warnings of audio that passed every check: the same samples sent again
         # are hashed, not scanned again (the digest covers the rate, the channels and every sample)
         self._checked_audio = ByteLRU(MAX_CHECKED_AUDIO)
-        self._write_failures_logged: set[str] = set()
-        self._kept_files_logged: set[Path] = set()
         self.reference_request_id: str | None = None  # the reference_id texts are spoken with: see _text
         self.last_voice = LastVoice(config.codes_dir, run, write_back=config.write_back) if run else None
 
@@ -214,7 +157,7 @@ class ReferenceMelService:
         reference_id = f"{passthrough['request_id']}:{uuid.uuid4().hex[:8]}"
         for preset in self.config.presets:
             try:  # audio read for one preset serves the next ones too
-                resolved = self._resolve(request, preset)
+                resolved = self.resolver.resolve(request, kind_of(preset))
                 request = resolved.request
                 outputs.append(self._mel_output(resolved, preset, passthrough, reference_id, start))
             except ReferenceMelError as err:
@@ -314,137 +257,13 @@ class ReferenceMelService:
         checked = self._checked_audio.get(digest) if digest else None
         if checked is not None:
             return request.with_samples(samples, sample_rate, checked, digest=digest)
-        samples = signal.check_samples(samples, sample_rate)
+        samples = pcm.check_samples(samples, sample_rate)
         if samples.dtype != np.float32:  # canonical float32 PCM: the same audio hashes the same however sent
-            samples = signal.pcm_to_float32(samples)
-        audio_warnings = tuple(self._audio_warnings(samples, sample_rate))
-        request = request.with_samples(samples, sample_rate, audio_warnings, digest=digest)
-        self._checked_audio.put(request.digest, audio_warnings, 1)
+            samples = pcm.pcm_to_float32(samples)
+        warnings = tuple(audio_warnings(samples, sample_rate, self.config.max_ref_seconds))
+        request = request.with_samples(samples, sample_rate, warnings, digest=digest)
+        self._checked_audio.put(request.digest, warnings, 1)
         return request
-
-    def _audio_warnings(self, samples: np.ndarray, sample_rate: int) -> list[str]:
-        seconds = samples.shape[0] / sample_rate
-        if seconds > self.config.max_ref_seconds:
-            raise ReferenceMelError(
-                "too_long", f"the reference is {seconds:.1f} s, over MAX_REF_SECONDS={self.config.max_ref_seconds:g}; "
-                "send 3 to 10 s of speech (or raise MAX_REF_SECONDS)")
-        warnings = []
-        if duration := duration_warning(seconds):
-            warnings.append(duration)
-        peak = max(float(samples.max()), -float(samples.min()))  # no |x| temporary
-        if peak > 2:
-            warnings.append(f"peak {peak:.3g} is far above 1 (clipped or mis-scaled PCM); served peak-normalised")
-        return warnings
-
-    # -- resolution -----------------------------------------------------------------------------
-
-    def _resolve(self, request: Request, preset: Preset) -> Resolved:
-        found: Stored | None = None
-        if request.samples is None:
-            stamp = FileStamp.of(request.audio_path)  # one stat serves the cache check and the lookup
-            hit = self._cached_file(request.audio_path, stamp, preset)
-            if hit is not None:
-                return Resolved(hit, "cache", request.told(hit))
-            if request.voice is not None:
-                found = self._lookup(request.voice, preset, audio=stamp)
-                if found.fresh:
-                    return self._serve_stored(found, request, preset)
-            request = self._read_audio(request, preset, found)
-        signal.check_long_enough(request.samples.shape[0], request.sample_rate, preset)
-        cached = self.cache.get((request.digest, preset.fingerprint))
-        if cached is not None:
-            return Resolved(cached, "cache", request.told(cached))
-        if request.voice is not None:
-            found = found.against(request.digest) if found else self._lookup(request.voice, preset,
-                                                                             digest=request.digest)
-            if found.fresh:
-                served = self._remember(found.data, request.digest, preset, request.audio_warnings)
-                return Resolved(served, "precomputed", request)
-        mel = signal.reference_mel(request.samples, request.sample_rate, preset=preset)[0]
-        if not np.isfinite(mel).all():
-            raise ReferenceMelError(
-                "non_finite_audio", f"the {preset.name} spectrogram overflows float32: the samples reach "
-                f"{np.abs(request.samples).max():.3g}; send PCM scaled to [-1, 1]")
-        # checked in the element type sent, before any write
-        served = self._remember(mel, request.digest, preset, request.audio_warnings)
-        write_back = self._write_back(request, mel, preset) if request.voice is not None else None
-        return Resolved(served, "computed", request, write_back)
-
-    def _lookup(self, voice: Voice, preset: Preset, **identity) -> Stored:
-        found = self.store.lookup(voice, preset, **identity)
-        if found.state == CORRUPT:
-            log.warning("not serving stored %s of %r: %s; recomputing", preset.name, voice.name, found.reason)
-        return found
-
-    def _cached_file(self, path: Path | None, stamp: FileStamp | None, preset: Preset) -> Served | None:
-        """A voice switch whose audio file is unchanged (same stamp) since it was last hashed: the cache."""
-        digest = self.store.known_digest(path, stamp)
-        return self.cache.get((digest, preset.fingerprint)) if digest else None
-
-    def _serve_stored(self, found: Stored, request: Request, preset: Preset) -> Resolved:
-        """A stored file proven by its audio's stamp. Its sidecar names the samples' digest, so samples
-        already served (say as a reference_audio event) answer from the cache, whatever came first."""
-        digest = found.sidecar.source_digest if found.sidecar else None
-        if digest and found.sidecar.source_audio is not None and request.audio_path is not None:
-            self.store.remember_digest(request.audio_path, found.sidecar.source_audio, digest)  # proven by the stamp
-        cached = self.cache.get((digest, preset.fingerprint)) if digest else None
-        if cached is not None:
-            return Resolved(cached, "cache", request.told(cached))
-        served = self._remember(found.data, digest, preset, found.sidecar.warnings if found.sidecar else ())
-        return Resolved(served, "precomputed", request.told(served))
-
-    def _read_audio(self, request: Request, preset: Preset, found: Stored | None) -> Request:
-        if request.audio_path is None:
-            why = f"({found.reason})" if found is not None and found.reason else ""
-            raise ReferenceMelError(
-                "no_ref_audio", f"voice {request.voice.name!r} has no ref_audio in voices.json and no usable precomputed "
-                f"{preset.name} spectrogram {why}; add ref_audio or run `reference-mel precompute`",
-                voice=request.voice.name)
-        if request.voice is None:  # a CUSTOM path, from an event
-            fix = "send the path of an audio file inside REF_AUDIO_ROOTS"
-        else:
-            fix = f"fix voice {shown(request.voice.name)}'s ref_audio in {self.store.library.path} (VOICES_CONFIG)"
-        samples, sample_rate, stamp = self.store.read_audio(request.audio_path, request.roots, fix)
-        samples = signal.check_samples(samples, sample_rate)
-        request = request.with_samples(samples, sample_rate, self._audio_warnings(samples, sample_rate), stamp)
-        self.store.remember_digest(request.audio_path, stamp, request.digest)
-        return request
-
-    def _write_back(self, request: Request, mel: np.ndarray, preset: Preset) -> str:
-        if not self.config.write_back:
-            return "off"
-        kept = self.store.irreplaceable(request.voice, preset)
-        if kept is not None:
-            target = self.store.mel_file(request.voice, preset)
-            if target not in self._kept_files_logged:  # once per file: every later event would say the same
-                self._kept_files_logged.add(target)
-                log.warning("not writing the computed spectrogram: %s; it is served from memory", kept)
-            return "skipped"
-        try:
-            written = self.store.save_mel(request.voice, preset, mel, source_digest=request.digest,
-                                          source_sample_rate=request.sample_rate, audio=request.stamp,
-                                          warnings=request.audio_warnings)
-            return "written" if written else "skipped"  # skipped: the bound on voices voices.json does not list
-        except OSError as err:
-            folder = str(self.store.codes_dir)
-            if folder not in self._write_failures_logged:  # once per folder: a read-only store is a state
-                self._write_failures_logged.add(folder)
-                log.error("cannot write precomputed spectrograms to %s (%s); serving from memory only", folder, err)
-            return "failed"
-
-    def _remember(self, mel: np.ndarray, digest: str | None, preset: Preset, warnings=()) -> Served:
-        """The spectrogram as sent (MEL_DTYPE), checked finite in that type, and cached with the warnings of
-        its samples."""
-        flat = np.ascontiguousarray(mel, dtype=self.config.mel_dtype).reshape(-1)
-        if self.config.mel_dtype != "float32" and not np.isfinite(flat).all():
-            raise ReferenceMelError(
-                "non_finite_audio", f"the {preset.name} spectrogram reaches {float(np.abs(mel).max()):.3g}, beyond "
-                f"{self.config.mel_dtype}'s range (MEL_DTYPE={self.config.mel_dtype}): the samples are far outside "
-                "[-1, 1]; send PCM scaled to [-1, 1], or set MEL_DTYPE=float32")
-        served = Served(pa.array(flat), (1, *mel.shape), tuple(warnings))
-        if digest:
-            self.cache.put((digest, preset.fingerprint), served, flat.nbytes)
-        return served
 
     # -- outputs --------------------------------------------------------------------------------
 
@@ -461,7 +280,7 @@ class ReferenceMelService:
         note = (f"mel voice={metadata.get('voice')} preset={preset.name} source={resolved.source} "
                 f"shape={metadata['shape']} request_id={metadata['request_id']} reference_id={reference_id} "
                 f"elapsed_ms={metadata['elapsed_ms']:.2f}")
-        return Output(MEL_OUTPUT, resolved.served.array, metadata, note)
+        return Output(MEL_OUTPUT, pa.array(resolved.served.data), metadata, note)  # no copy: the cached array
 
     def _error(self, err: ReferenceMelError, passthrough: dict, voice, preset: Preset | None = None) -> list[Output]:
         voice = err.voice or (voice if isinstance(voice, str) else None)

@@ -1,5 +1,5 @@
-"""The store: precomputed spectrograms, their sidecars, and the one lookup (voices.json is library.py,
-codes are codes.py, safe file access is files.py).
+"""The store: precomputed artifacts (one kind each: kinds.py), their sidecars (sidecars.py), and the one
+lookup (voices.json is library.py, codes are codes.py, safe file access is files.py).
 
 Layout of the codes directory (docs/store.md, "Store layout"):
   <voice>_codes.bin | <voice>_codes.npy     semantic codes, int32 LE (npy: dtype honoured)
@@ -10,7 +10,7 @@ Every decision "may this stored file serve this request?" is `ReferenceStore.loo
 operator and every `reference-mel` command call it and nothing else. It returns a `Stored` value
 (fresh, stale, corrupt or absent, with the reason). The rules it enforces:
 - it opens only regular files (never a FIFO, a device or a directory), without blocking, after
-  resolving links; each file is bounded in size by what its preset and MAX_REF_SECONDS allow, and
+  resolving links; each file is bounded in size by what its kind and MAX_REF_SECONDS allow, and
   read once per lookup. Where a file may lie depends on who named it: voices.json and the codes
   directory are the owner's configuration, so their paths are read wherever they lead (as the MLX
   primespeech node reads them); a path that arrives inside an event (VOICE:CUSTOM) is read only
@@ -20,7 +20,7 @@ operator and every `reference-mel` command call it and nothing else. It returns 
   lookups compare the stat stamps of both files (the data's from the descriptor they read) and read
   the data without checking it again; any change to either file, or a stamp too recent to tell, means
   a full check;
-- it writes only `<voice>_mel*.bin|json` in the codes directory, by temporary file + rename (never
+- it writes only `<voice><kind's suffix>.bin|json` (`<voice>_mel*`) in the codes directory, by temporary file + rename (never
   through an existing path, link or not), sidecar first: a crash between the two leaves a sidecar
   whose content hash does not match the old `.bin` (refused, recomputed), never a lone `.bin`;
 - a sidecar records the audio it was made from twice: the xxh3-128 digest of its samples and the
@@ -34,7 +34,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
-import importlib.metadata
 import json
 import logging
 import os
@@ -43,17 +42,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import ByteLRU
+from ..cache import ByteLRU
+from ..errors import ReferenceMelError
+from ..features.recipe import Preset
+from ..limits import CODES_PER_SECOND
 from .codes import parse_codes
-from .contract import FRAMES_BINS
-from .errors import ReferenceMelError
 from .files import (
     OUTSIDE_ROOTS,
     FileStamp,
     StoreFileError,
     atomic_write,
     audio_formats,
-    is_int,
     read_audio,
     read_regular,
     real_inside,
@@ -61,14 +60,13 @@ from .files import (
     resolved,
     settled,
 )
-from .library import Voice, VoiceLibrary, mel_file_stem
+from .kinds import MEL_SUFFIXES, ArtifactKind, kind_of
+from .library import Voice, VoiceLibrary
 from .names import check_voice_name, data_digest, path_problem, shown
-from .recipe import PRESET_NAMES, V2_DEFAULT_BINS, Preset
+from .sidecars import ABSENT, CORRUPT, FRESH, MAX_SIDECAR_BYTES, PRODUCER, SIDECAR_FORMAT, STALE, Sidecar, Stored
 
 log = logging.getLogger(__name__)
 
-SIDECAR_FORMAT = 2  # 2: xxh3-128 digests and full stat stamps (format 1 files are stale, then rewritten)
-MAX_SIDECAR_BYTES = 64 * 1024
 MAX_VERIFIED_FILES = 4096
 MAX_CODES_MEMO_BYTES = 32 * 2**20  # parsed codes kept: 10,000 voices of 10 s (500 codes each) take 48 MB
 MAX_KNOWN_AUDIO = 4096  # audio files whose samples' digest is remembered (by the path asked with)
@@ -77,89 +75,6 @@ MAX_KNOWN_AUDIO = 4096  # audio files whose samples' digest is remembered (by th
 # fill the disk. Counted on disk under a lock on the folder, so it bounds the store, whichever process writes.
 MAX_UNLISTED_VOICES = 256
 MAX_MISSING_CODES_LOGGED = 4096  # codes_path files said missing once each (they come from voices.json)
-MAX_SOURCE_WARNINGS, MAX_WARNING_CHARS = 8, 200  # a sidecar's source_warnings, as told again (save_mel writes two at most)
-
-FRESH, STALE, CORRUPT, ABSENT = "fresh", "stale", "corrupt", "absent"
-
-
-def _package_version() -> str:
-    try:
-        return importlib.metadata.version("dora-reference-mel")
-    except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
-        return "unknown"
-
-
-# Which package wrote a sidecar (lhotse keeps the same record of every stored array's producer).
-PRODUCER = {"package": "dora-reference-mel", "version": _package_version()}
-
-
-
-
-@dataclasses.dataclass(frozen=True)
-class Sidecar:
-    """How a stored spectrogram was made, validated field by field."""
-
-    shape: tuple[int, int]
-    fingerprint: str
-    source_digest: str
-    source_sample_rate: int
-    source_audio: FileStamp | None
-    data_digest: str
-    raw: dict
-
-    @classmethod
-    def parse(cls, blob: bytes, preset: Preset, max_frames: int) -> Sidecar:
-        """Raise ValueError with the reason when the sidecar is not one this package wrote."""
-        try:
-            raw = json.loads(blob)
-        except (ValueError, RecursionError) as err:
-            raise ValueError(f"not usable JSON ({str(err)[:80]})") from None
-        if not isinstance(raw, dict) or raw.get("format") != SIDECAR_FORMAT:
-            raise ValueError(f"not a sidecar of format {SIDECAR_FORMAT}")
-        shape = raw.get("shape")
-        frames = preset.frames_in(shape) if isinstance(shape, list) and all(is_int(n) for n in shape) else None
-        if frames is None or not 0 < frames <= max_frames:
-            frames_bins = preset.layout == FRAMES_BINS
-            wanted = f"[1..{max_frames}, {preset.n_bins}]" if frames_bins else f"[{preset.n_bins}, 1..{max_frames}]"
-            raise ValueError(f"shape={str(shape)[:60]} is not {wanted}")
-        texts = {k: raw.get(k) for k in ("fingerprint", "source_digest", "data_digest")}
-        if not all(isinstance(v, str) and 0 < len(v) <= 64 for v in texts.values()):
-            raise ValueError("fingerprint, source_digest and data_digest must be short strings")
-        if not is_int(raw.get("source_sample_rate")):
-            raise ValueError("source_sample_rate must be an integer")
-        return cls((shape[0], shape[1]), texts["fingerprint"], texts["source_digest"], raw["source_sample_rate"],
-                   FileStamp.from_json(raw.get("source_audio")), texts["data_digest"], raw)
-
-    @property
-    def warnings(self) -> tuple[str, ...]:
-        """The source audio's warnings, as save_mel wrote them; none from a sidecar that holds other things."""
-        found = self.raw.get("source_warnings")
-        if not isinstance(found, list) or len(found) > MAX_SOURCE_WARNINGS:
-            return ()
-        return tuple(shown(w, MAX_WARNING_CHARS) for w in found if isinstance(w, str))
-
-
-@dataclasses.dataclass(frozen=True)
-class Stored:
-    """What the store holds for (voice, preset), judged against the audio in hand."""
-
-    state: str  # FRESH, STALE, CORRUPT or ABSENT
-    reason: str  # why it is not fresh ("" when it is)
-    path: Path | None
-    data: np.ndarray | None = None  # float32 in the preset's layout, read-only: a whole file (fresh or stale)
-    sidecar: Sidecar | None = None
-
-    @property
-    def fresh(self) -> bool:
-        return self.state == FRESH
-
-    def against(self, digest: str) -> Stored:
-        """The same file judged against audio whose samples_digest is `digest` (no re-read)."""
-        if self.data is None or self.sidecar is None:
-            return self
-        if self.sidecar.source_digest == digest:
-            return dataclasses.replace(self, state=FRESH, reason="")
-        return dataclasses.replace(self, state=STALE, reason="made from other audio (the reference audio changed)")
 
 
 class ReferenceStore:
@@ -176,7 +91,7 @@ class ReferenceStore:
         self._audio_digests = ByteLRU(MAX_KNOWN_AUDIO)
         self._unlisted_full_logged = False
         self._missing_codes_logged: set[Path] = set()
-        # (path, preset) -> (stamp, sidecar stamp, sidecar) of each pair verified whole: see _reread
+        # (path, kind) -> (stamp, sidecar stamp, sidecar) of each pair verified whole: see _reread
         self._verified = ByteLRU(MAX_VERIFIED_FILES)
 
     def event_audio_path(self, given: str) -> Path:
@@ -252,7 +167,7 @@ class ReferenceStore:
         unusable. Parsed once per unchanged file."""
         candidates = [voice.codes_path] if voice.codes_path else [
             self.codes_dir / f"{voice.name}_codes.bin", self.codes_dir / f"{voice.name}_codes.npy"]
-        max_bytes = int(self.max_ref_seconds * 50 + 1) * 8 + 4096  # 50 codes a second, int64, npy header
+        max_bytes = int(self.max_ref_seconds * CODES_PER_SECOND + 1) * 8 + 4096  # int64 .npy, and its header
         for path in candidates:
             try:
                 stamp = FileStamp.of(path)
@@ -296,93 +211,90 @@ class ReferenceStore:
         if codes is None:
             where = voice.codes_path or self.codes_dir / f"{voice.name}_codes.bin (or .npy)"
             return "missing", f"no file {where}"
-        return "ok", f"{codes.size} codes ({codes.size / 50:.2f} s)"
+        return "ok", f"{codes.size} codes ({codes.size / CODES_PER_SECOND:.2f} s)"
 
     # -- spectrograms ---------------------------------------------------------------------------
 
-    def has_stored(self, voice: Voice, presets: Sequence[Preset]) -> bool:
-        """Whether the codes directory has a spectrogram file of this voice for any of the presets."""
-        return any(self.mel_file(voice, p).exists() for p in presets)
+    def has_stored(self, voice: Voice, kinds: Sequence[ArtifactKind | Preset]) -> bool:
+        """Whether the codes directory has a file of this voice for any of the kinds (or presets)."""
+        return any(self.file_of(voice, kind).exists() for kind in kinds)
 
-    def knows(self, voice: Voice, presets: Sequence[Preset]) -> bool:
+    def knows(self, voice: Voice, presets: Sequence[ArtifactKind | Preset]) -> bool:
         """Whether a voice switch to `voice` can be served (else `unknown_voice`): voices.json lists it, or
         the codes directory has a spectrogram file of it (written back, or made without sidecar)."""
         return voice.in_library or self.has_stored(voice, presets)
 
-    def mel_file(self, voice: Voice, preset: Preset) -> Path:
-        """Where this package writes (voice, preset): always the codes directory, named after the voice."""
-        return self.codes_dir / f"{mel_file_stem(voice.name, preset)}.bin"
+    def file_of(self, voice: Voice, kind: ArtifactKind | Preset) -> Path:
+        """Where this package writes (voice, kind): always the codes directory, named after the voice."""
+        return self.codes_dir / f"{kind_of(kind).file_stem(voice.name)}.bin"
 
-    def max_frames(self, preset: Preset) -> int:
-        return preset.n_frames(int(self.max_ref_seconds * preset.sample_rate) + preset.sample_rate) + 1
-
-    def lookup(self, voice: Voice, preset: Preset, *, digest: str | None = None,
+    def lookup(self, voice: Voice, kind: ArtifactKind | Preset, *, digest: str | None = None,
                audio: FileStamp | None = None) -> Stored:
-        """May a stored file serve (voice, preset)? The one place that decides it.
+        """May a stored file serve (voice, kind)? The one place that decides it (a preset means its spectrogram).
 
         digest: samples_digest of the audio in hand (a reference_audio event, or the voice's file once
         read); audio: the stamp of the voice's ref_audio file when it has not been read. With neither
         (no audio to compare with), a whole file of the right recipe is fresh.
-        The voice's `mel_<preset>_path` is tried first, then the file named after the voice."""
-        first = None
-        for path in dict.fromkeys(p for p in (voice.mel_path(preset), self.mel_file(voice, preset)) if p):
-            found = self._judge(path, preset, digest, audio)
+        The voice's voices.json path for the kind (`mel_<preset>_path`) is tried first, then the file named
+        after the voice."""
+        kind, first = kind_of(kind), None
+        for path in dict.fromkeys(p for p in (voice.stored_path(kind), self.file_of(voice, kind)) if p):
+            found = self._judge(path, kind, digest, audio)
             if found.fresh:
                 return found
             if first is None or first.state == ABSENT:
                 first = found
         return first
 
-    def _judge(self, path: Path, preset: Preset, digest: str | None, audio: FileStamp | None) -> Stored:
-        whole = self._reread(path, preset) or self._verify(path, preset, has_audio=digest is not None or audio is not None)
+    def _judge(self, path: Path, kind: ArtifactKind, digest: str | None, audio: FileStamp | None) -> Stored:
+        whole = self._reread(path, kind) or self._verify(path, kind, has_audio=digest is not None or audio is not None)
         if not whole.fresh or whole.sidecar is None:  # unusable, or a legacy file judged already
             return whole
         sidecar = whole.sidecar
-        if sidecar.fingerprint != preset.fingerprint:
+        if sidecar.fingerprint != kind.fingerprint:
             return dataclasses.replace(whole, state=STALE, reason=f"made by another recipe (fingerprint "
-                                       f"{sidecar.fingerprint}, want {preset.fingerprint})")
+                                       f"{sidecar.fingerprint}, want {kind.fingerprint})")
         if digest is not None:
             return whole.against(digest)
         if audio is not None and sidecar.source_audio != audio:
             return dataclasses.replace(whole, state=STALE, reason="the audio file changed since (stat stamp differs)")
         return whole
 
-    def _verify(self, path: Path, preset: Preset, *, has_audio: bool) -> Stored:
+    def _verify(self, path: Path, kind: ArtifactKind, *, has_audio: bool) -> Stored:
         """Read the pair and check all of it: sidecar fields, size, data digest, finite values. An intact
         pair comes back FRESH (whatever recipe or audio it was made from) and is remembered by its stamps."""
-        max_frames = self.max_frames(preset)
         try:
-            blob, stamp = read_regular(path, None, preset.n_bins * max_frames * 4)
+            blob, stamp = read_regular(path, None, kind.max_bytes(self.max_ref_seconds))
             try:
                 side_blob, side_stamp = read_regular(path.with_suffix(".json"), None, MAX_SIDECAR_BYTES)
             except StoreFileError as err:
                 if not err.missing:
                     raise
-                return self._legacy(path, blob, preset, has_audio=has_audio)
+                return self._legacy(path, blob, kind, has_audio=has_audio)
         except StoreFileError as err:
             return Stored(ABSENT if err.missing else CORRUPT, err.reason if err.missing else str(err), path)
         try:
-            sidecar = Sidecar.parse(side_blob, preset, max_frames)
+            sidecar = Sidecar.parse(side_blob, kind, self.max_ref_seconds)
         except ValueError as err:
             if b'"format": 1' in side_blob[:64] or b'"format":1' in side_blob[:64]:
                 return Stored(STALE, "written by an older version (sidecar format 1)", path)
             return Stored(CORRUPT, f"{path.with_suffix('.json')}: {err}", path)
-        if len(blob) != sidecar.shape[0] * sidecar.shape[1] * 4:
+        if len(blob) != int(np.prod(sidecar.shape)) * np.dtype(kind.dtype).itemsize:
             return Stored(CORRUPT, f"{path} holds {len(blob)} bytes, its sidecar says shape {list(sidecar.shape)}", path)
         if data_digest(blob) != sidecar.data_digest:
             return Stored(CORRUPT, f"{path} does not match the digest in its sidecar (half-replaced or damaged)", path)
-        data = np.frombuffer(blob, dtype="<f4").reshape(sidecar.shape)
-        if not np.isfinite(data).all():
-            return Stored(CORRUPT, f"{path} contains NaN or Inf", path)
+        data = np.frombuffer(blob, dtype=kind.dtype).reshape(sidecar.shape)
+        if problem := kind.problem(data):
+            return Stored(CORRUPT, f"{path} {problem}", path)
         if settled(stamp) and settled(side_stamp):
-            self._verified.put((path, preset), (stamp, side_stamp, sidecar), 1)
+            self._verified.put((path, kind), (stamp, side_stamp, sidecar), 1)
         return Stored(FRESH, "", path, data, sidecar)
 
-    def _reread(self, path: Path, preset: Preset) -> Stored | None:
+    def _reread(self, path: Path, kind: ArtifactKind) -> Stored | None:
         """The data of a pair verified before, when both files are still the ones verified (same stat
         stamps; the data's checked again on the descriptor it is read through, opened regular-only and
         non-blocking like any read): read again, not checked again. None otherwise."""
-        memo = self._verified.get((path, preset))
+        memo = self._verified.get((path, kind))
         if memo is None:
             return None
         stamp, side_stamp, sidecar = memo
@@ -394,38 +306,37 @@ class ReferenceStore:
             return None
         if now != stamp:  # swapped between the stat and the open
             return None
-        return Stored(FRESH, "", path, np.frombuffer(blob, dtype="<f4").reshape(sidecar.shape), sidecar)
+        return Stored(FRESH, "", path, np.frombuffer(blob, dtype=kind.dtype).reshape(sidecar.shape), sidecar)
 
     @staticmethod
-    def _legacy(path: Path, blob: bytes, preset: Preset, *, has_audio: bool) -> Stored:
-        """A .bin without sidecar (the layout the Rust port planned): [704, n_frames] float32, v2 only.
-        Nothing says which audio it came from, so it serves only a voice that has no audio to compute from."""
-        if preset.name != "v2" or preset.n_bins != V2_DEFAULT_BINS:
-            return Stored(CORRUPT, f"{path} has no sidecar; only 704-bin v2 files may lack one", path)
-        if not blob or len(blob) % (V2_DEFAULT_BINS * 4):
-            return Stored(CORRUPT, f"{path} has no sidecar and {len(blob)} bytes, not a multiple of 704 * 4", path)
-        data = np.frombuffer(blob, dtype="<f4").reshape(V2_DEFAULT_BINS, -1)
-        if not np.isfinite(data).all():
-            return Stored(CORRUPT, f"{path} contains NaN or Inf", path)
+    def _legacy(path: Path, blob: bytes, kind: ArtifactKind, *, has_audio: bool) -> Stored:
+        """A data file without sidecar (kind.legacy says which may be one). Nothing says which audio it came
+        from, so it serves only a voice that has no audio to compute from."""
+        data = kind.legacy(blob)
+        if isinstance(data, str):
+            return Stored(CORRUPT, f"{path} {data}", path)
+        if problem := kind.problem(data):
+            return Stored(CORRUPT, f"{path} {problem}", path)
         if has_audio:
             return Stored(STALE, "no sidecar, so nothing says which audio it was made from", path, data)
         return Stored(FRESH, "", path, data)
 
-    def save_mel(self, voice: Voice, preset: Preset, data: np.ndarray, *, source_digest: str,
-                 source_sample_rate: int, audio: FileStamp | None = None, warnings: Sequence[str] = ()) -> Path | None:
-        """Write the feature matrix (float32, in the preset's layout) and its sidecar to the voice's file in
-        the codes directory; None when the voice is one voices.json does not list and may_store_unlisted
+    def save(self, voice: Voice, kind: ArtifactKind | Preset, data: np.ndarray, *, source_digest: str,
+             source_sample_rate: int, audio: FileStamp | None = None, warnings: Sequence[str] = ()) -> Path | None:
+        """Write the artifact (the kind's data; a preset means its spectrogram) and its sidecar to the voice's
+        file in the codes directory; None when the voice is one voices.json does not list and may_store_unlisted
         refuses it (decided and written under the folder's lock). warnings: the source audio's (duration,
         peak), told again whenever it is served.
 
         Sidecar first, then the data, each by rename: a crash in between leaves a sidecar whose
         data_digest does not match the old .bin, so the pair is refused and recomputed."""
-        path = self.mel_file(voice, preset)
-        blob = np.ascontiguousarray(data, dtype="<f4").tobytes()
+        kind = kind_of(kind)
+        path = self.file_of(voice, kind)
+        blob = np.ascontiguousarray(data, dtype=kind.dtype).tobytes()
         sidecar = {
-            "format": SIDECAR_FORMAT, "voice": voice.name, "preset": preset.name, "shape": list(data.shape),
-            "dtype": "float32", "layout": f"C-order {preset.layout}, little-endian",
-            "fingerprint": preset.fingerprint, "recipe": preset.recipe(),
+            "format": SIDECAR_FORMAT, "voice": voice.name, "preset": kind.name, "shape": list(data.shape),
+            "dtype": np.dtype(kind.dtype).name, "layout": f"C-order {kind.layout}, little-endian",
+            "fingerprint": kind.fingerprint, "recipe": kind.recipe(),
             "source_digest": source_digest, "source_sample_rate": int(source_sample_rate),
             "source_audio": dataclasses.asdict(audio) if audio else None, "source_warnings": list(warnings),
             "data_digest": data_digest(blob),
@@ -439,11 +350,12 @@ class ReferenceStore:
             atomic_write(path, blob)
         return path
 
-    def irreplaceable(self, voice: Voice, preset: Preset) -> str | None:
-        """Why save_mel(voice, preset) must not replace the file already there, None when it may: that file
-        is the stored spectrogram of a voice (this one, or a voices.json voice whose mel_path names it)
-        with no ref_audio file to compute it again from, so replacing it would lose the owner's data."""
-        target = self.mel_file(voice, preset)
+    def irreplaceable(self, voice: Voice, kind: ArtifactKind | Preset) -> str | None:
+        """Why save(voice, kind) must not replace the file already there, None when it may: that file is
+        the stored artifact of a voice (this one, or a voices.json voice whose mel_path names it) with no
+        ref_audio file to compute it again from, so replacing it would lose the owner's data."""
+        kind = kind_of(kind)
+        target = self.file_of(voice, kind)
         if not os.path.lexists(target):
             return None
         same = {os.path.abspath(target), os.path.realpath(target)}
@@ -454,9 +366,9 @@ class ReferenceStore:
         for owner in (voice, *listed):
             if owner.ref_audio is not None and owner.ref_audio.is_file():
                 continue
-            for path in (self.mel_file(owner, preset), owner.mel_path(preset)):
+            for path in (self.file_of(owner, kind), owner.stored_path(kind)):
                 if path is not None and {os.path.abspath(path), os.path.realpath(path)} & same:
-                    return (f"{target} is the stored {preset.name} spectrogram of voice {owner.name!r}, which has no "
+                    return (f"{target} is the stored {kind.name} {kind.what} of voice {owner.name!r}, which has no "
                             "ref_audio to compute it again from")
         return None
 
@@ -484,8 +396,7 @@ class ReferenceStore:
             stem, dot, extension = entry.name.rpartition(".")
             if not dot or extension not in ("bin", "json"):
                 continue
-            for name in PRESET_NAMES:
-                suffix = "_mel" if name == "v2" else f"_mel_{name}"
+            for name, suffix in MEL_SUFFIXES.items():
                 if stem.endswith(suffix) and len(stem) > len(suffix):
                     files.add((stem[:-len(suffix)], name, self.codes_dir / f"{stem}.bin"))
         return sorted(files)

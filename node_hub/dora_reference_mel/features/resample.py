@@ -17,7 +17,7 @@ import shutil
 import mlx.core as mx
 import numpy as np
 
-from . import cuda_kernels
+from . import backend, cuda_kernels
 from .recipe import Preset
 from .tables import device_sinc_taps, device_sinc_weights, sinc_geometry, sinc_resample_taps
 
@@ -36,10 +36,6 @@ TAIL_BLOCKS = 8192
 # that it runs the rest op by op. A phase's taps are therefore summed 8 at a time (8 products, 8 adds
 # with the running sum), each group one compiled kernel.
 TAPS_PER_KERNEL = 8
-# Rate pairs (orig, new) whose compiled resampling kernels may be built when first met; None: any. A
-# build takes seconds, so the node builds its pairs at start and restricts compiling to them
-# (`compile_only`): a clip at any other rate resamples through the strided form, same output, no stall.
-_COMPILED_PAIRS: frozenset[tuple[int, int]] | None = None
 MAX_CPU_STREAMS = 4  # CPU streams (threads) that independent parts of a graph are spread over
 
 
@@ -58,15 +54,16 @@ def resample_sinc(x: mx.array, orig_freq: int, new_freq: int) -> mx.array:
     orig, new, width, starts, weights = sinc_resample_taps(orig_freq, new_freq)
     n_out = resampled_length(x.shape[0], orig_freq, new_freq)
     n_blocks = -(-n_out // new)
-    if uses_compiled_kernels(orig_freq, new_freq) and (_COMPILED_PAIRS is None or (orig_freq, new_freq) in _COMPILED_PAIRS):
+    here = backend.current()  # compiled only for the pairs the backend's policy names: no build unasked
+    if (orig_freq, new_freq) in here.compiled_pairs and uses_compiled_kernels(orig_freq, new_freq):
         return _phases_compiled(x, orig_freq, new_freq, n_blocks).reshape(-1)[:n_out]
-    if cuda_kernels.in_use():
+    if here.cuda:
         return cuda_kernels.resample_phases(x, orig_freq, new_freq)[:n_out]
     padded = mx.pad(x, [(width, width + orig)])
     device_starts, device_weights = device_sinc_taps(orig_freq, new_freq)
     # One strided view per phase avoids gathers, which MLX's CPU backend runs at ~6 ns an element; on a
     # GPU, hundreds of phases (44.1k, 22.05k inputs) are better as one banded gather: one launch.
-    strided = new <= MAX_COMPILED_PHASES or mx.default_device() == mx.cpu
+    strided = new <= MAX_COMPILED_PHASES or here.cpu
     if strided:
         out = _phases_strided(padded, orig, n_blocks, starts, device_weights)
     else:
@@ -75,15 +72,10 @@ def resample_sinc(x: mx.array, orig_freq: int, new_freq: int) -> mx.array:
 
 
 def uses_compiled_kernels(orig_freq: int, new_freq: int) -> bool:
-    """Whether resampling orig -> new runs through compiled kernels here (on the CPU, few phases, a compiler)."""
+    """Whether resampling orig -> new can run through compiled kernels here (on the CPU, few phases, a
+    compiler); it does once the backend's compile policy names the pair (backend.compile_pairs)."""
     _, new, _ = sinc_geometry(orig_freq, new_freq)
-    return orig_freq != new_freq and new <= MAX_COMPILED_PHASES and mx.default_device() == mx.cpu and compiler_works()
-
-
-def compile_only(pairs) -> None:
-    """Build compiled resampling kernels only for these (orig, new) rate pairs (None: for any pair)."""
-    global _COMPILED_PAIRS
-    _COMPILED_PAIRS = None if pairs is None else frozenset(pairs)
+    return orig_freq != new_freq and new <= MAX_COMPILED_PHASES and backend.current().cpu and compiler_works()
 
 
 def resampling_pairs(sample_rate: int, preset: Preset) -> list[tuple[int, int]]:

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .contract import MAX_CHANNELS, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
-from .errors import ReferenceMelError
+from ..errors import ReferenceMelError
+from ..limits import MAX_CHANNELS, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 from .names import shown
 
 log = logging.getLogger(__name__)
@@ -40,8 +40,6 @@ class StoreFileError(Exception):
     def __init__(self, path, reason: str, *, missing: bool = False):
         super().__init__(f"{path}: {reason}")
         self.path, self.reason, self.missing = path, reason, missing
-
-
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,24 +21,11 @@ import logging
 import mlx.core as mx
 import numpy as np
 
+from . import backend
 from .recipe import LOG_CLAMP_MIN, MAGNITUDE_EPS, SPEC_MAX, SPEC_MIN, Preset
 from .tables import device_hann, device_sinc_taps, device_sinc_weights, filterbank_bands, sinc_geometry
 
 log = logging.getLogger(__name__)
-
-
-@functools.cache
-def available() -> bool:
-    """Whether MLX runs on a CUDA GPU here (False on Metal, on the CPU, and without MLX's CUDA backend)."""
-    try:
-        return bool(hasattr(mx, "cuda") and mx.cuda.is_available())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def in_use() -> bool:
-    """Whether the kernels serve the graph being built now: a CUDA GPU is MLX's default device."""
-    return available() and mx.default_device() == mx.gpu
 
 
 def _kernel(name: str, inputs: list[str], source: str):
@@ -218,7 +205,7 @@ def log_mel(spectrum: mx.array, preset: Preset) -> mx.array:
 @functools.cache
 def _driver():
     """libcuda's copies and a private non-blocking stream, or None (then MLX copies as it does)."""
-    if not available():
+    if not backend.cuda_available():
         return None
     try:
         cuda = ctypes.CDLL("libcuda.so.1")  # the driver MLX's CUDA backend itself links
@@ -259,7 +246,7 @@ def _dma(copy: str, destination: int, source: int, nbytes: int) -> bool:
 
 
 def _dma_usable(nbytes: int) -> bool:
-    return in_use() and nbytes >= MIN_DMA_BYTES and not _copies["failed"] and _driver() is not None
+    return backend.current().cuda and nbytes >= MIN_DMA_BYTES and not _copies["failed"] and _driver() is not None
 
 
 def copy_to_device(host: np.ndarray) -> mx.array:
