@@ -3,7 +3,7 @@
 copy in (`to_mono`: one host concatenation, one copy to the device, scaling), the whole graph (copy in
 included), and the copy out. Each stage's figure is also given as the clips/s it alone would allow.
 
-    python benchmarks/batch_stages.py [--device cpu|gpu] [--clips 64] [--repeats 10]
+    python benchmarks/batch_stages.py [--device cpu|gpu] [--clips 64] [--repeats 10] [--out FILE]
 """
 
 import argparse
@@ -15,19 +15,20 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 import soundfile
+from lib.timing import ROOT, add_out_argument, median_ms, metric, out_path, write_result
 
 from dora_reference_mel import get_preset
 from dora_reference_mel.features.spectrogram import reference_mel_batch_mx, to_mono
-from timing import median_ms
 
-VOICE = Path(__file__).resolve().parent.parent / "models" / "voices" / "aria.wav"
+VOICE = ROOT / "models" / "voices" / "aria.wav"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     parser.add_argument("--clips", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=10)
+    add_out_argument(parser, "batch_stages")
     args = parser.parse_args()
     mx.set_default_device(mx.gpu if args.device == "gpu" else mx.cpu)
     samples, rate = soundfile.read(str(VOICE), dtype="float32")
@@ -46,17 +47,19 @@ def main() -> None:
         features = reference_mel_batch_mx(clips, [rate] * len(clips), preset)[0]
         mx.eval(features)
         stages = {
-            "read files": median_ms(read_all, args.repeats),
-            "copy in (to_mono)": median_ms(lambda: mx.eval(to_mono(clips)), args.repeats),
-            "whole graph (copy in included)": median_ms(
+            "read_files_ms": median_ms(read_all, args.repeats),
+            "copy_in_ms": median_ms(lambda: mx.eval(to_mono(clips)), args.repeats),
+            "graph_with_copy_in_ms": median_ms(
                 lambda: mx.eval(reference_mel_batch_mx(clips, [rate] * len(clips), preset)[0]), args.repeats),
-            "copy out (float32)": median_ms(lambda: np.array(features), args.repeats),
-            "copy out (float16)": median_ms(lambda: np.array(features.astype(mx.float16)), args.repeats),
+            "copy_out_float32_ms": median_ms(lambda: np.array(features), args.repeats),
+            "copy_out_float16_ms": median_ms(lambda: np.array(features.astype(mx.float16)), args.repeats),
         }
     mb = sum(c.nbytes for c in clips) / 2**20
     print(f"{args.clips} clips of 10 s ({mb:.0f} MB int16) on {mx.default_device()}, medians of {args.repeats}:")
     for name, ms in stages.items():
         print(f"  {name:32s} {ms:8.2f} ms  ({args.clips / ms * 1e3:7.0f} clips/s alone)")
+    write_result(out_path(args.out, "batch_stages"), "batch_stages", {k: metric(v, "ms") for k, v in stages.items()},
+                 device=args.device, clips=args.clips, repeats=args.repeats)
 
 
 if __name__ == "__main__":

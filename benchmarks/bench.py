@@ -11,7 +11,9 @@
     python benchmarks/bench.py all                          the three, as BENCHMARKS.md reports them
 
 Needs the `bench` extra (torch: `pip install torch==2.13.0` is the CPU build here). Prints a table and
-writes JSON to --json when given. Timings include the host copies both ways, for MLX and for torch.
+writes the one result format to --out (default benchmarks/results/<machine>/<part>.json; node under dora
+0.4: node-dora04.json): each row's figures as metrics, the rows themselves under "rows". Timings include
+the host copies both ways, for MLX and for torch.
 """
 
 from __future__ import annotations
@@ -31,10 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).parent))
-from timing import environment, median_of  # noqa: E402  (benchmarks/ is not a package)
+from lib.timing import ROOT, add_out_argument, dora_line_name, environment, median_of, metric, out_path, write_result
 
 VOICE = ROOT / "models" / "voices" / "aria.wav"  # 10 s of speech at 48 kHz
 
@@ -76,7 +75,7 @@ def bench_compute(device: str, repeats: int, settle_s: float = 0.0, block: int =
     block: calls of one side in a row, the first of each block not counted, so each side is timed hot,
     right after its own previous call and not the other's (precompute's case: clip after clip)."""
     import torch
-    import torch_recipe
+    from lib import torch_recipe
 
     from dora_reference_mel import reference_mel
 
@@ -124,7 +123,7 @@ def bench_resident(device: str, repeats: int) -> list[dict]:
     it. MLX: `spectrogram.features_mx` and `mx.eval`; torch: the recipe and `torch.cuda.synchronize`."""
     import mlx.core as mx
     import torch
-    import torch_recipe
+    from lib import torch_recipe
 
     from dora_reference_mel import get_preset
     from dora_reference_mel.features.spectrogram import features_mx
@@ -165,7 +164,7 @@ def bench_batch(device: str, clips: int, repeats: int, frames_per_graph: int | N
     """frames_per_graph: the most frames reference_mel_batch puts in one MLX graph (default: the
     library's); smaller graphs let one graph's copies overlap the next one's compute."""
     import torch
-    import torch_recipe
+    from lib import torch_recipe
 
     from dora_reference_mel import reference_mel_batch
     from dora_reference_mel.features import spectrogram
@@ -261,7 +260,7 @@ def voice_answer_metadata(voices: Path, codes_dir: Path) -> dict:
 
 
 def bench_node(requests: int, log_level: str | None = None) -> list[dict]:
-    """benchmarks/node_bench.yml with the real dora CLI; the source node does the measuring. log_level:
+    """benchmarks/nodes/node_bench.yml with the real dora CLI; the source node does the measuring. log_level:
     LOG_LEVEL for the mel nodes (WARNING drops their per-event INFO line)."""
     work = Path(tempfile.mkdtemp(prefix="bench-node-"))
     try:
@@ -276,7 +275,7 @@ def bench_node(requests: int, log_level: str | None = None) -> list[dict]:
         subprocess.run([sys.executable, "-m", "dora_reference_mel.cli", "precompute", "--voices",
                         str(work / "voices.json"), "--codes-dir", str(work / "codes")],
                        env=env, check=True, capture_output=True)
-        flow = (ROOT / "benchmarks/node_bench.yml").read_text()
+        flow = (ROOT / "benchmarks/nodes/node_bench.yml").read_text()
         flow = flow.replace("VOICES_CONFIG: BENCH_ROOT/models/voices.json", f"VOICES_CONFIG: {work / 'voices.json'}")
         (work / "voice_answer.json").write_text(json.dumps(voice_answer_metadata(work / "voices.json", work / "codes")))
         flow = flow.replace("BENCH_VOICE_METADATA", str(work / "voice_answer.json"))
@@ -360,6 +359,27 @@ def hop_rows(folder: Path) -> list[dict]:
     return rows
 
 
+IDENTITY = ("part", "preset", "seconds", "source", "node")  # the fields that say what a row measured
+UNITS = {"_ms": ("ms", "lower"), "_per_s": ("clips/s", "higher"), "_mb": ("MB", "lower"), "ratio": ("x", "lower")}
+
+
+def slug(value) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", str(value).lower()).strip("_")
+
+
+def metrics_of_rows(rows: list[dict]) -> dict:
+    """Each row's numbers as metrics, named by what the row measured: `compute_v2_3s_mlx_ms`,
+    `node_cache_over_transport_p50_ms`, `hops_cache_in_the_node_p50_ms`, ..."""
+    metrics = {}
+    for row in rows:
+        name = "_".join(slug(f"{row[k]}s" if k == "seconds" else row[k]) for k in IDENTITY if k in row)
+        for key, value in row.items():
+            unit = next((u for end, u in UNITS.items() if key.endswith(end)), None)
+            if unit and isinstance(value, (int, float)):
+                metrics[f"{name}_{slug(key)}"] = metric(value, *unit)
+    return metrics
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("part", choices=("compute", "resident", "batch", "node", "all"))
@@ -372,7 +392,7 @@ def main(argv=None) -> int:
     parser.add_argument("--block", type=int, default=1, help="compute: calls of one side in a row (first not counted)")
     parser.add_argument("--runs", type=int, default=1, help="node: dataflow runs; each row the median over runs")
     parser.add_argument("--log-level", help="node: LOG_LEVEL of the mel nodes (default: theirs, INFO)")
-    parser.add_argument("--json", help="write every row here")
+    add_out_argument(parser, "<part>")
     args = parser.parse_args(argv)
     try:
         import torch
@@ -396,9 +416,8 @@ def main(argv=None) -> int:
         rows += bench_batch(args.device, args.clips, max(3, args.repeats // 6), args.frames_per_graph)
     if args.part in ("node", "all"):
         rows += median_over_runs([bench_node(args.requests, args.log_level) for _ in range(args.runs)])
-    if args.json:
-        Path(args.json).write_text(json.dumps({"benchmark": f"bench {args.part}", **environment(), "peer": peer,
-                                               "rows": rows}, indent=1))
+    name = dora_line_name(args.part) if args.part in ("node", "all") else args.part
+    write_result(out_path(args.out, name), name, metrics_of_rows(rows), peer=peer, rows=rows)
     return 0
 
 

@@ -6,8 +6,9 @@ on chinese-hubert-base's architecture with seeded random weights (speed does not
 - torch: transformers' HubertModel, ssl_proj and the upstream quantizer (tests/oracle_codes.py), at each
          thread count from 1 to the CPU count, the best one reported.
 
-Prints the median seconds of each (after one warm-up run) and the codes' agreement with torch; --out writes
-them as JSON. Needs the test extra (torch, transformers, einops) and the package index once (the wheel
+Prints the median seconds of each (after one warm-up run) and the codes' agreement with torch, and writes
+them in the one result format to --out (default benchmarks/results/<machine>/codes_speed.json). Needs the
+test extra (torch, transformers, einops) and the package index once (the wheel
 that carries GPT-SoVITS's quantizer). python benchmarks/codes_speed.py [--repeats 3] [--skip mlx] [--out f]
 """
 
@@ -16,18 +17,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
 import soundfile as sf
+from lib.timing import ROOT, add_out_argument, median_ms, metric, out_path, write_result
 
-ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from oracle_codes import UpstreamCodes, unpack_upstream  # noqa: E402
@@ -36,20 +34,16 @@ from dora_reference_mel.models import load_codes_model, to_16k_mono  # noqa: E40
 
 
 def median_seconds(run, repeats: int) -> tuple[float, object]:
-    result = run()  # warm-up: first-call allocations, thread pools
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
+    """The median seconds of `run()` after a warm-up call (first-call allocations, thread pools), and its result."""
+    results = []
+    return median_ms(lambda: results.append(run()), repeats) / 1e3, results[-1]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip", action="append", default=[], choices=["mlx", "blas", "torch"])
-    parser.add_argument("--out", type=Path)
+    add_out_argument(parser, "codes_speed")
     parser.add_argument("--upstream", type=Path, help="GPT_SoVITS folder already unpacked by oracle_codes.unpack_upstream "
                         "(where the package index is out of reach)")
     args = parser.parse_args()
@@ -65,8 +59,7 @@ def main() -> None:
             sys.exit("codes_speed: cannot download gpt-sovits-cpufast (its quantizer is the torch peer's)")
         reference = UpstreamCodes(HubertConfig(), upstream)
         hubert, sovits = reference.save(Path(tmp) / "weights")
-        results = {"clip_seconds": len(wav16k) / 16000, "machine": platform.machine(), "cpus": os.cpu_count(),
-                   "mlx_device": str(mx.default_device()), "mlx": mx.__version__, "torch": torch.__version__,
+        results = {"clip_seconds": len(wav16k) / 16000, "mlx_device": str(mx.default_device()),
                    "MLX_ENABLE_TF32": os.environ.get("MLX_ENABLE_TF32", "unset (on)")}
         torch_hidden, torch_codes = reference.hidden_and_codes(wav16k)
         for backend in ("mlx", "blas"):
@@ -100,8 +93,12 @@ def main() -> None:
                 results.update(torch_cuda_s=round(seconds, 4), torch_cuda_codes_equal=float(np.mean(codes == torch_codes)))
                 print(f"torch, cuda: {seconds:.3f} s median", flush=True)
     print(json.dumps(results))
-    if args.out:
-        args.out.write_text(json.dumps(results, indent=1) + "\n")
+    units = {"_s": ("s", "lower"), "_equal_to_torch": ("fraction", "higher"), "_codes_equal": ("fraction", "higher"),
+             "_max_diff": ("abs", "lower")}
+    metrics = {key: metric(value, *unit) for key, value in results.items()
+               for end, unit in units.items() if key.endswith(end) and key != "clip_seconds"}
+    write_result(out_path(args.out, "codes_speed"), "codes_speed", metrics,
+                 **{k: v for k, v in results.items() if k not in metrics})
 
 
 if __name__ == "__main__":

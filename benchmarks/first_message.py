@@ -1,7 +1,7 @@
 """What dora's first large message costs on each side, and what a warm-up output saves.
 
-    python benchmarks/first_message.py [--runs 5]            (dora 1.1: .venv)
-    .venv-dora04/bin/python benchmarks/first_message.py      (dora 0.4.1)
+    python benchmarks/first_message.py [--runs 5] [--out FILE]   (dora 1.1: .venv)
+    .venv-dora04/bin/python benchmarks/first_message.py          (dora 0.4.1: first_message-dora04.json)
 
 A requester sends 10 s of 48 kHz audio (1.9 MB) six times, one at a time; a peer reads each request
 and answers with a 10 s v2 spectrogram's size (1.4 MB). Each message's costs are timed where they
@@ -21,7 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import two_nodes  # this folder is on sys.path when a script in it runs
+from lib import two_nodes
+from lib.timing import add_out_argument, dora_line_name, metric, out_path, write_result
 
 REQUESTS = 6
 
@@ -76,8 +77,9 @@ def run(warmup: bool, work: Path, index: int) -> list[dict]:
 def main() -> None:
     if two_nodes.play_role({"requester": requester, "peer": peer}):
         return
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
+    add_out_argument(parser, "first_message[-dora04]")
     args = parser.parse_args()
     import dora
 
@@ -88,6 +90,7 @@ def main() -> None:
             for warmup in (False, True):
                 runs[warmup].append(run(warmup, Path(tmp), len(runs[False]) + len(runs[True])))
     keys = ("send_ms", "round_trip_ms", "peer_read_ms", "peer_send_ms")
+    metrics, rows = {}, []
     for warmup, results in runs.items():
         print(f"peer {'with' if warmup else 'without'} a warm-up output:")
         print("  message  " + "  ".join(f"{k:>14s}" for k in keys))
@@ -97,6 +100,18 @@ def main() -> None:
             values["peer_send_ms"] = (statistics.median(r[i + 1]["peer_send_ms"] for r in results)
                                       if i + 1 < REQUESTS else float("nan"))
             print(f"  {i:7d}  " + "  ".join(f"{values[k]:14.2f}" for k in keys))
+            rows.append({"warmup": warmup, "message": i, **values})
+        variant = "warmup" if warmup else "no_warmup"
+        first = rows[-REQUESTS]  # message 0 of this variant
+        later = sorted(row["round_trip_ms"] for row in rows[-REQUESTS + 1:])
+        metrics |= {f"{variant}_first_send_ms": metric(first["send_ms"], "ms"),
+                    f"{variant}_first_peer_send_ms": metric(first["peer_send_ms"], "ms"),
+                    f"{variant}_first_round_trip_ms": metric(first["round_trip_ms"], "ms"),
+                    f"{variant}_later_round_trip_min_ms": metric(later[0], "ms"),
+                    f"{variant}_later_round_trip_max_ms": metric(later[-1], "ms")}
+    name = dora_line_name("first_message")
+    write_result(out_path(args.out, name), name, metrics, runs=args.runs, rows=[
+        {k: (None if v != v else v) for k, v in row.items()} for row in rows])  # JSON has no NaN
 
 
 if __name__ == "__main__":

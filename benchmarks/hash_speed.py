@@ -1,15 +1,12 @@
 """Median time of the content hashes on a 10 s 48 kHz float32 clip (1.92 MB): SHA-256 (the old cache
-key) and xxh3-128 (the current one).  python benchmarks/hash_speed.py"""
+key) and xxh3-128 (the current one).  python benchmarks/hash_speed.py [--repeats 200] [--out FILE]"""
 
+import argparse
 import hashlib
-import sys
-from pathlib import Path
 
 import numpy as np
 import xxhash
-
-sys.path.insert(0, str(Path(__file__).parent))
-from timing import median_ms  # noqa: E402  (benchmarks/ is not a package)
+from lib.timing import add_out_argument, median_ms, metric, out_path, write_result
 
 BLOB = np.random.default_rng(0).random(480_000).astype(np.float32).tobytes()
 
@@ -20,6 +17,17 @@ def hash_ms(repeats: int = 200) -> tuple[float, float]:
             median_ms(lambda: xxhash.xxh3_128_hexdigest(BLOB), repeats))
 
 
-if __name__ == "__main__":
-    sha, xxh = hash_ms()
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=200)
+    add_out_argument(parser, "hash_speed")
+    args = parser.parse_args()
+    sha, xxh = hash_ms(args.repeats)
     print(f"{len(BLOB)} bytes: sha256 {sha:.3f} ms, xxh3_128 {xxh:.3f} ms, ratio {sha / xxh:.0f}x")
+    write_result(out_path(args.out, "hash_speed"), "hash_speed", {
+        "sha256_ms": metric(sha, "ms"), "xxh3_128_ms": metric(xxh, "ms"),
+        "sha256_over_xxh3": metric(sha / xxh, "x", "higher")}, repeats=args.repeats)
+
+
+if __name__ == "__main__":
+    main()

@@ -4,11 +4,11 @@ numpy, the service's paths (cache, precomputed, computed) and its memory with a 
     python benchmarks/inprocess.py
 """
 
+import argparse
 import hashlib
 import os
 import resource
 import statistics
-import sys
 import tempfile
 import time
 import zlib
@@ -18,15 +18,13 @@ import mlx.core as mx
 import numpy as np
 import pyarrow as pa
 import soundfile
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).parent))
-from timing import median_ms  # noqa: E402  (benchmarks/ is not a package)
+from lib.timing import ROOT, add_out_argument, median_ms, metric, out_path, write_result
 
 
-def primitives():
+def primitives() -> dict:
+    """MLX's CPU primitives against numpy and torch's forms; returns the figures (ms)."""
     import torch
-    import torch_recipe
+    from lib import torch_recipe
 
     mx.set_default_device(mx.cpu)
     a, b = mx.random.normal((1000, 459)), mx.random.normal((459, 320))
@@ -34,20 +32,23 @@ def primitives():
     index = mx.arange(5_000_000) % 500_000
     mx.eval(a, b, x, index)
     an, bn = np.array(a), np.array(b)
-    print(f"matmul [1000,459]@[459,320]: MLX {median_ms(lambda: a @ b):.2f} ms, numpy {median_ms(lambda: an @ bn):.2f} ms")
-    print(f"gather of 5M elements: MLX {median_ms(lambda: x[index]):.2f} ms; elementwise x*2+1 on 5M: "
-          f"{median_ms(lambda: x * 2.0 + 1.0):.2f} ms")
+    found = {"matmul_mlx_ms": median_ms(lambda: a @ b), "matmul_numpy_ms": median_ms(lambda: an @ bn),
+             "gather_5m_ms": median_ms(lambda: x[index]), "elementwise_5m_ms": median_ms(lambda: x * 2.0 + 1.0)}
+    print(f"matmul [1000,459]@[459,320]: MLX {found['matmul_mlx_ms']:.2f} ms, numpy {found['matmul_numpy_ms']:.2f} ms")
+    print(f"gather of 5M elements: MLX {found['gather_5m_ms']:.2f} ms; elementwise x*2+1 on 5M: "
+          f"{found['elementwise_5m_ms']:.2f} ms")
     # the resampler as a convolution, as torch runs it: 48 kHz -> 32 kHz is 2 output phases of 57 taps
     # at stride 3 over 10 s (the shipped form sums strided slices instead)
     signal_in, taps = mx.random.normal((1, 480_040, 1)), mx.random.normal((2, 57, 1))
     mx.eval(signal_in, taps)
-    print(f"conv1d, 10 s at 48 kHz, 2 x 57 taps, stride 3: MLX "
-          f"{median_ms(lambda: mx.conv1d(signal_in, taps, stride=3)):.2f} ms")
+    found["conv1d_resample_ms"] = median_ms(lambda: mx.conv1d(signal_in, taps, stride=3))
+    print(f"conv1d, 10 s at 48 kHz, 2 x 57 taps, stride 3: MLX {found['conv1d_resample_ms']:.2f} ms")
     for rows in (500, 4000):
         frames = mx.random.normal((rows, 2048))
         mx.eval(frames)
-        print(f"rfft of {rows} frames of 2048: MLX {median_ms(lambda f=frames: mx.fft.rfft(f, axis=-1)):.2f} ms")
-    mel_filterbank_forms()
+        found[f"rfft_{rows}_frames_ms"] = median_ms(lambda f=frames: mx.fft.rfft(f, axis=-1))
+        print(f"rfft of {rows} frames of 2048: MLX {found[f'rfft_{rows}_frames_ms']:.2f} ms")
+    found |= mel_filterbank_forms()
     samples, rate = soundfile.read(str(ROOT / "models/voices/aria.wav"), dtype="float32")
     torch.set_num_threads(1)
     from dora_reference_mel import reference_mel
@@ -57,13 +58,17 @@ def primitives():
         mlx_ms.append(median_ms(lambda: reference_mel(samples, rate), repeats=1))
         torch_ms.append(median_ms(lambda: torch_recipe.reference_feature(torch.from_numpy(samples), rate).numpy(),
                                   repeats=1))
-    print(f"v2 10 s, torch on 1 thread: MLX {statistics.median(mlx_ms):.2f} ms, torch {statistics.median(torch_ms):.2f} ms")
+    found |= {"v2_10s_mlx_ms": statistics.median(mlx_ms), "v2_10s_torch_1_thread_ms": statistics.median(torch_ms)}
+    print(f"v2 10 s, torch on 1 thread: MLX {found['v2_10s_mlx_ms']:.2f} ms, "
+          f"torch {found['v2_10s_torch_1_thread_ms']:.2f} ms")
     blob = np.zeros(704 * 500, np.float32).tobytes()
-    print(f"sha256 of 1.9 MB: {median_ms(lambda: hashlib.sha256(samples.data).digest()):.2f} ms; "
-          f"crc32 of 1.4 MB: {median_ms(lambda: zlib.crc32(blob)):.2f} ms")
+    found |= {"sha256_1_9mb_ms": median_ms(lambda: hashlib.sha256(samples.data).digest()),
+              "crc32_1_4mb_ms": median_ms(lambda: zlib.crc32(blob))}
+    print(f"sha256 of 1.9 MB: {found['sha256_1_9mb_ms']:.2f} ms; crc32 of 1.4 MB: {found['crc32_1_4mb_ms']:.2f} ms")
+    return found
 
 
-def mel_filterbank_forms():
+def mel_filterbank_forms() -> dict:
     """v4's filterbank over 10 s of spectra: as shipped (runs of bands, each padded to its own width)
     against all bands padded to the widest one."""
     from dora_reference_mel import get_preset
@@ -83,8 +88,10 @@ def mel_filterbank_forms():
         return mx.sum(rows * mx.array(weights)[:, :, None], axis=1)
 
     same = bool(mx.array_equal(one_width(), apply_filterbank(spectra, preset)).item())
-    print(f"v4 filterbank, 1000 frames: runs of bands {median_ms(lambda: apply_filterbank(spectra, preset)):.2f} ms, "
-          f"all padded to the widest {median_ms(one_width):.2f} ms; identical: {same}")
+    runs, widest = median_ms(lambda: apply_filterbank(spectra, preset)), median_ms(one_width)
+    print(f"v4 filterbank, 1000 frames: runs of bands {runs:.2f} ms, all padded to the widest {widest:.2f} ms; "
+          f"identical: {same}")
+    return {"filterbank_runs_of_bands_ms": runs, "filterbank_padded_to_widest_ms": widest}
 
 
 def service_paths(repeats: int = 300) -> dict:
@@ -131,6 +138,18 @@ def service_paths(repeats: int = 300) -> dict:
             "computed_ms": statistics.median(computed), "idle_rss_mb": idle, "full_cache_rss_mb": peak}
 
 
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=300, help="of each service path")
+    parser.add_argument("--service-only", action="store_true", help="leave out the primitives (torch)")
+    add_out_argument(parser, "inprocess")
+    args = parser.parse_args()
+    found = service_paths(args.repeats)  # first: its memory figures must not include the primitives' arrays
+    if not args.service_only:
+        found |= primitives()
+    write_result(out_path(args.out, "inprocess"), "inprocess",
+                 {k: metric(v, "MB" if k.endswith("_mb") else "ms") for k, v in found.items()})
+
+
 if __name__ == "__main__":
-    service_paths()  # first: its memory figures must not include the primitives' arrays
-    primitives()
+    main()

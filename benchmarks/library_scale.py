@@ -2,7 +2,7 @@
 node's start, and voice switches to random voices (first touches included), in one run.
 
     python benchmarks/library_scale.py [--voices 10000] [--switches 2000] [--kill-after 20]
-                                       [--out benchmarks/results/cpu/library_scale.json]
+                                       [--out benchmarks/results/<machine>/library_scale.json]
 
 The first precompute is killed after --kill-after seconds; the second resumes it, and its throughput
 is the figure (the voices it computes over its time).
@@ -31,9 +31,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import soundfile
-
-sys.path.insert(0, str(Path(__file__).parent))
-from timing import ROOT, metric, write_result  # noqa: E402  (benchmarks/ is not a package)
+from lib.timing import add_out_argument, metric, out_path, write_result
 
 TOOL = Path(sys.executable).parent / "reference-mel"
 
@@ -118,7 +116,7 @@ def main(argv=None) -> int:
     parser.add_argument("--voices", type=int, default=10_000)
     parser.add_argument("--switches", type=int, default=2000)
     parser.add_argument("--kill-after", type=float, default=20.0, help="seconds before the first precompute is killed")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/cpu/library_scale.json")
+    add_out_argument(parser, "library_scale")
     args = parser.parse_args(argv)
     folder = Path(tempfile.mkdtemp(prefix="library-scale-"))
     try:
@@ -142,7 +140,7 @@ def main(argv=None) -> int:
         print(f"node start (config, warm-up, first switch): {node['start_s']:.2f} s; {args.switches} switches to "
               f"random voices of {args.voices}: p50 {node['switch_p50_ms']:.2f} ms, p99 {node['switch_p99_ms']:.2f} "
               f"ms, sources {node['sources']}; RSS {node['rss_mb']:.0f} MB")
-        write_result(args.out, "library_scale", {
+        write_result(out_path(args.out, "library_scale"), "library_scale", {
             "precompute_voices_per_s": metric(full / seconds, "voices/s", "higher"),
             "precompute_peak_rss_mb": metric(peak, "MB"),
             "node_start_s": metric(node["start_s"], "s"),

@@ -1,6 +1,6 @@
 """What cpu_memory's allocator settings change on the CPU: a node's mix of clip lengths, with and without.
 
-    python benchmarks/memory_reuse.py [--rounds 4] [--clips 300] [--json FILE]
+    python benchmarks/memory_reuse.py [--rounds 4] [--clips 300] [--out FILE]
 
 Each round runs two fresh processes, one per setting, in alternating order (the settings are per process
 and cannot be undone). Each warms up as the node does (spectrogram.warm_up of v2, v3 and v4), then computes
@@ -17,10 +17,8 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from timing import ROOT, environment  # noqa: E402  (benchmarks/ is not a package)
+from lib.timing import ROOT, add_out_argument, environment, metric, out_path, write_result
 
 PRESETS = ("v2", "v3", "v4")
 SETTINGS = ("mlx-cache", "reuse")  # MLX's own 32 MB CPU buffer cache; cpu_memory.keep_freed_memory
@@ -60,7 +58,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--clips", type=int, default=300)
-    parser.add_argument("--json", help="write the rows here")
+    add_out_argument(parser, "memory_reuse")
     parser.add_argument("--child", choices=SETTINGS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -85,8 +83,12 @@ def main(argv=None) -> int:
         print(f"{setting:10s} ms per second of audio: {per_preset}  total {row['total_s']:.2f} s  "
               f"peak RSS {row['peak_rss_mb']:.0f} MB", flush=True)
     print(f"reuse / mlx-cache, total: {rows[1]['total_s'] / rows[0]['total_s']:.2f}")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"environment": env, "rows": rows}, indent=1))
+    metrics = {"reuse_over_mlx_cache_total": metric(rows[1]["total_s"] / rows[0]["total_s"], "x")}
+    for row in rows:
+        name = row["setting"].replace("-", "_")
+        metrics |= {f"{name}_total_s": metric(row["total_s"], "s"), f"{name}_peak_rss_mb": metric(row["peak_rss_mb"], "MB")}
+        metrics |= {f"{name}_{p}_ms_per_audio_s": metric(row["ms_per_audio_s"][p], "ms/s") for p in PRESETS}
+    write_result(out_path(args.out, "memory_reuse"), "memory_reuse", metrics, rows=rows)
     return 0
 
 

@@ -1,11 +1,11 @@
 """What an answer's metadata costs in dora, on the sending and on the receiving side.
 
-    python benchmarks/metadata_cost.py [--messages 200]         (dora 1.1: .venv)
-    .venv-dora04/bin/python benchmarks/metadata_cost.py         (dora 0.4.1)
+    python benchmarks/metadata_cost.py [--messages 200] [--out FILE]   (dora 1.1: .venv)
+    .venv-dora04/bin/python benchmarks/metadata_cost.py                (dora 0.4.1: metadata_cost-dora04.json)
 
 A sender sends a 10 s v2 spectrogram's bytes (1.4 MB) to a receiver, one message at a time, with
 three metadata variants, in a new random order each round: only a request_id (what
-benchmarks/passthrough.py sends), the node's real answer to a `voice` event without its `codes`, and
+benchmarks/nodes/passthrough.py sends), the node's real answer to a `voice` event without its `codes`, and
 that whole answer (16 keys with the voice's 500 semantic codes as a list of int). The sender times
 its `send_output`; the receiver stamps CLOCK_MONOTONIC when dora hands it the event (one clock for
 both processes) and acknowledges with a small message, so the delivery (sender's send done ->
@@ -23,9 +23,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import two_nodes  # this folder is on sys.path when a script in it runs
+from lib import two_nodes
+from lib.timing import ROOT, add_out_argument, dora_line_name, metric, out_path, write_result
 
-ROOT = Path(__file__).resolve().parent.parent
+VARIANT_KEYS = {"request_id only": "request_id_only", "node's answer without codes": "answer_without_codes",
+                "node's answer": "answer"}
 
 
 def now_ns() -> int:
@@ -74,8 +76,9 @@ def receiver() -> None:
 def main() -> None:
     if two_nodes.play_role({"sender": sender, "receiver": receiver}):
         return
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=200)
+    add_out_argument(parser, "metadata_cost[-dora04]")
     args = parser.parse_args()
     import dora
     from bench import voice_answer_metadata
@@ -89,9 +92,14 @@ def main() -> None:
     print(f"dora-rs {getattr(dora, '__version__', '?')}; 1.4 MB per message, {args.messages} of each variant, "
           f"interleaved; the node's answer has {len(metadata)} keys, {len(metadata['codes'])} codes")
     print(f"  {'metadata':30s} {'send p50':>10s} {'delivery p50':>14s}")
+    metrics = {}
     for name, values in times.items():
         send, delivery = (statistics.median(values[key]) for key in ("send_ms", "delivery_ms"))
         print(f"  {name:30s} {send:8.3f} ms {delivery:11.3f} ms")
+        metrics |= {f"{VARIANT_KEYS[name]}_send_ms": metric(send, "ms"),
+                    f"{VARIANT_KEYS[name]}_delivery_ms": metric(delivery, "ms")}
+    name = dora_line_name("metadata_cost")
+    write_result(out_path(args.out, name), name, metrics, messages=args.messages)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,15 @@
 """The benchmark suite: the in-process figures of BENCHMARKS.md in one run, one JSON result, and the
 comparison of a run with the committed baseline of its machine kind.
 
-    python benchmarks/suite.py run [--out benchmarks/results/cpu/suite.json] [--repeats N]
-    python benchmarks/suite.py compare RESULT.json [--baseline benchmarks/baseline/cpu.json] [--tolerance 1.5]
+    python benchmarks/suite.py run [--out benchmarks/results/<machine>/suite.json] [--repeats N]
+    python benchmarks/suite.py compare RESULT.json [--baseline benchmarks/baseline/<machine>.json] [--tolerance 1.5]
 
 `run` measures, on the default MLX device: the service's paths (cache hit, precomputed hit, `voice` hit,
 computed) on 10 s at 48 kHz, each preset's compute on 3 and 10 s, and three ratios against a peer timed
 in the same run (SHA-256 over xxh3, the strided resampler over the compiled one, and torch's recipe over
 ours when torch is installed): on a shared, noisy machine a ratio moves far less than a time.
-`compare` prints each metric against the baseline and exits 1 when one is worse by more than the
+`compare` prints each metric against the baseline (by default the one of the run's machine kind: cpu.json,
+or h200.json for a run on a GPU) and exits 1 when one is worse by more than the
 tolerance (a factor: 1.5 means half again slower, or a third less throughput). The dataflow benchmarks
 (`bench.py node`, `first_message.py`, `metadata_cost.py`) and the GPU ones stay separate: they need both
 dora lines or the device machine.
@@ -21,10 +22,9 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from timing import ROOT, median_ms, metric, write_result  # noqa: E402  (benchmarks/ is not a package)
+from lib.timing import ROOT, add_out_argument, median_ms, metric, out_path, write_result
 
-BASELINE = ROOT / "benchmarks" / "baseline" / "cpu.json"
+BASELINES = ROOT / "benchmarks" / "baseline"
 
 
 def compute_metrics(repeats: int) -> dict:
@@ -41,7 +41,7 @@ def compute_metrics(repeats: int) -> dict:
                 median_ms(lambda clip=clip, preset=preset: reference_mel(clip, rate, preset=preset), repeats), "ms")
     try:
         import torch
-        import torch_recipe
+        from lib import torch_recipe
     except ImportError:  # the peer is optional: the bench extra installs it
         return metrics
     clip = samples[: 10 * rate]
@@ -114,21 +114,27 @@ def compare(result_path: Path, baseline_path: Path, tolerance: float) -> int:
     return 1 if worse else 0
 
 
+def default_baseline(result_path: Path) -> Path:
+    """The committed baseline of the machine kind the run was measured on."""
+    on_gpu = json.loads(Path(result_path).read_text())["machine"]["gpu"]
+    return BASELINES / ("h200.json" if on_gpu else "cpu.json")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="measure and write one JSON result")
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/cpu/suite.json")
+    add_out_argument(p, "suite")
     p.add_argument("--repeats", type=int, default=20)
     p = sub.add_parser("compare", help="a result against the baseline")
     p.add_argument("result", type=Path)
-    p.add_argument("--baseline", type=Path, default=BASELINE)
+    p.add_argument("--baseline", type=Path, help="default: baseline/h200.json for a run on a GPU, else cpu.json")
     p.add_argument("--tolerance", type=float, default=1.5)
     args = parser.parse_args(argv)
     if args.command == "run":
-        run(args.out, args.repeats)
+        run(out_path(args.out, "suite"), args.repeats)
         return 0
-    return compare(args.result, args.baseline, args.tolerance)
+    return compare(args.result, args.baseline or default_baseline(args.result), args.tolerance)
 
 
 if __name__ == "__main__":

@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from lib.timing import ROOT, add_out_argument, dora_line_name, metric, out_path, write_result
+
 from helpers import DORA_LINES, cluster  # noqa: E402  (the tests' loopback cluster: one way to start it)
-from timing import ROOT, metric, write_result  # noqa: E402
 
 REQUESTER = """
 import json, os, sys, time
@@ -69,7 +69,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--requests", type=int, default=100)
-    parser.add_argument("--out", type=Path)
+    add_out_argument(parser, "two_daemons[-dora04]")
     args = parser.parse_args(argv)
     import dora
 
@@ -90,9 +90,10 @@ def main(argv=None) -> int:
     print(f"dora {dora.__version__ if hasattr(dora, '__version__') else line}: `voice` hit, 1.34 MB mel, round trip: "
           f"across two daemons {across:.2f} ms, on one daemon {same:.2f} ms (+{across - same:.2f} ms); per round "
           f"across {[round(m, 2) for m in medians['b']]}, one {[round(m, 2) for m in medians['a']]}")
-    out = args.out or ROOT / f"benchmarks/results/cpu/two_daemons{'' if line == '1.1' else '-dora04'}.json"
-    write_result(out, "two_daemons", {"across_daemons_ms": metric(across, "ms"), "one_daemon_ms": metric(same, "ms"),
-                                      "across_over_one": metric(across / same, "x")},
+    name = dora_line_name("two_daemons")
+    write_result(out_path(args.out, name), name,
+                 {"across_daemons_ms": metric(across, "ms"), "one_daemon_ms": metric(same, "ms"),
+                  "across_over_one": metric(across / same, "x")},
                  rounds=args.rounds, requests=args.requests, per_round_ms=medians)
     return 0
 

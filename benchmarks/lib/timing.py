@@ -3,7 +3,8 @@
 `median_ms` times a callable; MLX is lazy, so an MLX array it returns is evaluated inside the timing
 (nothing is computed, or timed, before `mx.eval`). `write_result` writes a run as JSON: which benchmark,
 the machine, the versions, the commit, the date, and each metric with its unit and which way is better,
-the format `benchmarks/suite.py compare` reads.
+the format `benchmarks/suite.py compare` reads. Every entry point writes one such file, by default
+`benchmarks/results/<machine>/<name>.json` (`add_out_argument`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import subprocess
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _evaluated(out):
@@ -82,6 +83,35 @@ def environment() -> dict:
 def metric(value: float, unit: str, better: str = "lower") -> dict:
     """One measured number: `better` says which way is an improvement ("lower" or "higher")."""
     return {"value": float(value), "unit": unit, "better": better}
+
+
+def machine_kind() -> str:
+    """The results folder of this machine: `h200` where MLX has a GPU, `cpu` otherwise; BENCH_MACHINE
+    names another."""
+    if os.environ.get("BENCH_MACHINE"):
+        return os.environ["BENCH_MACHINE"]
+    try:
+        import mlx.core as mx
+    except ImportError:
+        return "cpu"
+    return "h200" if mx.is_available(mx.gpu) else "cpu"
+
+
+def add_out_argument(parser, name: str) -> None:
+    """`--out`, the result file, by default benchmarks/results/<machine>/<name>.json."""
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"the JSON result (default: benchmarks/results/<machine>/{name}.json)")
+
+
+def out_path(out: Path | None, name: str) -> Path:
+    return out or ROOT / "benchmarks" / "results" / machine_kind() / f"{name}.json"
+
+
+def dora_line_name(name: str) -> str:
+    """`name`, or `name-dora04` under dora 0.4: the results of both dora lines sit side by side."""
+    import dora
+
+    return name + ("-dora04" if getattr(dora, "__version__", "1").startswith("0.") else "")
 
 
 def write_result(path, benchmark: str, metrics: dict[str, dict], **extra) -> dict:

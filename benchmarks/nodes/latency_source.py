@@ -22,7 +22,7 @@ def answer_bytes(metadata: dict) -> int:
 
 
 def now_ns() -> int:
-    return time.clock_gettime_ns(time.CLOCK_MONOTONIC)  # the clock benchmarks/hop_timer.py stamps with
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC)  # the clock benchmarks/nodes/hop_timer.py stamps with
 
 
 def main():

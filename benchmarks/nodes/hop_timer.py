@@ -2,7 +2,7 @@
 when an input event is handed over (the end of `next`) and around each `send_output`.
 
     HOP_NODE=mel          the reference-mel node (dora_reference_mel.node.main.main)
-    HOP_NODE=passthrough  benchmarks/passthrough.py
+    HOP_NODE=passthrough  benchmarks/nodes/passthrough.py
 
 The real Node does all the work; this only reads CLOCK_MONOTONIC (one clock for every process on the
 machine, so the source's and this node's times compare) and, at the end, writes
