@@ -361,6 +361,7 @@ def hop_rows(folder: Path) -> list[dict]:
 
 IDENTITY = ("part", "preset", "seconds", "source", "node")  # the fields that say what a row measured
 UNITS = {"_ms": ("ms", "lower"), "_per_s": ("clips/s", "higher"), "_mb": ("MB", "lower"), "ratio": ("x", "lower")}
+SETTINGS = ("settle_ms", "payload_in_mb", "payload_out_mb")  # what a row was run with, not what it measured
 
 
 def slug(value) -> str:
@@ -375,7 +376,7 @@ def metrics_of_rows(rows: list[dict]) -> dict:
         name = "_".join(slug(f"{row[k]}s" if k == "seconds" else row[k]) for k in IDENTITY if k in row)
         for key, value in row.items():
             unit = next((u for end, u in UNITS.items() if key.endswith(end)), None)
-            if unit and isinstance(value, (int, float)):
+            if unit and key not in SETTINGS and isinstance(value, (int, float)):
                 metrics[f"{name}_{slug(key)}"] = metric(value, *unit)
     return metrics
 

@@ -96,7 +96,8 @@ def compare(result_path: Path, baseline_path: Path, tolerance: float) -> int:
     run_metrics = json.loads(Path(result_path).read_text())["metrics"]
     baseline = json.loads(Path(baseline_path).read_text())
     worse = []
-    print(f"baseline: commit {baseline['commit']}, {baseline['date']}, {baseline['machine']['cpu']}")
+    machine = ", ".join(filter(None, (baseline["machine"]["cpu"], baseline["machine"]["gpu"])))
+    print(f"baseline {Path(baseline_path).name}: commit {baseline['commit']}, {baseline['date']}, {machine}")
     print(f"{'metric':40s} {'baseline':>10s} {'run':>10s} {'factor':>7s}")
     for name, base in baseline["metrics"].items():
         if name not in run_metrics:
