@@ -29,8 +29,7 @@ def main() -> None:
     torch_spec = torch.from_numpy(spec).cuda() + 1
     resident_small = mx.array(small)
     mx.eval(resident_small + 1)
-    # a fresh result on the GPU each time, as a graph's output is
-    rows = {
+    rows = {  # `device_spec + 0`: a fresh result on the GPU each time, as a graph's output is
         "mlx_in_ms": ("MLX   host->device 1.9 MB", lambda: mx.eval(mx.array(clip) * 1)),
         "mlx_in_dma_ms": ("MLX   host->device 1.9 MB, DMA copy",
                           lambda: mx.eval(cuda_kernels.copy_to_device(clip) * 1)),
