@@ -33,11 +33,11 @@ N = 150  # the short run's events; the long run has 4N
 VOICE_SECONDS = 1.2
 SEED = 28
 CROPS = 12  # distinct clips cut from the demo voices: every run computes each, then serves it from memory
-# A leak of 0.1 MB per event would add 60 MB over the long run's 600 extra events; allocator noise between
-# two runs of the same process is a few MB.
+# A leak of 0.1 MB per event would add 45 MB over the long run's 450 more events; the two runs' peaks differ
+# by 15 to 22 MB in three runs here (allocator noise, the cache filling to 15 entries).
 FLAT_MB = 40
 # docs/delivery.md: the cache bound plus about 250 MB of process, and the working memory of the reference
-# computed: 296 MB in all with a 10 s 48 kHz stereo file (an empty cache), the largest clip this soak sends.
+# computed: 296 MB in all with a 10 s 48 kHz stereo file (an empty cache), longer than any clip this soak sends.
 NODE_BOUND_MB = 256 + 296
 STALE = "upstream-reference"  # a reference_request_id a text arrives with: never forwarded as received
 VOICES = ["aria", "basil", "Cleo Stereo", "legacy"]  # good switches, by key, display name and a file-only voice
