@@ -24,7 +24,7 @@ from test_store_hostile import snapshot
 
 from dora_reference_mel.config import Config
 from dora_reference_mel.contract import REFERENCE_KEY, decode_mel_event
-from dora_reference_mel.service import ReferenceMelService
+from dora_reference_mel.node.service import ReferenceMelService
 from helpers import BIN, ROOT, copy_library, node_run_env
 
 N = 150  # the short run's events; the long run has 4N
