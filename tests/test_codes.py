@@ -137,3 +137,77 @@ def test_codes_report_counts_seconds_at_25_codes_a_second(store, library):
     """GPT-SoVITS's semantic codes: HuBERT's 50 Hz features halved by the quantizer's stride, 25 a second."""
     (library["codes_dir"] / "quarter_codes.bin").write_bytes(np.zeros(250, dtype="<i4").tobytes())
     assert store.codes_report(store.voice("quarter")) == ("ok", "250 codes (10.00 s)")
+
+
+# -- codes computed on MLX (store/kinds.py CodesKind), served by the node and the tool -------------------------
+
+@pytest.fixture(scope="module")
+def weights(upstream, tmp_path_factory):
+    """(the torch recipe, hubert.safetensors, sovits.safetensors): seeded random weights written as the MLX line
+    writes them, of a small model of chinese-hubert-base's architecture with its 12 heads (what the node assumes)."""
+    from oracle_codes import UpstreamCodes, small_config
+
+    reference = UpstreamCodes(small_config(attention_heads=12), upstream)
+    return (reference, *reference.save(tmp_path_factory.mktemp("weights")))
+
+
+def _with_weights(library, weights, hubert=None) -> dict:
+    return {**library["env"], "HUBERT_WEIGHTS": str(hubert or weights[1]), "SOVITS_WEIGHTS": str(weights[2])}
+
+
+def _service(env):
+    from dora_reference_mel.config import Config
+    from dora_reference_mel.node.service import ReferenceMelService
+
+    return ReferenceMelService(Config.from_env(env))
+
+
+def _switch(service, line: str) -> dict:
+    """The metadata of the one mel a voice switch answers."""
+    import pyarrow as pa
+
+    mels = [out for out in service.handle("text", pa.array([line]), {}) if out.output_id == "mel"]
+    assert len(mels) == 1
+    return mels[0].metadata
+
+
+def _upstream_codes(reference, samples, rate) -> np.ndarray:
+    from dora_reference_mel.models import to_16k_mono
+
+    return reference.hidden_and_codes(to_16k_mono(samples, rate))[1]
+
+
+def test_the_node_computes_the_codes_of_upstreams_recipe(library, weights):
+    """reference_audio at several rates and a library voice without codes file: the mel carries the codes
+    GPT-SoVITS computes from the clip (>= 99 % equal), and the voice's are written with a sidecar naming the
+    audio's and the weights' digests."""
+    import json
+
+    import pyarrow as pa
+    import soundfile as sf
+
+    from dora_reference_mel.models import weights_digest
+    from helpers import SPEECH, VOICES
+
+    reference, hubert, sovits = weights
+    service = _service(_with_weights(library, weights))
+    cleo = _switch(service, "VOICE:cleo|Hi.")
+    assert cleo["codes_status"] == "computed"
+    written = library["codes_dir"] / "cleo_codes.bin"
+    np.testing.assert_array_equal(read_codes(written), cleo["codes"])
+    sidecar = json.loads(written.with_suffix(".json").read_text())
+    assert weights_digest(hubert, sovits) in sidecar["fingerprint"] and sidecar["source_digest"]
+
+    clips = {"cleo 44.1 kHz stereo": VOICES / "cleo.wav", "basil 16 kHz": VOICES / "basil.wav",
+             "22.05 kHz, twice": SPEECH / "mono_22050.wav"}
+    for name, path in clips.items():
+        samples, rate = sf.read(path, dtype="float32")
+        samples = np.concatenate([samples] * 2) if "twice" in name else samples
+        channels = 1 if samples.ndim == 1 else samples.shape[1]
+        mel = service.handle("reference_audio", pa.array(samples.reshape(-1)), {"sample_rate": rate,
+                                                                                "channels": channels})[0]
+        status = "cache" if name.startswith("cleo") else "computed"  # cleo's samples: the switch's
+        assert mel.output_id == "mel" and mel.metadata["codes_status"] == status, name
+        expected, got = _upstream_codes(reference, samples, rate), np.array(mel.metadata["codes"])
+        assert got.shape == expected.shape and np.mean(got == expected) >= 0.99, name
+        assert len(np.unique(expected)) >= 20, f"{name}: the random weights give degenerate codes"
