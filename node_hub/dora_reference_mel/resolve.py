@@ -146,7 +146,8 @@ class Resolver:
         if cached is not None:
             return Resolved(cached, "cache", request.told(cached))
         if request.voice is not None:
-            found = found.against(request.digest) if found else self._lookup(request.voice, kind, digest=request.digest)
+            found = (found.against(request.digest, kind.fingerprint) if found
+                     else self._lookup(request.voice, kind, digest=request.digest))
             if found.fresh:
                 served = self._remember(found.data, request.digest, kind, request.audio_warnings)
                 return Resolved(served, "precomputed", request, stored=found, path=found.path)

@@ -295,7 +295,7 @@ class ReferenceMelService:
             elapsed_ms=(time.perf_counter() - start) * 1e3)
         note = (f"mel voice={metadata.get('voice')} preset={preset.name} source={resolved.source} "
                 f"shape={metadata['shape']} request_id={metadata['request_id']} reference_id={reference_id} "
-                f"elapsed_ms={metadata['elapsed_ms']:.2f}")
+                f"elapsed_ms={metadata['elapsed_ms']:.2f} codes={codes.status}")
         return Output(MEL_OUTPUT, pa.array(resolved.served.data), metadata, note)  # no copy: the cached array
 
     def _error(self, err: ReferenceMelError, passthrough: dict, voice, preset: Preset | None = None) -> list[Output]:

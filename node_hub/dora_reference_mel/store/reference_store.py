@@ -270,7 +270,7 @@ class ReferenceStore:
             return dataclasses.replace(whole, state=STALE, reason=f"made by another recipe (fingerprint "
                                        f"{sidecar.fingerprint}, want {kind.fingerprint})")
         if digest is not None:
-            return whole.against(digest)
+            return whole.against(digest, kind.fingerprint)
         if audio is not None and sidecar.source_audio != audio:
             return dataclasses.replace(whole, state=STALE, reason="the audio file changed since (stat stamp differs)")
         return whole
