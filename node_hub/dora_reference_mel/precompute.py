@@ -147,9 +147,9 @@ def precompute(args, config: Config) -> int:
 
 def codes_kind(config: Config) -> tuple[ArtifactKind | None, bool]:
     """(the codes kind, None when codes are off or the weights are not here; False when the weights files are
-    there but unusable, said on stderr)."""
+    there but unusable, said on stderr). The tool computes codes where the weights are, and says nothing else."""
     try:
-        return load_codes_kind(config.hubert_weights, config.sovits_weights), True
+        return load_codes_kind(config.hubert_weights, config.sovits_weights, say_why_not=False), True
     except ReferenceMelError as err:
         print(f"error: semantic codes are not computed: [{err.code}] {err.message}", file=sys.stderr)
         return None, False

@@ -238,24 +238,25 @@ def _model_call(call, *args):
         raise ReferenceMelError(err.code, str(err)) from None
 
 
-def load_codes_kind(hubert: Path | None, sovits: Path | None) -> CodesKind | None:
+def load_codes_kind(hubert: Path | None, sovits: Path | None, *, say_why_not: bool = True) -> CodesKind | None:
     """The codes kind with its model loaded from the two weights files; None when codes are off (both None) or
-    cannot be computed here (a file missing, soxr not installed: said once, with how to get it). `bad_weights`
-    when a file is there but is not usable weights."""
+    cannot be computed here (a file missing, soxr not installed: said, with how to get it, unless not
+    say_why_not). `bad_weights` when a file is there but is not usable weights."""
     if hubert is None or sovits is None:
         return None
+    level = logging.WARNING if say_why_not else logging.DEBUG
     missing = [str(path) for path in (hubert, sovits) if not path.is_file()]
     if missing:
-        log.warning("semantic codes are only read from codes files, not computed: %s not found; %s writes "
-                    "hubert.safetensors and doubao_mixed_sovits_new.safetensors into "
-                    "~/.dora/models/primespeech/gpt-sovits-mlx/ (or set HUBERT_WEIGHTS and SOVITS_WEIGHTS; "
-                    "MEL_CODES=off says nothing)", " and ".join(missing), SETUP_SCRIPT)
+        log.log(level, "semantic codes are only read from codes files, not computed: %s not found; %s writes "
+                "hubert.safetensors and doubao_mixed_sovits_new.safetensors into ~/.dora/models/primespeech/gpt-sovits-mlx/ "
+                "(or set HUBERT_WEIGHTS and SOVITS_WEIGHTS; MEL_CODES=off says nothing)", " and ".join(missing),
+                SETUP_SCRIPT)
         return None
     try:
         import soxr  # noqa: F401  # the resampler of the codes' 16 kHz audio
     except ImportError:
-        log.warning("semantic codes are only read from codes files, not computed: the soxr package is not "
-                    "installed; pip install soxr (or the `soxr` extra)")
+        log.log(level, "semantic codes are only read from codes files, not computed: the soxr package is not installed; "
+                "pip install soxr (or the `soxr` extra)")
         return None
     from ..models import load_codes_model
 
