@@ -116,7 +116,7 @@ class Codes(NamedTuple):
     data: np.ndarray | None  # int codes [N], or None
     status: str  # stored | computed | cache | missing
     request: Request  # with the samples, once they had to be read
-    warning: str | None = None  # why they could not be computed
+    warnings: tuple[str, ...] = ()  # why they could not be computed
 
 
 class Resolver:
@@ -166,8 +166,8 @@ class Resolver:
         try:
             resolved = self.resolve(request, kind)
         except ReferenceMelError as err:
-            warning = None if err.code == "no_ref_audio" else f"no semantic codes: [{err.code}] {err.message}"
-            return Codes(None, "missing", request, warning)
+            said = () if err.code == "no_ref_audio" else (f"no semantic codes: [{err.code}] {err.message}",)
+            return Codes(None, "missing", request, said)
         return Codes(resolved.served.data, CODES_STATUS[resolved.source], resolved.request)
 
     def resolve_batch(self, requests: Sequence[Request], kind: ArtifactKind, *,

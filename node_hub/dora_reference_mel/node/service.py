@@ -177,8 +177,7 @@ class ReferenceMelService:
                 outputs += self._error(answer, passthrough, dict(request.about).get("voice"), preset)
             else:
                 outputs.append(self._mel_output(answer, preset, passthrough, reference_id, start, codes))
-        warnings = codes.request.warnings + ((codes.warning,) if codes.warning else ())
-        outputs += [self._log("WARNING", warning) for warning in warnings]
+        outputs += [self._log("WARNING", warning) for warning in codes.request.warnings + codes.warnings]
         return outputs
 
     def _text(self, value, metadata: dict) -> list[Output]:
@@ -291,7 +290,7 @@ class ReferenceMelService:
             passthrough, preset.metadata(), reference_id=reference_id, shape=resolved.served.shape,
             dtype=self.config.mel_dtype, source=resolved.source, about=request.about, codes=codes.data,
             codes_status=codes.status if named or codes.data is not None else None, write_back=resolved.write_back,
-            warnings=request.warnings + ((codes.warning,) if codes.warning else ()),
+            warnings=request.warnings + codes.warnings,
             elapsed_ms=(time.perf_counter() - start) * 1e3)
         note = (f"mel voice={metadata.get('voice')} preset={preset.name} source={resolved.source} "
                 f"shape={metadata['shape']} request_id={metadata['request_id']} reference_id={reference_id} "
