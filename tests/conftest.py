@@ -18,6 +18,17 @@ def library(tmp_path) -> dict:
     return copy_library(tmp_path)
 
 
+@pytest.fixture(scope="session")
+def upstream(tmp_path_factory):
+    """GPT-SoVITS's quantizer modules (oracle_codes.unpack_upstream), for the torch recipe of the codes."""
+    from oracle_codes import unpack_upstream
+
+    folder = unpack_upstream(tmp_path_factory.mktemp("upstream"))
+    if folder is None:
+        pytest.skip("the package index is out of reach: cannot download gpt-sovits-cpufast for its quantizer")
+    return folder
+
+
 @pytest.fixture
 def store(library):
     """The store over that copy."""

@@ -38,11 +38,13 @@ def unpack_upstream(folder: Path) -> Path | None:
     return folder / "GPT_SoVITS"
 
 
-def small_config():
-    """HubertConfig of the same architecture, narrower and shallower: for fast tests."""
+def small_config(attention_heads: int = 4):
+    """HubertConfig of the same architecture, narrower and shallower: for fast tests. With 12 heads (the
+    full model's, which the node assumes), 16 channels a head as with 4."""
     from transformers import HubertConfig
 
-    return HubertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+    return HubertConfig(hidden_size=16 * attention_heads, num_hidden_layers=2, num_attention_heads=attention_heads,
+                        intermediate_size=128,
                         conv_dim=(32,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)
 
 

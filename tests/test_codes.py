@@ -121,7 +121,7 @@ def test_a_relative_models_base_path_is_the_same_folder_for_node_and_tool(librar
         return done.stdout.strip(), done.stderr
 
     statuses, log = node(library["models"])
-    assert statuses == "[None, None]" and "models_base_path '.' is relative" in log
+    assert statuses == "['stored', 'stored']" and "models_base_path '.' is relative" in log
     assert _reference_mel("verify", env=library["env"], cwd=library["models"]).returncode == 0
 
     statuses, log = node(flow)
@@ -137,3 +137,199 @@ def test_codes_report_counts_seconds_at_25_codes_a_second(store, library):
     """GPT-SoVITS's semantic codes: HuBERT's 50 Hz features halved by the quantizer's stride, 25 a second."""
     (library["codes_dir"] / "quarter_codes.bin").write_bytes(np.zeros(250, dtype="<i4").tobytes())
     assert store.codes_report(store.voice("quarter")) == ("ok", "250 codes (10.00 s)")
+
+
+# -- codes computed on MLX (store/kinds.py CodesKind), served by the node and the tool -------------------------
+
+@pytest.fixture(scope="module")
+def weights(upstream, tmp_path_factory):
+    """(the torch recipe, hubert.safetensors, sovits.safetensors): seeded random weights written as the MLX line
+    writes them, of a small model of chinese-hubert-base's architecture with its 12 heads (what the node assumes)."""
+    from oracle_codes import UpstreamCodes, small_config
+
+    reference = UpstreamCodes(small_config(attention_heads=12), upstream)
+    return (reference, *reference.save(tmp_path_factory.mktemp("weights")))
+
+
+def _with_weights(library, weights, hubert=None) -> dict:
+    return {**library["env"], "HUBERT_WEIGHTS": str(hubert or weights[1]), "SOVITS_WEIGHTS": str(weights[2])}
+
+
+def _service(env):
+    from dora_reference_mel.config import Config
+    from dora_reference_mel.node.service import ReferenceMelService
+
+    return ReferenceMelService(Config.from_env(env))
+
+
+def _switch(service, line: str) -> dict:
+    """The metadata of the one mel a voice switch answers."""
+    import pyarrow as pa
+
+    mels = [out for out in service.handle("text", pa.array([line]), {}) if out.output_id == "mel"]
+    assert len(mels) == 1
+    return mels[0].metadata
+
+
+def _upstream_codes(reference, samples, rate) -> np.ndarray:
+    from dora_reference_mel.models import to_16k_mono
+
+    return reference.hidden_and_codes(to_16k_mono(samples, rate))[1]
+
+
+def test_the_node_computes_the_codes_of_upstreams_recipe(library, weights):
+    """reference_audio at several rates and a library voice without codes file: the mel carries the codes
+    GPT-SoVITS computes from the clip (>= 99 % equal), and the voice's are written with a sidecar naming the
+    audio's and the weights' digests."""
+    import json
+
+    import pyarrow as pa
+    import soundfile as sf
+
+    from dora_reference_mel.models import weights_digest
+    from helpers import SPEECH, VOICES
+
+    reference, hubert, sovits = weights
+    service = _service(_with_weights(library, weights))
+    cleo = _switch(service, "VOICE:cleo|Hi.")
+    assert cleo["codes_status"] == "computed"
+    written = library["codes_dir"] / "cleo_codes.bin"
+    np.testing.assert_array_equal(read_codes(written), cleo["codes"])
+    sidecar = json.loads(written.with_suffix(".json").read_text())
+    assert weights_digest(hubert, sovits) in sidecar["fingerprint"] and sidecar["source_digest"]
+
+    clips = {"cleo 44.1 kHz stereo": VOICES / "cleo.wav", "basil 16 kHz": VOICES / "basil.wav",
+             "22.05 kHz, twice": SPEECH / "mono_22050.wav"}
+    for name, path in clips.items():
+        samples, rate = sf.read(path, dtype="float32")
+        samples = np.concatenate([samples] * 2) if "twice" in name else samples
+        channels = 1 if samples.ndim == 1 else samples.shape[1]
+        mel = service.handle("reference_audio", pa.array(samples.reshape(-1)), {"sample_rate": rate,
+                                                                                "channels": channels})[0]
+        status = "cache" if name.startswith("cleo") else "computed"  # cleo's samples: the switch's
+        assert mel.output_id == "mel" and mel.metadata["codes_status"] == status, name
+        expected, got = _upstream_codes(reference, samples, rate), np.array(mel.metadata["codes"])
+        assert got.shape == expected.shape and np.mean(got == expected) >= 0.99, name
+        assert len(np.unique(expected)) >= 20, f"{name}: the random weights give degenerate codes"
+
+
+@pytest.mark.node
+def test_custom_codes_from_memory_and_a_restart_from_disk(library, weights, tmp_path):
+    """The node process (dora's test mode): the model loaded before any event, a CUSTOM clip's codes computed
+    once then served from memory, a library voice's written; restarted, the voice's come from disk."""
+    from helpers import run_node
+
+    env = _with_weights(library, weights)
+    custom = f"VOICE:CUSTOM|{library['models'] / 'voices' / 'basil.wav'}|Hello there.|en|Hi."
+    texts = [custom, custom, "VOICE:cleo|Hi."]
+    events = [{"type": "Input", "id": "text", "data": [t], "data_type": "Utf8", "metadata": {}} for t in texts]
+    outputs, log = run_node(tmp_path, events, env)
+    assert [o["id"] for o in outputs] == ["mel", "text"] * 3
+    statuses = [line.rsplit(" codes=", 1)[1] for line in log.splitlines() if " mel voice=" in line]
+    assert statuses == ["computed", "cache", "computed"], log[-3000:]
+    assert log.count("codes model loaded from") == 1 and log.index("codes model loaded") < log.index(" ready on ")
+    written = library["codes_dir"] / "cleo_codes.bin"
+    codes = read_codes(written)
+
+    again, log = run_node(tmp_path, events[2:], env, name="restart")
+    assert [o["id"] for o in again] == ["mel", "text"]
+    assert [line.rsplit(" codes=", 1)[1] for line in log.splitlines() if " mel voice=" in line] == ["stored"]
+    np.testing.assert_array_equal(read_codes(written), codes)
+
+
+def test_changed_clip_or_weights_make_computed_codes_stale(library, weights, tmp_path):
+    """Codes made from another clip, or by other weights (one bit of the HuBERT file flipped), are computed
+    again and replace the file; the owner's codes file (voices.json's codes_path) is never computed over."""
+    import shutil
+
+    env = _with_weights(library, weights)
+    first = _switch(_service(env), "VOICE:cleo|Hi.")
+    written = library["codes_dir"] / "cleo_codes.bin"
+    assert first["codes_status"] == "computed" and written.exists()
+    assert _switch(_service(env), "VOICE:cleo|Hi.")["codes_status"] == "stored"
+
+    cleo = library["models"] / "voices" / "cleo.wav"
+    cleo.unlink()  # a new recording in its place
+    shutil.copy(library["models"] / "voices" / "basil.wav", cleo)
+    changed = _switch(_service(env), "VOICE:cleo|Hi.")
+    assert changed["codes_status"] == "computed" and changed["codes"] != first["codes"]
+    np.testing.assert_array_equal(read_codes(written), changed["codes"])
+
+    other_hubert = tmp_path / "other" / "hubert.safetensors"
+    shutil.copytree(weights[1].parent, other_hubert.parent)
+    data = bytearray(other_hubert.read_bytes())
+    data[-1] ^= 1  # one bit of the last tensor: other weights
+    other_hubert.write_bytes(bytes(data))
+    recomputed = _switch(_service(_with_weights(library, weights, hubert=other_hubert)), "VOICE:cleo|Hi.")
+    assert recomputed["codes_status"] == "computed"
+    assert _switch(_service(_with_weights(library, weights, hubert=other_hubert)), "VOICE:cleo|Hi.")["codes_status"] \
+        == "stored"
+
+    aria_codes = library["models"] / "codes" / "aria_codes.bin"  # voices.json's codes_path: the owner's
+    before = aria_codes.read_bytes()
+    aria = _switch(_service(env), "VOICE:aria|Hi.")
+    assert aria["codes_status"] == "stored" and aria_codes.read_bytes() == before
+    assert not (library["codes_dir"] / "aria_codes.bin").exists()
+
+
+def test_a_legacy_codes_file_and_a_short_clip(library, weights, caplog):
+    """A `<voice>_codes.bin` without sidecar is the owner's: served as stored, never replaced. A clip outside
+    3 to 10 s keeps its mel, without codes, and the warning names bad_ref_duration."""
+    import pyarrow as pa
+
+    legacy = library["codes_dir"] / "cleo_codes.bin"
+    legacy.write_bytes(np.arange(30, dtype="<i4").tobytes())
+    service = _service(_with_weights(library, weights))
+    cleo = _switch(service, "VOICE:cleo|Hi.")
+    assert cleo["codes_status"] == "stored" and cleo["codes"] == list(range(30))
+    assert legacy.read_bytes() == np.arange(30, dtype="<i4").tobytes()
+    assert not legacy.with_suffix(".json").exists()
+
+    outputs = service.handle("reference_audio", pa.array(np.zeros(32_000, np.float32)), {"sample_rate": 16_000})
+    mel = outputs[0]
+    assert mel.output_id == "mel" and "codes" not in mel.metadata and mel.metadata.get("codes_status") is None
+    assert any("[bad_ref_duration] the reference is 2.00 s" in w for w in mel.metadata["warnings"])
+    assert [o.output_id for o in outputs] == ["mel", "log", "log"]  # the clip's duration warning, and the codes'
+    assert "bad_ref_duration" in outputs[2].value[0].as_py()
+
+
+def test_without_weights_codes_are_read_as_before_and_said_once(library, caplog):
+    """No weights files (the default paths, under the models root): one start message naming the missing
+    file and the setup script; codes files serve as before, other voices' mels say codes_status missing."""
+    import logging
+
+    caplog.set_level(logging.INFO)
+    service = _service(library["env"])
+    messages = [r.getMessage() for r in caplog.records if "not computed" in r.getMessage()]
+    assert len(messages) == 1
+    assert str(library["models"] / "gpt-sovits-mlx" / "hubert.safetensors") in messages[0]
+    assert "scripts/setup_models.py" in messages[0]
+    assert _switch(service, "VOICE:aria|Hi.")["codes_status"] == "stored"
+    for _ in range(2):
+        assert _switch(service, "VOICE:cleo|Hi.")["codes_status"] == "missing"
+    assert len([r for r in caplog.records if "not computed" in r.getMessage()]) == 1  # at start, not per switch
+    assert not list(library["codes_dir"].glob("*_codes.*"))
+    caplog.clear()
+    _service({**library["env"], "MEL_CODES": "off"})
+    assert not [r for r in caplog.records if "not computed" in r.getMessage()]
+
+
+def test_precompute_computes_codes_and_verify_list_judge_them(library, weights):
+    import json
+
+    env = _with_weights(library, weights)
+    first = _reference_mel("precompute", env=env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "computed   cleo codes" in first.stdout and "aria codes" not in first.stdout  # aria's: the owner's
+    assert read_codes(library["codes_dir"] / "cleo_codes.bin").size > 20
+    assert "codes_path" not in json.loads(library["voices"].read_text())["voices"]["cleo"]  # else it would be the owner's
+    again = _reference_mel("precompute", env=env)
+    assert again.returncode == 0 and "nothing to do" in again.stdout, again.stdout
+    assert _reference_mel("verify", env=env).returncode == 0
+    listed = json.loads(_reference_mel("list", "--json", env=env).stdout)["voices"]
+    assert {v["name"]: v["codes"]["state"] for v in listed} == {"aria": "ok", "basil": "ok", "cleo": "ok"}
+
+    (library["models"] / "voices" / "cleo.wav").write_bytes((library["models"] / "voices" / "basil.wav").read_bytes())
+    verify = _reference_mel("verify", env=env)
+    assert verify.returncode == 1 and "stale    cleo codes:" in verify.stdout, verify.stdout
+

@@ -12,7 +12,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 import soundfile as sf
-from oracle_codes import UpstreamCodes, small_config, unpack_upstream
+from oracle_codes import UpstreamCodes, small_config
 from safetensors.numpy import save_file
 from transformers import HubertConfig
 
@@ -32,14 +32,6 @@ CHINESE_HUBERT_BASE = {
     "feat_extract_activation": "gelu", "feat_proj_layer_norm": True, "do_stable_layer_norm": False,
     "num_conv_pos_embeddings": 128, "num_conv_pos_embedding_groups": 16, "num_feat_extract_layers": 7,
 }
-
-
-@pytest.fixture(scope="session")
-def upstream(tmp_path_factory):
-    folder = unpack_upstream(tmp_path_factory.mktemp("upstream"))
-    if folder is None:
-        pytest.skip("the package index is out of reach: cannot download gpt-sovits-cpufast for its quantizer")
-    return folder
 
 
 @pytest.fixture(scope="session")

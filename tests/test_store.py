@@ -212,3 +212,23 @@ def test_a_second_kind_goes_through_the_resolver_and_the_store_unchanged(store, 
     np.testing.assert_array_equal(again.served.data, first.served.data)
     assert resolver.resolve(Request(aria, audio_path=aria.ref_audio), kind).source == "cache"
     assert store.lookup(aria, get_preset("v2")).state == ABSENT  # kinds keep to their own files
+
+
+def test_a_file_of_another_recipe_is_recomputed_once_its_audio_is_read(library):
+    """A v2 file made with MEL_RESAMPLER=torchaudio, from the very audio in hand, does not serve a node set to
+    soxr_hq: matching samples do not make a file of another recipe fresh."""
+    from dora_reference_mel.config import Config
+    from dora_reference_mel.resolve import Request, Resolver
+    from dora_reference_mel.store import ReferenceStore
+    from dora_reference_mel.store.kinds import kind_of
+
+    def resolved(resampler):
+        config = Config.from_env({**library["env"], "MEL_RESAMPLER": resampler})
+        store = ReferenceStore.from_config(config)
+        voice = store.voice("cleo")
+        return Resolver(store).resolve(Request(voice, audio_path=voice.ref_audio), kind_of(config.presets[0]))
+
+    assert resolved("torchaudio").source == "computed"
+    assert resolved("torchaudio").source == "precomputed"
+    assert resolved("soxr_hq").source == "computed"
+    assert resolved("soxr_hq").source == "precomputed"

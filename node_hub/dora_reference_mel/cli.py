@@ -20,7 +20,7 @@ from .errors import ReferenceMelError
 from .features import backend, pcm
 from .features.recipe import PRESET_NAMES, RESAMPLERS
 from .limits import DEVICES
-from .precompute import Job, codes_problem, digest, library_jobs, load, precompute, why
+from .precompute import Job, codes_kind, codes_problem, digest, library_jobs, load, precompute, why
 from .resolve import Request, Resolver, audio_warnings, duration_warning
 from .store import ABSENT, ReferenceStore, Stored
 from .store.files import FileStamp, read_audio
@@ -34,8 +34,9 @@ SIGPIPE_STATUS = 128 + 13  # what a shell reports for a command that a closed pi
 def verify(args, config: Config) -> int:
     resolver = Resolver(ReferenceStore.from_config(config))
     store = resolver.store
+    store.codes_kind, weights_usable = codes_kind(config)  # computed codes are checked against these weights
     voices, failed = library_jobs(store, config.presets[0])
-    bad = len(failed)
+    bad = len(failed) + (not weights_usable)
     for job in failed:
         print(f"corrupt  voices.json entry: {job.reason}")
     for message in _collisions(store):  # switches to these names fail: said here, before a dataflow meets them
@@ -130,6 +131,7 @@ def _padded(text: str, columns: int) -> str:
 def list_voices(args, config: Config) -> int:
     """Every voice of voices.json and every voice with stored files that it does not list."""
     store = ReferenceStore.from_config(config)
+    store.codes_kind = codes_kind(config)[0]
     voices, problems = [], []
     listed = [(entry, True) for entry in store.library.voices()]
     for entry, in_library in listed + [(voice, False) for voice in _unlisted(store)]:
@@ -180,6 +182,7 @@ def _origin(found: Stored) -> str:
 def inspect(args, config: Config) -> int:
     """Resolved as the node resolves it (its store, its lookup), computed when no stored file serves, written nowhere."""
     store = ReferenceStore.from_config(config)
+    store.codes_kind = codes_kind(config)[0]
     resolver = Resolver(store, write_back=False)
     preset = config.presets[0]
     target, voice = Path(args.target), None

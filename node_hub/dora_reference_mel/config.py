@@ -41,6 +41,14 @@ ENV_VARS: dict[str, tuple[str, str, str]] = {
     "MEL_CACHE_MB": ("float", "256", "memory cache bound in MB; 0 turns the cache off"),
     "MEL_WRITE_BACK": ("bool", "true",
                        "true/1: write computed spectrograms of named voices to CODES_DIR; false/0: never write"),
+    "HUBERT_WEIGHTS": ("string", "$PRIMESPEECH_MODEL_DIR/gpt-sovits-mlx/hubert.safetensors",
+                       "chinese-hubert-base in the MLX line's safetensors (OminiX-MLX's scripts/setup_models.py writes "
+                       "it): with SOVITS_WEIGHTS, the node computes semantic codes; empty or blank: the default"),
+    "SOVITS_WEIGHTS": ("string", "$PRIMESPEECH_MODEL_DIR/gpt-sovits-mlx/doubao_mixed_sovits_new.safetensors",
+                       "the SoVITS model whose ssl_proj and codebook give the codes (the file setup_models.py writes); "
+                       "empty or blank: the default"),
+    "MEL_CODES": ("string", "auto", "auto: compute semantic codes when both weights files exist; off: only read codes "
+                  "files"),
     "MAX_REF_SECONDS": ("float", "60", "longest reference accepted, in seconds (upstream wants 3 to 10)"),
     "VOICE_CHARACTER": ("string", "", "a voice (voices.json name) whose mel is sent once at start, before any "
                         "event (the MLX TTS node's variable)"),
@@ -67,6 +75,8 @@ class Config:
     write_back: bool
     max_ref_seconds: float
     log_level: str
+    hubert_weights: Path | None = None  # None: MEL_CODES=off
+    sovits_weights: Path | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
@@ -103,11 +113,18 @@ class Config:
             raise ReferenceMelError("bad_config", f"LOG_LEVEL={get('LOG_LEVEL')!r} must be one of {', '.join(LOG_LEVELS)}")
         roots = [p.strip() for p in env.get("REF_AUDIO_ROOTS", "").split(os.pathsep)]
         ref_audio_roots = tuple(_path(p) for p in roots if p) or (model_dir, *map(_path, MOXIN_VOICE_FOLDERS))
+        codes = get("MEL_CODES").lower()
+        if codes not in ("auto", "off"):
+            raise ReferenceMelError("bad_config", f"MEL_CODES={get('MEL_CODES')!r} must be auto or off")
+        weights = model_dir / "gpt-sovits-mlx"
+        hubert = _path(env.get("HUBERT_WEIGHTS", "").strip() or str(weights / "hubert.safetensors"))
+        sovits = _path(env.get("SOVITS_WEIGHTS", "").strip() or str(weights / "doubao_mixed_sovits_new.safetensors"))
         startup = (env.get("VOICE_CHARACTER") or "").strip() or (env.get("VOICE_NAME") or "").strip() or None
         return cls(codes_dir=codes_dir, voices_config=voices, presets=presets, model_dir=model_dir,
                    ref_audio_roots=ref_audio_roots, startup_voice=startup, device=device, mel_dtype=mel_dtype,
                    cache_mb=cache_mb, write_back=write_back in ("1", "true", "yes"),
-                   max_ref_seconds=max_seconds, log_level=log_level)
+                   max_ref_seconds=max_seconds, log_level=log_level,
+                   hubert_weights=hubert if codes == "auto" else None, sovits_weights=sovits if codes == "auto" else None)
 
 
 def _path(text: str) -> Path:

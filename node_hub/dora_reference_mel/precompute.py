@@ -17,7 +17,7 @@ from .errors import ReferenceMelError
 from .features.recipe import Preset
 from .resolve import Request, Resolved, Resolver, duration_warning
 from .store import ReferenceStore
-from .store.kinds import kind_of
+from .store.kinds import ArtifactKind, kind_of, load_codes_kind
 from .store.library import Voice
 from .store.names import path_problem, printable, shown
 
@@ -29,7 +29,7 @@ class Job:
     """One (voice, preset) of the library and what precompute found for it."""
 
     voice: Voice
-    preset: Preset
+    preset: Preset | ArtifactKind  # a preset's spectrogram, or the codes (kinds.CodesKind)
     request: Request | None = None  # with the voice's samples, once read
     state: str = "pending"  # pending | up to date | computed | failed
     reason: str = ""
@@ -104,7 +104,9 @@ def precompute(args, config: Config) -> int:
     store.clean_leftovers()
     # A killed run's voices.json temporary: beside the file itself, where a linked voices.json leads.
     store.clean_leftovers(Path(os.path.realpath(store.library.path)).parent)
-    presets = list(config.presets)
+    codes, weights_usable = codes_kind(config)
+    store.codes_kind = codes
+    presets = [kind_of(preset) for preset in config.presets] + ([codes] if codes is not None else [])
     voices, jobs = library_jobs(store, presets[0])
 
     # Chunk by chunk of voices: read (in threads) and hash each voice's audio once for all its presets,
@@ -120,6 +122,9 @@ def precompute(args, config: Config) -> int:
             reading = [pool.submit(load, resolver, job) for job in chunks[index + 1]] if index + 1 < len(chunks) else []
             for preset in presets:
                 chunk = [dataclasses.replace(job, preset=preset) for job in loaded]
+                for job in chunk:
+                    if preset is codes and job.state == "pending" and _owner_codes(store, job.voice):
+                        job.state = "up to date"  # the owner's codes file serves: never computed over
                 pending = [job for job in chunk if job.state == "pending"]
                 requests = [job.request for job in pending]
                 for job, outcome in zip(pending, resolver.resolve_batch(requests, kind_of(preset), force=args.force),
@@ -133,10 +138,29 @@ def precompute(args, config: Config) -> int:
             for job in loaded:  # read in place into the library's list: let this chunk's samples go
                 job.request = None
 
-    unrecorded = _record_mel_paths(store, [j for j in jobs if j.state in ("computed", "up to date")])
+    recorded = [j for j in jobs if j.state in ("computed", "up to date") and j.preset is not codes]  # mel paths only
+    unrecorded = _record_mel_paths(store, recorded)
     status = _summary(jobs, unrecorded, time.perf_counter() - started)
     codes_problems = sum(codes_problem(store, job.voice) for job in voices)  # not precompute's to fix: said
-    return 1 if codes_problems else status
+    return 1 if codes_problems or not weights_usable else status
+
+
+def codes_kind(config: Config) -> tuple[ArtifactKind | None, bool]:
+    """(the codes kind, None when codes are off or the weights are not here; False when the weights files are
+    there but unusable, said on stderr). The tool computes codes where the weights are, and says nothing else."""
+    try:
+        return load_codes_kind(config.hubert_weights, config.sovits_weights, say_why_not=False), True
+    except ReferenceMelError as err:
+        print(f"error: semantic codes are not computed: [{err.code}] {err.message}", file=sys.stderr)
+        return None, False
+
+
+def _owner_codes(store: ReferenceStore, voice: Voice) -> bool:
+    """Whether the voice has a codes file of the owner's (a bad one too: codes_problem names it)."""
+    try:
+        return store.owner_codes(voice) is not None
+    except ReferenceMelError:
+        return True
 
 
 def _record(job: Job, outcome: Resolved | Exception) -> None:
@@ -205,15 +229,15 @@ def _summary(jobs: list[Job], unrecorded: list[str], seconds: float) -> int:
     for problem in unrecorded:
         print(f"  not recorded in voices.json: {problem}")
     if counts["computed"] == 0 and counts["failed"] == 0 and not unrecorded:
-        print("precompute: nothing to do, every spectrogram is up to date")
+        print("precompute: nothing to do, every spectrogram and computed codes file is up to date")
     return 1 if counts["failed"] else 0  # by the voices: their files serve by default names, recorded or not
 
 
 def codes_problem(store: ReferenceStore, voice: Voice) -> bool:
-    """Print the voice's codes when the node would refuse them (`bad_codes`) or voices.json's codes_path
-    names no file; True then."""
+    """Print the voice's codes when the node would refuse them (`bad_codes`), voices.json's codes_path names
+    no file, or (with the codes model) computed codes are stale; True then."""
     state, detail = store.codes_report(voice)
-    if state == "bad" or state == "missing" and voice.codes_path is not None:
+    if state in ("bad", "stale") or state == "missing" and voice.codes_path is not None:
         print(f"{state:8s} {printable(voice.name)} codes: {detail}")
         return True
     return False

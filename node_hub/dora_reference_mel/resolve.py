@@ -14,6 +14,7 @@ import dataclasses
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -107,6 +108,17 @@ class Resolved:
     write_error: str | None = None  # why write_back failed
 
 
+# codes_status of a `mel` event, by where the resolver found its codes
+CODES_STATUS = {"cache": "cache", "precomputed": "stored", "computed": "computed"}
+
+
+class Codes(NamedTuple):
+    data: np.ndarray | None  # int codes [N], or None
+    status: str  # stored | computed | cache | missing
+    request: Request  # with the samples, once they had to be read
+    warnings: tuple[str, ...] = ()  # why they could not be computed
+
+
 class Resolver:
     def __init__(self, store: ReferenceStore, *, cache_bytes: int = 0, write_back: bool = True, dtype: str = "float32"):
         """cache_bytes: the memory cache's bound (0: off); write_back: MEL_WRITE_BACK; dtype: MEL_DTYPE."""
@@ -134,11 +146,29 @@ class Resolver:
         if cached is not None:
             return Resolved(cached, "cache", request.told(cached))
         if request.voice is not None:
-            found = found.against(request.digest) if found else self._lookup(request.voice, kind, digest=request.digest)
+            found = (found.against(request.digest, kind.fingerprint) if found
+                     else self._lookup(request.voice, kind, digest=request.digest))
             if found.fresh:
                 served = self._remember(found.data, request.digest, kind, request.audio_warnings)
                 return Resolved(served, "precomputed", request, stored=found, path=found.path)
         return self._computed(request, kind, kind.compute(request.samples, request.sample_rate), found)
+
+    def resolve_codes(self, request: Request) -> Codes:
+        """The request's semantic codes: a named voice's owner's codes file as it is (store.owner_codes; without
+        the codes model, any codes file of the voice), else the store's codes kind resolved like any artifact.
+        `bad_codes` when the owner's file is unusable; a clip the codes cannot be computed from (outside 3 to 10
+        s, say) gives no codes and the reason."""
+        voice, codes, kind = request.voice, None, self.store.codes_kind
+        if voice is not None:
+            codes = self.store.load_codes(voice) if kind is None else self.store.owner_codes(voice)
+        if codes is not None or kind is None:
+            return Codes(codes, "stored" if codes is not None else "missing", request)
+        try:
+            resolved = self.resolve(request, kind)
+        except ReferenceMelError as err:
+            said = () if err.code == "no_ref_audio" else (f"no semantic codes: [{err.code}] {err.message}",)
+            return Codes(None, "missing", request, said)
+        return Codes(resolved.served.data, CODES_STATUS[resolved.source], resolved.request)
 
     def resolve_batch(self, requests: Sequence[Request], kind: ArtifactKind, *,
                       force: bool = False) -> list[Resolved | Exception]:

@@ -66,9 +66,24 @@ def to_16k_mono(samples: np.ndarray, sample_rate: int) -> np.ndarray:
         raise ModelError("bad_ref_audio", f"reference samples of shape {y.shape}: expected [n] or [n, channels]")
     if sample_rate == TARGET_RATE:
         return y
-    n_out = int(np.ceil(y.shape[0] * (float(TARGET_RATE) / sample_rate)))
+    n_out = length_at_16k(y.shape[0], sample_rate)
     resampled = soxr.resample(y, sample_rate, TARGET_RATE, quality="soxr_hq")
     return np.asarray(np.pad(resampled, (0, max(0, n_out - resampled.shape[0])))[:n_out], dtype=np.float32)
+
+
+def length_at_16k(n: int, sample_rate: int) -> int:
+    """How many samples librosa.load(sr=16000) gives for n samples at sample_rate (to_16k_mono's length)."""
+    return n if sample_rate == TARGET_RATE else int(np.ceil(n * (float(TARGET_RATE) / sample_rate)))
+
+
+def check_duration(n: int) -> None:
+    """bad_ref_duration unless n samples at 16 kHz are within upstream's 3 to 10 s."""
+    if not MIN_REF_SAMPLES <= n <= MAX_REF_SAMPLES:
+        raise ModelError(
+            "bad_ref_duration",
+            f"the reference is {n / TARGET_RATE:.2f} s ({n} samples at 16 kHz); GPT-SoVITS takes 3 to 10 s "
+            f"({MIN_REF_SAMPLES} to {MAX_REF_SAMPLES} samples): record or cut a reference of that length",
+        )
 
 
 def prompt_samples(wav16k: np.ndarray, sovits_rate: int = SOVITS_RATE) -> np.ndarray:
@@ -76,13 +91,7 @@ def prompt_samples(wav16k: np.ndarray, sovits_rate: int = SOVITS_RATE) -> np.nda
     wav16k = float_samples(wav16k)
     if wav16k.ndim != 1:
         raise ModelError("bad_ref_audio", f"16 kHz reference samples of shape {wav16k.shape}: expected one channel [n]")
-    n = wav16k.shape[0]
-    if not MIN_REF_SAMPLES <= n <= MAX_REF_SAMPLES:
-        raise ModelError(
-            "bad_ref_duration",
-            f"the reference is {n / TARGET_RATE:.2f} s ({n} samples at 16 kHz); GPT-SoVITS takes 3 to 10 s "
-            f"({MIN_REF_SAMPLES} to {MAX_REF_SAMPLES} samples): record or cut a reference of that length",
-        )
+    check_duration(wav16k.shape[0])
     if not np.isfinite(wav16k).all():
         raise ModelError("bad_ref_audio", "the reference holds NaN or infinite samples: re-export the audio")
     return np.concatenate([wav16k, np.zeros(int(sovits_rate * TAIL_SECONDS), dtype=np.float32)])

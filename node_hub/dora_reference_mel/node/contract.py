@@ -79,13 +79,15 @@ MEL_METADATA = {
     "speed_factor": ("float", False, "the voice's speed_factor in voices.json"),
     "prompt_lang": ("str", False, "language of the prompt text (CUSTOM or TRAINED message, as sent, or voices.json "
                     "prompt_lang)"),
-    "sovits_weights": ("str", False, "TRAINED only: the message's SoVITS weights path, as sent (the prompt codes are "
-                       "extracted with those weights)"),
+    "sovits_weights": ("str", False, "TRAINED only: the message's SoVITS weights path, as sent (upstream extracts the "
+                       "prompt codes with those weights; this node computes them with SOVITS_WEIGHTS)"),
     "text_lang": ("str", False, "voices.json text_lang, when the voice has it"),
     "language": ("str", False, "voices.json language, when the voice has it"),
     "lang": ("str", False, "voices.json lang, when the voice has it"),
-    "codes": ("list[int]", False, "the voice's semantic prompt codes, when it has them"),
-    "codes_status": ("str", False, '"missing" when a named voice has no codes file'),
+    "codes": ("list[int]", False, "the reference's semantic prompt codes, when it has them"),
+    "codes_status": ("str", False, 'where `codes` came from: "stored" (a codes file), "computed" (from the clip, '
+                     'with HUBERT_WEIGHTS and SOVITS_WEIGHTS), "cache" (computed before), or "missing" (none: no '
+                     'codes file and no weights, or a clip outside 3 to 10 s, which `warnings` names)'),
     "write_back": ("str", False, '"written", "failed", "off" or "skipped" (the stored file is one the library cannot '
                    'recompute, or a voice voices.json does not list once the codes directory holds 256 of them): what '
                    'happened to a computed spectrogram'),
@@ -342,7 +344,7 @@ def mel_metadata(passthrough: dict, recipe: dict, *, reference_id: str, shape, d
         metadata["write_back"] = write_back
     if codes is not None:
         metadata["codes"] = codes.tolist()
-    elif codes_status:
+    if codes_status:
         metadata["codes_status"] = codes_status
     if warnings:
         metadata["warnings"] = list(warnings)

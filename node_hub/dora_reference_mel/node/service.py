@@ -25,9 +25,9 @@ from ..config import Config
 from ..errors import ReferenceMelError
 from ..features import pcm
 from ..features.recipe import Preset
-from ..resolve import Request, Resolved, Resolver, audio_warnings
+from ..resolve import Codes, Request, Resolved, Resolver, audio_warnings
 from ..store import ReferenceStore
-from ..store.kinds import kind_of
+from ..store.kinds import kind_of, load_codes_kind
 from ..store.library import Voice
 from ..store.names import check_voice_name, samples_digest, shown
 from .contract import (
@@ -84,6 +84,10 @@ class ReferenceMelService:
         self.node_name = node_name
         self.store = ReferenceStore.from_config(config)
         self.store.clean_leftovers()
+        try:  # the codes model, loaded before any event; without it codes are only read from files
+            self.store.codes_kind = load_codes_kind(config.hubert_weights, config.sovits_weights)
+        except ReferenceMelError as err:
+            log.error("semantic codes are only read from codes files, not computed: [%s] %s", err.code, err.message)
         self.resolver = Resolver(self.store, cache_bytes=int(config.cache_mb * 1024 * 1024),
                                  write_back=config.write_back, dtype=config.mel_dtype)
         # samples_digest -> the warnings of audio that passed every check: the same samples sent again
@@ -152,17 +156,28 @@ class ReferenceMelService:
             request = make_request()
         except ReferenceMelError as err:
             return self._error(err, passthrough, err.voice)
-        outputs = []
+        outputs, answers = [], []
         # Unique to this answer, so that texts sharing one request_id can each name their own switch's reference.
         reference_id = f"{passthrough['request_id']}:{uuid.uuid4().hex[:8]}"
         for preset in self.config.presets:
             try:  # audio read for one preset serves the next ones too
                 resolved = self.resolver.resolve(request, kind_of(preset))
                 request = resolved.request
-                outputs.append(self._mel_output(resolved, preset, passthrough, reference_id, start))
+                answers.append((preset, resolved))
             except ReferenceMelError as err:
-                outputs += self._error(err, passthrough, dict(request.about).get("voice"), preset)
-        outputs += [self._log("WARNING", warning) for warning in request.warnings]
+                answers.append((preset, err))
+        codes = Codes(None, "missing", request)
+        if any(isinstance(answer, Resolved) for _, answer in answers):
+            try:  # once for every preset, from the samples they read
+                codes = self.resolver.resolve_codes(request)
+            except ReferenceMelError as err:  # the owner's codes file is unusable: no mel goes without them
+                answers = [(preset, err if isinstance(answer, Resolved) else answer) for preset, answer in answers]
+        for preset, answer in answers:
+            if isinstance(answer, ReferenceMelError):
+                outputs += self._error(answer, passthrough, dict(request.about).get("voice"), preset)
+            else:
+                outputs.append(self._mel_output(answer, preset, passthrough, reference_id, start, codes))
+        outputs += [self._log("WARNING", warning) for warning in codes.request.warnings + codes.warnings]
         return outputs
 
     def _text(self, value, metadata: dict) -> list[Output]:
@@ -223,7 +238,7 @@ class ReferenceMelService:
     def _custom_request(self, switch: VoiceSwitch) -> Request:
         """A VOICE:CUSTOM or VOICE:TRAINED reference: its path arrives in an event, so the store confines it to
         REF_AUDIO_ROOTS here, before any cache or file is consulted (the same answer whatever was served before).
-        TRAINED's SoVITS weights path goes along unread: the prompt codes of this clip are extracted with it."""
+        TRAINED's SoVITS weights path goes along as sent; its codes are computed with SOVITS_WEIGHTS, not with it."""
         real = self.store.event_audio_path(switch.ref_audio)
         about = [("voice", switch.name), ("ref_text", switch.ref_text)]
         about += [("prompt_lang", switch.lang)] if switch.lang else []
@@ -268,18 +283,18 @@ class ReferenceMelService:
     # -- outputs --------------------------------------------------------------------------------
 
     def _mel_output(self, resolved: Resolved, preset: Preset, passthrough: dict, reference_id: str,
-                    start: float) -> Output:
+                    start: float, codes: Codes) -> Output:
         request = resolved.request
-        codes = self.store.load_codes(request.voice) if request.voice is not None else None
-        named = request.voice is not None or bool(request.about)  # a CUSTOM clip has no codes: the consumer extracts them
+        named = request.voice is not None or bool(request.about)  # unnamed audio without codes: no status to tell
         metadata = mel_metadata(
             passthrough, preset.metadata(), reference_id=reference_id, shape=resolved.served.shape,
-            dtype=self.config.mel_dtype, source=resolved.source, about=request.about, codes=codes,
-            codes_status="missing" if named else None, write_back=resolved.write_back, warnings=request.warnings,
+            dtype=self.config.mel_dtype, source=resolved.source, about=request.about, codes=codes.data,
+            codes_status=codes.status if named or codes.data is not None else None, write_back=resolved.write_back,
+            warnings=request.warnings + codes.warnings,
             elapsed_ms=(time.perf_counter() - start) * 1e3)
         note = (f"mel voice={metadata.get('voice')} preset={preset.name} source={resolved.source} "
                 f"shape={metadata['shape']} request_id={metadata['request_id']} reference_id={reference_id} "
-                f"elapsed_ms={metadata['elapsed_ms']:.2f}")
+                f"elapsed_ms={metadata['elapsed_ms']:.2f} codes={codes.status}")
         return Output(MEL_OUTPUT, pa.array(resolved.served.data), metadata, note)  # no copy: the cached array
 
     def _error(self, err: ReferenceMelError, passthrough: dict, voice, preset: Preset | None = None) -> list[Output]:

@@ -3,23 +3,27 @@
 (the file stem in the codes directory, the voices.json key that may name another file) and how a stored
 one is checked (its shape and size, finite values).
 
-Today's kind is one preset's spectrogram (MelKind). The store and the resolver use only what
-ArtifactKind declares, so another kind, such as the semantic codes (computed from 16 kHz samples by a
+Two kinds: one preset's spectrogram (MelKind), and the prompt's semantic codes (CodesKind: computed by a
 model whose weights digest is part of its fingerprint, stored as `<voice>_codes.bin`, int32 LE, with a
-sidecar), is one more class here.
+sidecar). The store and the resolver use only what ArtifactKind declares.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
+import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
 from ..errors import ReferenceMelError
 from ..features.recipe import PRESET_NAMES, V2_DEFAULT_BINS, Preset, get_preset
-from ..limits import FRAMES_BINS
+from ..limits import CODE_RANGE, CODES_PER_SECOND, FRAMES_BINS
+
+log = logging.getLogger(__name__)
 
 
 class ArtifactKind:
@@ -31,6 +35,7 @@ class ArtifactKind:
     dtype: str  # the numpy dtype of the stored data, little-endian
     what: str  # the artifact in words, for messages
     layout: str  # how the data is laid out (its sidecar says it)
+    legacy_is_owners = False  # whether a data file without sidecar is the owner's: served as it is, never replaced
 
     def voice_path_key(self) -> str:
         """The voices.json key that may name this artifact's file for a voice."""
@@ -150,6 +155,115 @@ class MelKind(ArtifactKind):
                 "non_finite_audio", f"the {self.name} spectrogram overflows float32: the samples reach "
                 f"{float(np.abs(samples).max()):.3g}; send PCM scaled to [-1, 1]")
         return data
+
+
+CODES_RECIPE = "codes1"  # part of the codes' fingerprint: changes whenever CodesKind.compute's steps do
+SETUP_SCRIPT = "OminiX-MLX's scripts/setup_models.py"
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class CodesKind(ArtifactKind):
+    """The prompt's semantic codes, int32 [N] at 25 a second, as GPT-SoVITS computes them from a clip at any rate
+    (models.codes_model: 16 kHz mono, 3 to 10 s, HuBERT, ssl_proj, the codebook). The weights' digest is part of
+    the fingerprint, so codes of other weights are stale. A codes file without sidecar is the owner's
+    (ReferenceStore.owner_codes serves it as it is)."""
+
+    model: object  # models.CodesModel
+    name = "codes"
+    file_suffix = "_codes"
+    dtype = "<i4"
+    what = "semantic codes"
+    layout = "[n_codes], 25 a second"
+    legacy_is_owners = True
+
+    @property
+    def fingerprint(self) -> str:
+        return f"{CODES_RECIPE}-{self.model.weights_digest}"
+
+    def voice_path_key(self) -> str:
+        return "codes_path"
+
+    def recipe(self) -> dict:
+        return {"kind": "codes", "version": CODES_RECIPE, "weights_digest": self.model.weights_digest,
+                "steps": "librosa.load(sr=16000) (soxr_hq, mono mean), 3-10 s, + int(32000 * 0.3) zeros, "
+                         "chinese-hubert-base last_hidden_state, ssl_proj, codebook layer 0"}
+
+    def max_codes(self, max_ref_seconds: float) -> int:
+        return int(max(max_ref_seconds, 10.5) * CODES_PER_SECOND) + 1
+
+    def max_bytes(self, max_ref_seconds: float) -> int:
+        return self.max_codes(max_ref_seconds) * 4
+
+    def shape_problem(self, shape, max_ref_seconds: float) -> str | None:
+        most = self.max_codes(max_ref_seconds)
+        if isinstance(shape, list) and len(shape) == 1 and type(shape[0]) is int and 0 < shape[0] <= most:
+            return None
+        return f"shape={str(shape)[:60]} is not [1..{most}]"
+
+    def legacy(self, blob: bytes) -> np.ndarray | str:
+        from .codes import parse_codes
+
+        try:
+            return parse_codes(blob, ".bin").astype(self.dtype)
+        except ValueError as err:
+            return f"has no sidecar and is unusable ({err})"
+
+    def check_length(self, n_samples: int, sample_rate: int) -> None:
+        from ..models import check_duration, length_at_16k
+
+        _model_call(check_duration, length_at_16k(n_samples, sample_rate))
+
+    def compute(self, samples: np.ndarray, sample_rate: int) -> np.ndarray:
+        from ..models import to_16k_mono
+
+        return _model_call(lambda: self.model.codes(to_16k_mono(samples, sample_rate)))
+
+    def compute_batch(self, clips: Sequence[np.ndarray], sample_rates: Sequence[int]) -> list[np.ndarray]:
+        """One clip after the other: HuBERT runs a clip at a time."""
+        return [self.compute(clip, rate) for clip, rate in zip(clips, sample_rates, strict=True)]
+
+    def problem(self, data: np.ndarray) -> str | None:
+        if data.size and CODE_RANGE[0] <= data.min() and data.max() <= CODE_RANGE[1]:
+            return None
+        return f"holds no codes, or codes outside {CODE_RANGE[0]}..{CODE_RANGE[1]}"
+
+
+def _model_call(call, *args):
+    """call(*args), with the model's errors as the package's (same code and message)."""
+    from ..models import ModelError
+
+    try:
+        return call(*args)
+    except ModelError as err:
+        raise ReferenceMelError(err.code, str(err)) from None
+
+
+def load_codes_kind(hubert: Path | None, sovits: Path | None, *, say_why_not: bool = True) -> CodesKind | None:
+    """The codes kind with its model loaded from the two weights files; None when codes are off (both None) or
+    cannot be computed here (a file missing, soxr not installed: said, with how to get it, unless not
+    say_why_not). `bad_weights` when a file is there but is not usable weights."""
+    if hubert is None or sovits is None:
+        return None
+    level = logging.WARNING if say_why_not else logging.DEBUG
+    missing = [str(path) for path in (hubert, sovits) if not path.is_file()]
+    if missing:
+        log.log(level, "semantic codes are only read from codes files, not computed: %s not found; %s writes "
+                "hubert.safetensors and doubao_mixed_sovits_new.safetensors into ~/.dora/models/primespeech/gpt-sovits-mlx/ "
+                "(or set HUBERT_WEIGHTS and SOVITS_WEIGHTS; MEL_CODES=off says nothing)", " and ".join(missing),
+                SETUP_SCRIPT)
+        return None
+    try:
+        import soxr  # noqa: F401  # the resampler of the codes' 16 kHz audio
+    except ImportError:
+        log.log(level, "semantic codes are only read from codes files, not computed: the soxr package is not installed; "
+                "pip install soxr (or the `soxr` extra)")
+        return None
+    from ..models import load_codes_model
+
+    start = time.perf_counter()
+    model = _model_call(load_codes_model, hubert, sovits)
+    log.info("codes model loaded from %s and %s in %.1f s", hubert, sovits, time.perf_counter() - start)
+    return CodesKind(model)
 
 
 @functools.cache

@@ -93,6 +93,7 @@ class ReferenceStore:
         self._missing_codes_logged: set[Path] = set()
         # (path, kind) -> (stamp, sidecar stamp, sidecar) of each pair verified whole: see _reread
         self._verified = ByteLRU(MAX_VERIFIED_FILES)
+        self.codes_kind: ArtifactKind | None = None  # kinds.CodesKind, once its model is loaded (the weights are here)
 
     def event_audio_path(self, given: str) -> Path:
         """The resolved path of an audio file named inside an event (VOICE:CUSTOM), or `bad_ref_audio`
@@ -192,6 +193,13 @@ class ReferenceStore:
                 "re-extract the codes for this voice", voice=voice.name)
         return None
 
+    def owner_codes(self, voice: Voice) -> np.ndarray | None:
+        """The owner's codes of the voice, served as they are, never written: voices.json's codes_path, or a
+        `<voice>_codes.bin` / `.npy` without sidecar (`<voice>_codes.json`: this package's, judged by lookup)."""
+        if voice.codes_path is None and os.path.lexists(self.codes_dir / f"{voice.name}_codes.json"):
+            return None
+        return self.load_codes(voice)
+
     def _say_codes_path_missing(self, voice: Voice) -> None:
         """Once per file: a voice whose voices.json codes_path names no file is served without codes."""
         if voice.codes_path in self._missing_codes_logged or len(self._missing_codes_logged) >= MAX_MISSING_CODES_LOGGED:
@@ -202,12 +210,19 @@ class ReferenceStore:
                     voice.name, voice.codes_path)
 
     def codes_report(self, voice: Voice) -> tuple[str, str]:
-        """The voice's codes as the node judges them (load_codes), in words for the tools: ("ok", how many),
-        ("missing", where they were looked for) or ("bad", why the node refuses them with `bad_codes`)."""
+        """The voice's codes as the node judges them, in words for the tools: ("ok", how many), ("missing",
+        where they were looked for), ("bad", why the node refuses them with `bad_codes`) or, with the codes kind
+        (weights loaded), ("stale", why the node computes them again) for codes this package computed."""
+        kind = self.codes_kind
         try:
-            codes = self.load_codes(voice)
+            codes = self.load_codes(voice) if kind is None else self.owner_codes(voice)
         except ReferenceMelError as err:
             return "bad", err.message
+        if codes is None and kind is not None and os.path.lexists(self.file_of(voice, kind)):
+            found = self.lookup(voice, kind, audio=FileStamp.of(voice.ref_audio))
+            if not found.fresh:
+                return ("bad" if found.state == CORRUPT else found.state), found.reason
+            codes = found.data
         if codes is None:
             where = voice.codes_path or self.codes_dir / f"{voice.name}_codes.bin (or .npy)"
             return "missing", f"no file {where}"
@@ -255,7 +270,7 @@ class ReferenceStore:
             return dataclasses.replace(whole, state=STALE, reason=f"made by another recipe (fingerprint "
                                        f"{sidecar.fingerprint}, want {kind.fingerprint})")
         if digest is not None:
-            return whole.against(digest)
+            return whole.against(digest, kind.fingerprint)
         if audio is not None and sidecar.source_audio != audio:
             return dataclasses.replace(whole, state=STALE, reason="the audio file changed since (stat stamp differs)")
         return whole
@@ -358,6 +373,8 @@ class ReferenceStore:
         target = self.file_of(voice, kind)
         if not os.path.lexists(target):
             return None
+        if kind.legacy_is_owners and not os.path.lexists(target.with_suffix(".json")):
+            return f"{target} has no sidecar: it is the owner's {kind.what} file"
         same = {os.path.abspath(target), os.path.realpath(target)}
         try:
             listed = [v for v in self.library.voices() if isinstance(v, Voice)]

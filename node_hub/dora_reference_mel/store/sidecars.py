@@ -88,9 +88,10 @@ class Stored:
     def fresh(self) -> bool:
         return self.state == FRESH
 
-    def against(self, digest: str) -> Stored:
-        """The same file judged against audio whose samples_digest is `digest` (no re-read)."""
-        if self.data is None or self.sidecar is None:
+    def against(self, digest: str, fingerprint: str) -> Stored:
+        """The same file judged against audio whose samples_digest is `digest` (no re-read), for the recipe whose
+        fingerprint is `fingerprint`: a file of another recipe stays stale whatever audio it was made from."""
+        if self.data is None or self.sidecar is None or self.sidecar.fingerprint != fingerprint:
             return self
         if self.sidecar.source_digest == digest:
             return dataclasses.replace(self, state=FRESH, reason="")
