@@ -9,6 +9,8 @@ TTS._get_ref_spec: mono, torchaudio's resampling to 32 kHz (torchaudio where it 
 float32 run as tests/oracle.py models it: the wheel resamples with PyAV, which main does not), peak
 normalisation, the wheel's own spectrogram_torch, and for v2Pro the 16 kHz audio that SV.compute_embedding3
 turns into a kaldi fbank and an embedding. The node's side is reference_mel's `v2` refer and `sv` fbank.
+The v3/v4 prompt mel is compared as the CFM receives it (the CFM itself, with f5_tts, is not in the wheel:
+docs/consumers.md has the manual check against an upstream checkout).
 """
 
 from __future__ import annotations
@@ -100,13 +102,15 @@ def synthesizer(folder, config: str):
     return model.eval()
 
 
-def resample_32k_float32(audio: np.ndarray, rate: int) -> np.ndarray:
-    """[n] float32 at `rate` -> 32 kHz as torchaudio.functional.resample runs in float32."""
+def resample_float32(audio: np.ndarray, rate: int, target: int = 32000) -> np.ndarray:
+    """[n] float32 at `rate` -> `target` as torchaudio.functional.resample runs in float32."""
+    if rate == target:
+        return audio
     try:
         import torchaudio
     except ImportError:
-        return oracle.sinc_resample(audio.astype(np.float64), rate, 32000, np.float32).astype(np.float32)
-    return torchaudio.functional.resample(torch.from_numpy(audio), rate, 32000).numpy()
+        return oracle.sinc_resample(audio.astype(np.float64), rate, target, np.float32).astype(np.float32)
+    return torchaudio.functional.resample(torch.from_numpy(audio), rate, target).numpy()
 
 
 def upstream_refer_and_16k(samples: np.ndarray, rate: int):
@@ -114,7 +118,7 @@ def upstream_refer_and_16k(samples: np.ndarray, rate: int):
     from module.mel_processing import spectrogram_torch
 
     audio = samples.mean(axis=1) if samples.ndim == 2 else samples  # [n, channels] here, [channels, n] there
-    audio = torch.from_numpy(resample_32k_float32(audio.astype(np.float32), rate))[None]
+    audio = torch.from_numpy(resample_float32(audio.astype(np.float32), rate))[None]
     peak = audio.abs().max()
     if peak > 1:
         audio /= min(2, peak)
@@ -190,3 +194,24 @@ def test_decoded_audio_from_the_node_is_upstreams(upstream, models, config):
     error = relative(*audio)
     print(f"decode {config}: audio relative {error:.2e}, peak {np.abs(audio[1]).max():.2e}")
     assert np.abs(audio[1]).max() > 0 and error <= RELATIVE_BOUND
+
+
+@pytest.mark.parametrize("name, rate", CLIPS[:4])
+@pytest.mark.parametrize("preset, sample_rate, n_fft, hop", [("v3", 24000, 1024, 256), ("v4", 32000, 1280, 320)])
+def test_prompt_mel_from_the_node_is_upstreams(upstream, preset, sample_rate, n_fft, hop, name, rate):
+    """The v3/v4 CFM's prompt mel `mel2`, as TTS.using_vocoder_synthesis makes it: the raw audio made mono,
+    resampled by torchaudio, mel_fn / mel_fn_v4 (the wheel's mel_spectrogram_torch with TTS.py's parameters),
+    norm_spec. Within the log-mel bounds of docs/recipe.md (max 1e-2, mean 1e-4)."""
+    from module.mel_processing import mel_spectrogram_torch
+
+    samples = clip(name, rate)
+    audio = samples.mean(axis=1) if samples.ndim == 2 else samples
+    audio = torch.from_numpy(resample_float32(audio.astype(np.float32), rate, sample_rate))[None]
+    mel = mel_spectrogram_torch(audio, n_fft=n_fft, num_mels=100, sampling_rate=sample_rate, hop_size=hop,
+                                win_size=n_fft, fmin=0, fmax=None, center=False)
+    theirs = ((mel + 12) / 14 * 2 - 1).numpy()  # norm_spec
+    ours = reference_mel(samples, rate, preset=preset)
+    assert ours.shape == theirs.shape
+    diff = np.abs(ours.astype(np.float64) - theirs)
+    print(f"{preset} prompt mel {name} {rate}: max {diff.max():.2e} mean {diff.mean():.2e}")
+    assert diff.max() <= 1e-2 and diff.mean() <= 1e-4
