@@ -61,8 +61,8 @@ SV_ABOVE_NOISE = -10.0  # log power; the floor is ln(1.2e-7) = -15.9
 @pytest.mark.parametrize("preset", ["v2", "v3", "v4", "sv"])
 def test_hard_signals_meet_the_bounds_or_upstreams_own_float32_miss(preset, kind, rate):
     """DC offsets, a tone at a quarter of the rate and a sweep to Nyquist. Each preset meets its bound against
-    the float64 recipe; where upstream's own float32 run misses it (its resampler's float32 sums, at 22.05 and
-    44.1 kHz, and bands near the log floor), the miss may be as large as upstream's own plus the bound.
+    the float64 recipe; where upstream's own float32 run misses it (torchaudio's float32 phase offsets at 22.05
+    and 44.1 kHz, seen in bands near the log floor), the miss may be as large as upstream's own plus the bound.
     sv is compared on the bands at least 26 dB above its log floor (ln 1.2e-7 = -15.9): below that lies the
     float32 rounding noise of the two resampling steps (any float32 run's, upstream's too: a whole pure-DC
     clip once its DC is removed), which that low floor leaves visible."""
