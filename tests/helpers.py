@@ -50,6 +50,25 @@ def speech(layout: str, rate: int, dtype: str = "float32"):
     return samples, sr
 
 
+HARD_SIGNALS = ("dc_speech", "dc", "quarter_rate_tone", "sweep")
+
+
+def hard_signal(kind: str, rate: int, seconds: float = 2.0) -> np.ndarray:
+    """[n] float32 clips at `rate` that stress the recipe's sums: the speech fixture plus a 0.25 DC offset,
+    a pure 0.5 DC, a tone at a quarter of the rate and a linear sweep from 50 Hz to Nyquist (both 0.5
+    amplitude)."""
+    t = np.arange(int(rate * seconds)) / rate
+    if kind == "dc_speech":
+        return (speech("mono", rate)[0][: t.size] + 0.25).astype(np.float32)
+    if kind == "dc":
+        return np.full(t.size, 0.5, np.float32)
+    if kind == "quarter_rate_tone":
+        return (0.5 * np.sin(2 * np.pi * rate / 4 * t + 0.3)).astype(np.float32)
+    if kind == "sweep":
+        return (0.5 * np.sin(2 * np.pi * (50 * t + (rate / 2 - 50) * t * t / (2 * seconds)))).astype(np.float32)
+    raise ValueError(kind)
+
+
 def copy_library(tmp_path: Path) -> dict:
     """A writable copy of models/ (voices.json, audio, codes) and an empty codes directory."""
     models = tmp_path / "models"

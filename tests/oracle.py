@@ -22,7 +22,10 @@ def mono(samples: np.ndarray) -> np.ndarray:
     return x if x.ndim == 1 else x.mean(axis=1)
 
 
-def sinc_resample(x: np.ndarray, orig_sr: int, new_sr: int) -> np.ndarray:
+def sinc_resample(x: np.ndarray, orig_sr: int, new_sr: int, dtype=np.float64) -> np.ndarray:
+    """torchaudio's sinc resampling. dtype=np.float32 is torchaudio's float32 run: each phase offset k / new
+    rounded to float32 (torchaudio builds the kernel in the waveform's dtype) and every dense tap summed in
+    float32; returned as float64."""
     if orig_sr == new_sr:
         return x
     g = math.gcd(orig_sr, new_sr)
@@ -34,11 +37,12 @@ def sinc_resample(x: np.ndarray, orig_sr: int, new_sr: int) -> np.ndarray:
     y = np.empty(out_len)
     taps = np.arange(-width, width + orig)
     for k in range(new):  # output phase k: y[j*new + k] = sum_m padded[j*orig + m] * h_k[m]
-        t = np.clip((taps / orig - k / new) * cutoff, -6, 6)
+        phase = float(np.float32(k) / np.float32(new)) if dtype == np.float32 else k / new
+        t = np.clip((taps / orig - phase) * cutoff, -6, 6)
         h = np.sinc(t) * np.cos(t * math.pi / 12) ** 2 * cutoff / orig
         n_j = len(range(k, out_len, new))
         frames = np.lib.stride_tricks.sliding_window_view(padded, len(taps))[::orig][:n_j]
-        y[k::new] = frames @ h
+        y[k::new] = frames.astype(dtype) @ h.astype(dtype)
     return y
 
 
@@ -116,16 +120,22 @@ PRESETS = {
 }
 
 
-def reference_feature(samples, sample_rate, preset="v2", resampler="torchaudio", bins=None) -> np.ndarray:
+def reference_feature(samples, sample_rate, preset="v2", resampler="torchaudio", bins=None,
+                      resample_dtype=np.float64) -> np.ndarray:
+    """The recipe in float64; resample_dtype=np.float32 resamples as upstream's float32 run does."""
     p = PRESETS[preset]
     x = mono(samples)
-    y = (soxr_resample if resampler == "soxr_hq" else sinc_resample)(x, sample_rate, p["sr"])
+    # soxr_hq (librosa.load) resampled v2's refer only; every other feature went through torchaudio
+    if resampler == "soxr_hq" and preset == "v2":
+        y = soxr_resample(x, sample_rate, p["sr"])
+    else:
+        y = sinc_resample(x, sample_rate, p["sr"], resample_dtype)
     if p["peak"]:
         peak = np.abs(y).max()
         if peak > 1:
             y = y / min(2.0, peak)
     if preset == "sv":
-        return kaldi_fbank(sinc_resample(y, 32000, 16000))[None]
+        return kaldi_fbank(sinc_resample(y, 32000, 16000, resample_dtype))[None]
     mag = magnitude(y, p["n_fft"], p["hop"])
     if p["n_mels"] is None:
         return mag[None, : (bins or p["bins"])]

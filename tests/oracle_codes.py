@@ -24,16 +24,16 @@ WHEEL_FILES = ("module/__init__.py", "module/quantize.py", "module/core_vq.py", 
                "module/ddp_utils.py", "pretrained_models/chinese-hubert-base/config.json")
 
 
-def unpack_upstream(folder: Path) -> Path | None:
-    """Download the wheel (no dependencies, never installed) and unpack WHEEL_FILES into folder; the
-    GPT_SoVITS folder to put on sys.path, or None when the package index cannot be reached."""
+def unpack_upstream(folder: Path, files: tuple[str, ...] = WHEEL_FILES) -> Path | None:
+    """Download the wheel (no dependencies, never installed) and unpack `files` (of its GPT_SoVITS folder)
+    into folder; the GPT_SoVITS folder to put on sys.path, or None when the package index cannot be reached."""
     run = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary", ":all:",
                           WHEEL, "-d", str(folder)], capture_output=True, text=True)
     wheels = sorted(folder.glob("gpt_sovits_cpufast-*.whl"))
     if run.returncode != 0 or not wheels:
         return None
     with zipfile.ZipFile(wheels[0]) as wheel:
-        for name in WHEEL_FILES:
+        for name in files:
             wheel.extract("GPT_SoVITS/" + name, folder)
     return folder / "GPT_SoVITS"
 

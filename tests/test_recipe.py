@@ -23,3 +23,15 @@ def test_v1_bins_and_preset_errors():
         reference_mel(samples, sr, preset="v9")
     with pytest.raises(ReferenceMelError, match="MEL_BINS=2000"):
         get_preset("v2", v2_bins=2000)
+
+
+def test_soxr_hq_resamples_only_v2s_refer():
+    """GPT-SoVITS's librosa.load (soxr HQ) era resampled v2's refer only: its v3/v4 prompt mel went through
+    torchaudio, and v2Pro's releases (sv) load with torchaudio throughout. So soxr_hq leaves those presets
+    as the default makes them, fingerprints included (stored files stay shared)."""
+    samples, sr = speech("mono", 44100)
+    assert not np.array_equal(reference_mel(samples, sr, resampler="soxr_hq"), reference_mel(samples, sr))
+    for preset in ("v3", "v4", "sv"):
+        assert get_preset(preset, resampler="soxr_hq") == get_preset(preset)
+        np.testing.assert_array_equal(reference_mel(samples, sr, preset=preset, resampler="soxr_hq"),
+                                      reference_mel(samples, sr, preset=preset))

@@ -34,10 +34,11 @@ ENV_VARS: dict[str, tuple[str, str, str]] = {
                         "the default"),
     "MEL_PRESET": ("string", "v2", "comma-separated presets to emit per input: v2, v3, v4, sv (v2Pro: v2,sv)"),
     "MEL_BINS": ("int", str(V2_DEFAULT_BINS), "v2 only: linear bins kept (704 for v2+ models, 1025 for v1)"),
-    "MEL_RESAMPLER": ("string", "torchaudio", "torchaudio (GPT-SoVITS main) or soxr_hq (early-2025 releases)"),
+    "MEL_RESAMPLER": ("string", "torchaudio", "torchaudio (GPT-SoVITS main) or soxr_hq (early-2025 releases' v2 "
+                      "refer; v3, v4, sv stay torchaudio)"),
     "MEL_DEVICE": ("string", "auto", "auto (GPU when MLX has one), gpu or cpu"),
-    "MEL_DTYPE": ("string", "float32", "element type of `mel` data: float32, or float16 (GPT-SoVITS's half-precision "
-                  "path; half the bytes)"),
+    "MEL_DTYPE": ("string", "float32", "element type of `mel` data: float32, or float16 (the float32 result rounded "
+                  "once; half the bytes)"),
     "MEL_CACHE_MB": ("float", "256", "memory cache bound in MB; 0 turns the cache off"),
     "MEL_WRITE_BACK": ("bool", "true",
                        "true/1: write computed spectrograms of named voices to CODES_DIR; false/0: never write"),

@@ -57,8 +57,8 @@ class Preset:
     fmin: float = 0.0
     fmax: float | None = None  # None: sample_rate / 2
     kind: str = LINEAR
-    # sv: the input goes to v2's 32 kHz first (with `resampler`), is peak-normalised there, and only then
-    # to sample_rate (always torchaudio's sinc), as GPT-SoVITS derives the speaker audio from v2's.
+    # sv: the input goes to v2's 32 kHz first, is peak-normalised there, and only then to sample_rate (both
+    # steps torchaudio's sinc), as GPT-SoVITS derives the speaker audio from v2's.
     peak_rate: int | None = None
 
     @property
@@ -151,7 +151,8 @@ PRESET_NAMES = tuple(_BASE)
 
 def get_preset(name: str | Preset, *, resampler: str | None = None, v2_bins: int | None = None) -> Preset:
     """The preset `name` ("v2", "v3", "v4" or "sv", or a Preset), with the resampler (default torchaudio, or the
-    Preset's own) and (v2 only) the bin count chosen."""
+    Preset's own; only v2 takes soxr_hq, the others always resample with torchaudio) and (v2 only) the bin
+    count chosen."""
     if isinstance(name, Preset):
         if resampler in (None, name.resampler) and v2_bins in (None, name.n_bins if name.name == "v2" else None):
             return name
@@ -163,7 +164,9 @@ def get_preset(name: str | Preset, *, resampler: str | None = None, v2_bins: int
     if resampler not in RESAMPLERS:
         raise ReferenceMelError(
             "bad_config", f"resampler={resampler!r} (MEL_RESAMPLER) is not known; use one of {', '.join(RESAMPLERS)}")
-    params = dict(_BASE[name], name=name, resampler=resampler)
+    # GPT-SoVITS's librosa.load (soxr_hq) era resampled only v2's `refer`: its v3/v4 prompt mel went through
+    # torchaudio, and the v2Pro releases (sv) load with torchaudio throughout (docs/recipe.md, section 1b).
+    params = dict(_BASE[name], name=name, resampler=resampler if name == "v2" else "torchaudio")
     if v2_bins is not None and name == "v2":
         if not 1 <= v2_bins <= params["n_fft"] // 2 + 1:
             raise ReferenceMelError(

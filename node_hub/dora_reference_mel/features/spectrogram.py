@@ -181,9 +181,22 @@ def log_mel(mag_t: mx.array, preset: Preset) -> mx.array:
     return _normalized_log(apply_filterbank(mag_t, preset))
 
 
+def pairwise_row_mean(rows: mx.array) -> mx.array:
+    """The mean of each row [n, width] -> [n, 1], summed pairwise: the row zero-padded to a power of two,
+    then halves added until one column is left. torch and numpy sum pairwise too; MLX's CPU `mx.mean`
+    adds sequentially in float32, whose error (up to width * eps * |mean|) a large DC offset carries
+    into every sample. Elementwise adds only, so the same sums on every device (no TF32 matmul)."""
+    width = rows.shape[1]
+    summed = mx.pad(rows, [(0, 0), (0, (1 << (width - 1).bit_length()) - width)])
+    while summed.shape[1] > 1:
+        half = summed.shape[1] // 2
+        summed = summed[:, :half] + summed[:, half:]
+    return summed / width
+
+
 def _preemphasized(frames: mx.array) -> mx.array:
     """Kaldi's per-frame DC removal, then x[j] - 0.97 x[j - 1] with x[-1] = x[0]."""
-    frames = frames - mx.mean(frames, axis=1, keepdims=True)
+    frames = frames - pairwise_row_mean(frames)
     previous = mx.concatenate([frames[:, :1], frames[:, :-1]], axis=1)
     return frames - KALDI_PREEMPHASIS * previous
 
