@@ -111,9 +111,10 @@ class Preset:
         params = dataclasses.asdict(self)
         params.update(sinc_lowpass_filter_width=SINC_LOWPASS_FILTER_WIDTH, sinc_rolloff=SINC_ROLLOFF)
         if self.kind == FBANK:
+            # remove_dc_offset names how the mean is summed: files made with a sequential sum are stale
             params.update(window="povey", window_power=KALDI_POVEY_POWER, snip_edges=True, dither=0.0,
-                          remove_dc_offset=True, preemphasis=KALDI_PREEMPHASIS, power=2, mel_scale="htk_kaldi",
-                          log_floor=KALDI_LOG_FLOOR, layout=self.layout)
+                          remove_dc_offset="pairwise_mean", preemphasis=KALDI_PREEMPHASIS, power=2,
+                          mel_scale="htk_kaldi", log_floor=KALDI_LOG_FLOOR, layout=self.layout)
             return params
         # The STFT presets' recipes are what they were before sv existed: their fingerprints, and so every
         # file stored with them, stay valid.
