@@ -19,7 +19,8 @@ extra=${MLX_EXTRA:-cpu}
 if [ -z "${MLX_EXTRA:-}" ] && [ "$(uname -s)" = Linux ] && command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
   extra=cuda13
 fi
-extras="test,$extra"
+# What else goes in: the test extra (torch, transformers: the oracles) by default; the demo asks for plot alone.
+extras="${SETUP_EXTRAS:-test},$extra"
 # .venv-dora04 is also MoFA's environment: dora-primespeech pins numpy<2 beside dora-rs 0.4.1.
 for line in "1.1.0 .venv" "0.4.1 .venv-dora04 numpy<2"; do
   set -- $line
