@@ -124,7 +124,7 @@ def battery(tmp_path_factory):
                              "linked": {"ref_audio": "voices/none.wav"}})
     library["voices"].write_text(json.dumps(config))
     table = cases(tmp)
-    if DORA_04:  # dora 0.4.1 never delivers an empty array (docs/delivery.md): there is nothing to answer
+    if DORA_04:  # dora 0.4.1's test mode never delivers an empty array (docs/delivery.md)
         del table["empty"]
     events = {name: dict(fields, id=fields.get("id", "reference_audio")) for name, (fields, _) in table.items()}
     events["good_at_the_end"] = {"id": "reference_audio", "data": GOOD.tolist(), "data_type": "Float32",
@@ -154,7 +154,7 @@ CASE_NAMES = [
 @pytest.mark.node
 def test_case(battery, case):
     if DORA_04 and case == "empty":
-        pytest.skip("dora 0.4.1 never delivers an empty array (tests/test_delivery.py)")
+        pytest.skip("dora 0.4.1's test mode never delivers an empty array (tests/test_delivery.py)")
     expected = battery["expected"][case][1]
     answer = battery["answers"][case]
     if expected.startswith("mel"):

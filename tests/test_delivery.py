@@ -8,7 +8,7 @@ import re
 import pytest
 import yaml
 
-from helpers import DORA_LINES, ROOT, copy_library, dora
+from helpers import DORA_LINES, ROOT, copy_library, dora, run_node
 
 pytestmark = pytest.mark.dataflow
 BURST = 100
@@ -74,37 +74,15 @@ def test_a_bad_setting_stops_either_form_with_one_line(tmp_path, form, line):
                      r"number from 0.1 to 3600", out), out[-3000:]
 
 
-SEND_EMPTY_THEN_SPEECH = """
-import numpy as np, pyarrow as pa
-from dora import Node
-node = Node()
-node.send_output("audio", pa.array([], pa.float32()), {"sample_rate": 16000, "request_id": "empty"})
-node.send_output("audio", pa.array(np.sin(np.arange(48000) / 9).astype(np.float32) * 0.1),
-                 {"sample_rate": 16000, "request_id": "speech"})
-"""
-PRINT_ANSWERS = """
-from dora import Node
-for event in Node():
-    if event["type"] == "INPUT":
-        print("ANSWER", event["id"], event["metadata"].get("request_id"), flush=True)
-"""
-
-
+@pytest.mark.node
 @pytest.mark.parametrize("line", list(DORA_LINES))
-def test_an_empty_array_reaches_the_node_under_dora_1_1_only(tmp_path, line):
-    """dora 0.4.1 never delivers an empty array (docs/delivery.md): an empty reference_audio gets its
-    `empty_audio` answer under 1.1, and none under 0.4.1, where the node never sees it."""
-    (tmp_path / "src.py").write_text(SEND_EMPTY_THEN_SPEECH)
-    (tmp_path / "sink.py").write_text(PRINT_ANSWERS)
-    flow = {"nodes": [
-        {"id": "src", "path": "src.py", "outputs": ["audio"]},
-        {"id": "reference-mel", "path": "dora-reference-mel", "inputs": {"reference_audio": "src/audio"},
-         "outputs": ["mel", "error"],
-         "env": {"CODES_DIR": str(tmp_path / "codes"), "VOICES_CONFIG": str(tmp_path / "none.json")}},
-        {"id": "sink", "path": "sink.py", "inputs": {"mel": "reference-mel/mel", "error": "reference-mel/error"}}]}
-    (tmp_path / "flow.yml").write_text(yaml.safe_dump(flow))
-    result = dora("run", "flow.yml", line=line, cwd=tmp_path)
-    out = result.stdout + result.stderr
-    assert result.returncode == 0, out[-3000:]
-    answers = re.findall(r"ANSWER (\w+) (\w+)", out)
-    assert answers == ([("error", "empty"), ("mel", "speech")] if line == "1.1" else [("mel", "speech")]), out[-3000:]
+def test_dora_0_4_test_mode_never_delivers_an_empty_array(tmp_path, line):
+    """dora 0.4.1's integration-test mode (DORA_TEST_WITH_INPUTS) drops an input whose array is empty
+    (docs/delivery.md): under 1.1 the empty reference_audio gets its `empty_audio` answer, under 0.4.1 the
+    node never sees it, and the next event is answered either way."""
+    rate = {"sample_rate": {"Integer": 16000}}
+    events = [{"type": "Input", "id": "reference_audio", "data": data, "data_type": "Float32", "metadata": rate}
+              for data in ([], [0.5])]
+    outputs, log = run_node(tmp_path, events, copy_library(tmp_path)["env"], bin_dir=DORA_LINES[line] / "bin")
+    answered = [json.loads(o["data"][0])["error"] for o in outputs]
+    assert answered == (["empty_audio", "too_short"] if line == "1.1" else ["too_short"]), log[-2000:]

@@ -4,14 +4,16 @@ at start (voices.json's name collisions; MLX's kernels to build)."""
 import importlib.metadata
 import json
 import os
+import re
 import subprocess
+import sys
 
 import pytest
 
 from dora_reference_mel.config import ENV_VARS
 from dora_reference_mel.contract import INPUTS, OUTPUTS
 from dora_reference_mel.features import resample
-from helpers import BIN, run_node
+from helpers import BIN, node_run_env, run_node
 
 pytestmark = pytest.mark.node  # every test here runs the node process
 
@@ -78,3 +80,16 @@ def test_the_kernel_notice_only_when_mlxs_cache_lacks_them(tmp_path, library):
     assert "MLX CPU kernels built into" in first
     assert "building MLX's CPU kernels" not in second and "kernels built" not in second, second[-2000:]
     assert "about 15 s" not in first + second
+
+
+def test_the_peak_rss_in_the_stop_line_is_the_nodes_own(tmp_path, library):
+    """Started by a process holding 600 MB (as a test runner or a launcher may), the node reports its own
+    peak: ru_maxrss would carry the parent's across fork and exec."""
+    full_env, _ = node_run_env(tmp_path, [], library["env"])
+    parent = ("import subprocess, sys, numpy as np; held = np.ones(600 * 2**17); "
+              f"done = subprocess.run([{str(BIN / 'dora-reference-mel')!r}], capture_output=True, text=True); "
+              "print(done.stderr)")
+    log = subprocess.run([sys.executable, "-c", parent], env=full_env, capture_output=True, text=True,
+                         timeout=300).stdout
+    peak = float(re.search(r"peak RSS (\d+) MB", log).group(1))
+    assert 0 < peak < 500, log[-2000:]
