@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -285,3 +286,14 @@ def cluster(line: str, folder: Path, machines=("a", "b"), env: dict | None = Non
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+def huge_sparse_wav(path: Path, seconds: int, channels: int = 32, rate: int = 384000) -> None:
+    """A 16-bit PCM WAV that declares `seconds` of `channels` at `rate` Hz: its data is a hole, so the file
+    takes 4 KiB on disk however much it would decode to."""
+    data = seconds * rate * channels * 2
+    header = b"RIFF" + struct.pack("<I", 36 + data) + b"WAVEfmt " + struct.pack(
+        "<IHHIIHH", 16, 1, channels, rate, rate * channels * 2, channels * 2, 16) + b"data" + struct.pack("<I", data)
+    with open(path, "wb") as f:
+        f.write(header)
+        f.truncate(len(header) + data)

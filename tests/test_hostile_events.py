@@ -22,7 +22,7 @@ from dora_reference_mel.config import Config
 from dora_reference_mel.contract import REFERENCE_KEY, decode_mel_event
 from dora_reference_mel.node.main import send_outputs
 from dora_reference_mel.node.service import ReferenceMelService
-from helpers import BIN, ROOT, copy_library, node_run_env, replay_cases, run_node
+from helpers import BIN, ROOT, copy_library, huge_sparse_wav, node_run_env, replay_cases, run_node
 
 GOOD, RATE = soundfile.read(str(ROOT / "models/voices/basil.wav"), dtype="float32")
 LONG_PATH = "a/" * 1_000_000 + "x.wav"  # 2 MB: path resolution would take minutes
@@ -154,12 +154,7 @@ def test_files_that_decode_large_are_refused_before_decoding(tmp_path, library):
     with soundfile.SoundFile(str(voices / "deep.flac"), "w", 384000, 8, format="FLAC") as f:  # 29 KiB
         for _ in range(9):
             f.write(np.zeros((384000, 8), np.float32))
-    data = 9 * 384000 * 32 * 2  # 9 s of 32 channels at 384 kHz, 16 bits: 211 MiB, sparse (4 KiB on disk)
-    header = b"RIFF" + struct.pack("<I", 36 + data) + b"WAVEfmt " + struct.pack(
-        "<IHHIIHH", 16, 1, 32, 384000, 384000 * 64, 64, 16) + b"data" + struct.pack("<I", data)
-    with open(voices / "sparse.wav", "wb") as f:
-        f.write(header)
-        f.truncate(len(header) + data)
+    huge_sparse_wav(voices / "sparse.wav", 9)  # 9 s of 32 channels at 384 kHz, 16 bits: 211 MiB
     env = {**library["env"], "MAX_REF_SECONDS": "10"}
     _, alone = run_node(tmp_path, [text("VOICE:aria|Still serving.")], env, name="alone")
     names = ["wide.ogg", "deep.flac", "sparse.wav"]

@@ -11,7 +11,6 @@ import os
 import random
 import re
 import shutil
-import struct
 import subprocess
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ from test_store_hostile import snapshot
 from dora_reference_mel.config import Config
 from dora_reference_mel.contract import REFERENCE_KEY, decode_mel_event
 from dora_reference_mel.node.service import ReferenceMelService
-from helpers import BIN, ROOT, copy_library, node_run_env
+from helpers import BIN, ROOT, copy_library, huge_sparse_wav, node_run_env
 
 N = 150  # the short run's events; the long run has 4N
 # dora's test mode writes each output as JSON text, in the node's process: a 10 s v2 spectrogram is 7 MB of
@@ -89,12 +88,7 @@ def prepare(folder: Path, deep_flac: Path, rng: random.Random) -> dict:
         for _ in range(3):  # 3 s (59 s takes a minute to encode here): 37 M samples against 5.8 M allowed
             f.write(np.zeros((192000, 64), np.float32))
     shutil.copy(deep_flac, voices / "deep.flac")
-    data = 59 * 384000 * 32 * 2  # 59 s of 32 channels at 384 kHz, 16 bits: 1.4 GiB, sparse (4 KiB on disk)
-    header = b"RIFF" + struct.pack("<I", 36 + data) + b"WAVEfmt " + struct.pack(
-        "<IHHIIHH", 16, 1, 32, 384000, 384000 * 64, 64, 16) + b"data" + struct.pack("<I", data)
-    with open(voices / "sparse.wav", "wb") as f:
-        f.write(header)
-        f.truncate(len(header) + data)
+    huge_sparse_wav(voices / "sparse.wav", 59)  # 59 s of 32 channels at 384 kHz, 16 bits: 1.4 GiB
     outside = folder / "outside"
     outside.mkdir()
     shutil.copy(voices / "basil.wav", outside / "clip.wav")
