@@ -381,12 +381,14 @@ class ReferenceStore:
         except ReferenceMelError:  # unreadable voices.json: the voice itself is still checked
             listed = []
         for owner in (voice, *listed):
-            if owner.ref_audio is not None and owner.ref_audio.is_file():
-                continue
-            for path in (self.file_of(owner, kind), owner.stored_path(kind)):
-                if path is not None and {os.path.abspath(path), os.path.realpath(path)} & same:
-                    return (f"{target} is the stored {kind.name} {kind.what} of voice {owner.name!r}, which has no "
-                            "ref_audio to compute it again from")
+            # Paths first, by text, then (for a path voices.json names) through its links; the audio file is
+            # stat'ed only for an owner of the target: a 10,000-voice precompute stats no 10^8 files.
+            named = owner is voice or os.path.abspath(self.file_of(owner, kind)) in same
+            stored = owner.stored_path(kind)
+            named = named or stored is not None and {os.path.abspath(stored), os.path.realpath(stored)} & same
+            if named and not (owner.ref_audio is not None and owner.ref_audio.is_file()):
+                return (f"{target} is the stored {kind.name} {kind.what} of voice {owner.name!r}, which has no "
+                        "ref_audio to compute it again from")
         return None
 
     @contextlib.contextmanager
