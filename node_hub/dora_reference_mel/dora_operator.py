@@ -23,8 +23,8 @@ class Operator:
             outputs, self.pending = self.pending + self.service.answer(dora_event), []
             send_outputs(send_output, outputs, self.sent)
         elif dora_event["type"] == "STOP":
-            # Not the end of the inputs: dora still delivers those queued before it, and an operator that
-            # answers STOP here is removed first (dora 0.4.1 then drops them as "input for unknown
-            # operator"). The runtime ends the operator once the stream is closed.
+            # Not the end of the inputs, but dora's operator runtime closes this operator's channel as it
+            # forwards STOP and drops what still arrives ("input for unknown operator", docs/delivery.md):
+            # answering CONTINUE is all an operator can do. The custom node form keeps answering.
             log_stop(self.service, self.sent)
         return DoraStatus.CONTINUE

@@ -381,8 +381,7 @@ class ReferenceStore:
         except ReferenceMelError:  # unreadable voices.json: the voice itself is still checked
             listed = []
         for owner in (voice, *listed):
-            # Paths first, by text, then (for a path voices.json names) through its links; the audio file is
-            # stat'ed only for an owner of the target: a 10,000-voice precompute stats no 10^8 files.
+            # By path first (links only where voices.json names one): only owners' audio is stat'ed.
             named = owner is voice or os.path.abspath(self.file_of(owner, kind)) in same
             stored = owner.stored_path(kind)
             named = named or stored is not None and {os.path.abspath(stored), os.path.realpath(stored)} & same
