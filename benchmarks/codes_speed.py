@@ -1,8 +1,8 @@
 """Prompt codes of one reference clip (models/voices/aria.wav: 10 s, the longest upstream takes), three ways,
 on chinese-hubert-base's architecture with seeded random weights (speed does not depend on the values):
 
-- mlx:   dora_reference_mel.models with every product through MLX's matmul (the path of GPUs and macOS);
-- blas:  the same with products through NumPy's BLAS (the path where MLX runs on a Linux CPU);
+- mlx:   dora_reference_mel.models on MLX's ops (the path of GPUs and macOS);
+- numpy: the same model on NumPy, products through its BLAS (the path where MLX computes on a Linux CPU);
 - torch: transformers' HubertModel, ssl_proj and the upstream quantizer (tests/oracle_codes.py), at each
          thread count from 1 to the CPU count, the best one reported.
 
@@ -42,7 +42,7 @@ def median_seconds(run, repeats: int) -> tuple[float, object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--skip", action="append", default=[], choices=["mlx", "blas", "torch"])
+    parser.add_argument("--skip", action="append", default=[], choices=["mlx", "numpy", "torch"])
     add_out_argument(parser, "codes_speed")
     parser.add_argument("--upstream", type=Path, help="GPT_SoVITS folder already unpacked by oracle_codes.unpack_upstream "
                         "(where the package index is out of reach)")
@@ -62,10 +62,10 @@ def main() -> None:
         results = {"clip_seconds": len(wav16k) / 16000, "mlx_device": str(mx.default_device()),
                    "MLX_ENABLE_TF32": os.environ.get("MLX_ENABLE_TF32", "unset (on)")}
         torch_hidden, torch_codes = reference.hidden_and_codes(wav16k)
-        for backend in ("mlx", "blas"):
+        for backend in ("mlx", "numpy"):
             if backend in args.skip:
                 continue
-            model = load_codes_model(hubert, sovits, matmul_backend=backend)
+            model = load_codes_model(hubert, sovits, backend=backend)
             seconds, codes = median_seconds(lambda model=model: model.codes(wav16k), args.repeats)
             results[f"{backend}_s"] = round(seconds, 3)
             agree = results[f"{backend}_codes_equal_to_torch"] = float(np.mean(codes == torch_codes))

@@ -17,7 +17,7 @@ from safetensors.numpy import save_file
 from transformers import HubertConfig
 
 from dora_reference_mel.models import ModelError, load_codes_model, prompt_samples, to_16k_mono, weights_digest
-from dora_reference_mel.models.hubert import resolve_matmul
+from dora_reference_mel.models.backends import NumpyOps, resolve_backend
 from helpers import ROOT
 
 SPEECH = ROOT / "tests" / "fixtures" / "speech"
@@ -81,16 +81,16 @@ def test_to_16k_mono_is_librosa_load(name):
     assert np.array_equal(to_16k_mono(*sf.read(path, dtype="int16")), expected)  # PCM as a dora event carries it
 
 
-@pytest.mark.parametrize("matmul", ["mlx", "blas"])
-def test_small_model_codes_match_upstream(small, matmul):
+@pytest.mark.parametrize("backend", ["mlx", "numpy"])
+def test_small_model_codes_match_upstream(small, backend):
     reference, hubert, sovits = small
-    model = load_codes_model(hubert, sovits, matmul_backend=matmul, attention_heads=4)
-    assert model.hubert.backend == matmul
+    model = load_codes_model(hubert, sovits, backend=backend, attention_heads=4)
+    assert model.hubert.backend == backend
     clips = {"basil 16 kHz": clip16k(VOICES / "basil.wav"), "22.05 kHz": clip16k(SPEECH / "mono_22050.wav", 2),
              "stereo 32 kHz": clip16k(SPEECH / "stereo_32000.wav", 3), "cleo 44.1 kHz stereo": clip16k(VOICES / "cleo.wav")}
     for name, wav in clips.items():
         agree, diff, distinct = compare(reference, model, wav)
-        print(f"small {matmul} {name}: {agree:.1%} of codes equal, hidden max diff {diff:.2e}, {distinct} codes")
+        print(f"small {backend} {name}: {agree:.1%} of codes equal, hidden max diff {diff:.2e}, {distinct} codes")
         assert agree >= 0.99 and diff < 1e-3, name
         assert distinct >= 20, f"{name}: the random weights give degenerate codes"
 
@@ -98,11 +98,11 @@ def test_small_model_codes_match_upstream(small, matmul):
 @pytest.mark.slow
 def test_full_size_codes_match_upstream(full):
     reference, hubert, sovits = full
-    blas = load_codes_model(hubert, sovits, matmul_backend="blas")
-    mlx_path = load_codes_model(hubert, sovits, matmul_backend="mlx")
+    numpy_path = load_codes_model(hubert, sovits, backend="numpy")
+    mlx_path = load_codes_model(hubert, sovits, backend="mlx")
     # aria is 10.0 s at 48 kHz: exactly the 160,000 samples upstream still takes.
-    runs = [(blas, "aria 48 kHz", clip16k(VOICES / "aria.wav")),
-            (blas, "cleo 44.1 kHz stereo", clip16k(VOICES / "cleo.wav")),
+    runs = [(numpy_path, "aria 48 kHz", clip16k(VOICES / "aria.wav")),
+            (numpy_path, "cleo 44.1 kHz stereo", clip16k(VOICES / "cleo.wav")),
             (mlx_path, "basil 16 kHz, first 3 s", clip16k(VOICES / "basil.wav")[:48_000])]
     for model, name, wav in runs:
         agree, diff, distinct = compare(reference, model, wav)
@@ -195,9 +195,40 @@ def test_weights_digest_follows_the_bytes(small, tmp_path):
     assert len(model.weights_digest) == 32
 
 
-def test_matmul_backend_choice():
+def test_backend_choice():
     on_linux_cpu = sys.platform.startswith("linux") and mx.default_device() == mx.cpu
-    assert resolve_matmul("auto") == ("blas" if on_linux_cpu else "mlx")
-    assert resolve_matmul("mlx") == "mlx"
-    with pytest.raises(ValueError, match="'torch' is not one of auto, mlx, blas"):
-        resolve_matmul("torch")
+    assert resolve_backend("auto") == ("numpy" if on_linux_cpu else "mlx")
+    assert resolve_backend("mlx") == "mlx"
+    with pytest.raises(ValueError, match="'torch' is not one of auto, mlx, numpy"):
+        resolve_backend("torch")
+
+
+def test_numpy_gelu_is_as_close_to_exact_as_torchs():
+    import torch
+
+    x = np.concatenate([np.linspace(-12, 12, 200_001), np.random.default_rng(0).normal(0, 3, 300_000)]).astype(np.float32)
+    exact = torch.nn.functional.gelu(torch.from_numpy(x).double()).numpy()
+    ours = NumpyOps.gelu(x)
+    torchs = torch.nn.functional.gelu(torch.from_numpy(x)).numpy()
+    assert ours.dtype == np.float32 and ours.shape == x.shape
+    assert np.abs(ours - exact).max() <= 2 * np.abs(torchs - exact).max() + 1e-7
+
+
+@pytest.mark.parametrize("kernel,stride,groups,padding", [(10, 5, 1, 0), (3, 2, 1, 0), (2, 2, 1, 0), (1, 1, 1, 0),
+                                                          (7, 2, 1, 0), (16, 1, 4, 8), (5, 3, 2, 0)])
+@pytest.mark.parametrize("ops", ["mlx", "numpy"])
+def test_convolutions_are_torchs(kernel, stride, groups, padding, ops):
+    import torch
+
+    from dora_reference_mel.models.backends import ops_for
+
+    rng = np.random.default_rng(kernel)
+    channels = 1 if kernel == 10 else 8
+    x = rng.normal(size=(203, channels)).astype(np.float32)
+    weight = rng.normal(size=(12, channels // groups, kernel)).astype(np.float32)
+    expected = torch.nn.functional.conv1d(torch.from_numpy(x.T[None]), torch.from_numpy(weight), stride=stride,
+                                          padding=padding, groups=groups)[0].T.numpy()
+    backend = ops_for(ops)
+    got = np.array(backend.conv1d(backend.array(x), backend.conv_weight(mx.array(weight), groups), stride, padding, groups))
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)

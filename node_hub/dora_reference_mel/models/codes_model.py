@@ -16,7 +16,7 @@ Weights are the MLX line's safetensors (~/.dora/models/primespeech/gpt-sovits-ml
 (`ssl_proj.weight`, `ssl_proj.bias`, `quantizer.vq.layers.0._codebook.embed`). Half-precision files are
 computed in float32, as upstream does when not in half mode.
 
-The codebook search runs on MLX's CPU stream on every device, so TF32 products on a GPU (hubert.py,
+The codebook search runs in float32 on the host on every device, so TF32 products on a GPU (hubert.py,
 "Precision on GPUs") never pick between two near codes; the hidden states before it follow MLX_ENABLE_TF32.
 """
 
@@ -28,7 +28,7 @@ import mlx.core as mx
 import numpy as np
 import xxhash
 
-from .hubert import ATTENTION_HEADS, Hubert, ModelError, conv1d, conv_matrix, matmul
+from .hubert import ATTENTION_HEADS, Hubert, ModelError
 
 TARGET_RATE = 16_000
 MIN_REF_SAMPLES = 48_000  # 3 s at 16 kHz: upstream's bounds, before the zeros are appended
@@ -97,13 +97,12 @@ def prompt_samples(wav16k: np.ndarray, sovits_rate: int = SOVITS_RATE) -> np.nda
     return np.concatenate([wav16k, np.zeros(int(sovits_rate * TAIL_SECONDS), dtype=np.float32)])
 
 
-def nearest_codes(x: mx.array, embed: mx.array, backend: str) -> mx.array:
+def nearest_codes(x: np.ndarray, embed: np.ndarray) -> np.ndarray:
     """Index of the nearest codebook row for each row of x [N, D], by upstream's expression
-    (EuclideanCodebook.quantize), on the CPU stream so that a GPU's TF32 never decides it."""
-    with mx.stream(mx.cpu):
-        dots = matmul(x, embed.T, backend, stream=mx.cpu)
-        dist = -((mx.sum(x * x, axis=1, keepdims=True) - 2 * dots) + mx.sum(embed * embed, axis=1)[None])
-        return mx.argmax(dist, axis=1).astype(mx.int32)
+    (EuclideanCodebook.quantize), in float32 on the host: a GPU's TF32 products never decide it."""
+    dots = x @ embed.T
+    dist = -((np.sum(x * x, axis=1, keepdims=True) - 2 * dots) + np.sum(embed * embed, axis=1)[None])
+    return np.argmax(dist, axis=1).astype(np.int32)
 
 
 def weights_digest(*paths: str | os.PathLike) -> str:
@@ -137,27 +136,27 @@ class CodesModel:
             raise ModelError("bad_weights", f"{source} has no {', '.join(missing)}: is it a GPT-SoVITS SoVITS (s2G) model?")
         self.hubert = hubert
         proj = sovits[SSL_PROJ + "weight"].astype(mx.float32)
-        width = hubert.projection[0].shape[1]
+        width = hubert.width
         if proj.ndim != 3 or proj.shape[:2] != (width, width) or sovits[CODEBOOK].shape[1:] != (width,):
             raise ModelError("bad_weights", f"{source}: ssl_proj.weight {tuple(proj.shape)} and the codebook "
                              f"{tuple(sovits[CODEBOOK].shape)} do not fit HuBERT's width {width}: are both files of one "
                              "GPT-SoVITS version?")
         self.proj_kernel = proj.shape[2]  # 2 (stride 2) for 25 Hz models, 1 for 50 Hz ones
-        self.proj_matrix, self.proj_bias = conv_matrix(proj), sovits[SSL_PROJ + "bias"].astype(mx.float32)
-        self.codebook = sovits[CODEBOOK].astype(mx.float32)
+        self.proj_weight, self.proj_bias = hubert.ops.conv_weight(proj), hubert.ops.array(sovits[SSL_PROJ + "bias"])
+        self.codebook = np.array(sovits[CODEBOOK].astype(mx.float32))
         self.weights_digest = weights_digest
         self.sovits_rate = sovits_rate
-        mx.eval(self.proj_matrix, self.proj_bias, self.codebook)
+        hubert.ops.evaluate(self.proj_weight, self.proj_bias)
 
-    def hidden_states(self, samples_16k: np.ndarray) -> mx.array:
-        """HuBERT's last_hidden_state [T, 768] of the prompt (the checked reference and its zeros)."""
-        return self.hubert(mx.array(prompt_samples(samples_16k, self.sovits_rate)))
+    def hidden_states(self, samples_16k: np.ndarray):
+        """HuBERT's last_hidden_state [T, 768] of the prompt (the checked reference and its zeros), an array of
+        the model's backend."""
+        return self.hubert(prompt_samples(samples_16k, self.sovits_rate))
 
-    def codes_of_hidden(self, hidden: mx.array) -> np.ndarray:
+    def codes_of_hidden(self, hidden) -> np.ndarray:
         """extract_latent's codes[0, 0] from hidden states [T, 768]: int32 [T // 2] for 25 Hz models."""
-        backend = self.hubert.backend
-        ssl = conv1d(hidden, self.proj_matrix, self.proj_kernel, self.proj_kernel, backend) + self.proj_bias
-        return np.array(nearest_codes(ssl, self.codebook, backend), dtype=np.int32)
+        ssl = self.hubert.ops.conv1d(hidden, self.proj_weight, self.proj_kernel) + self.proj_bias
+        return nearest_codes(np.array(ssl, dtype=np.float32), self.codebook)
 
     def codes(self, samples_16k: np.ndarray) -> np.ndarray:
         """The prompt's semantic codes, int32 [N] at 25 a second, from 3-10 s of 16 kHz mono samples (float,
@@ -165,11 +164,11 @@ class CodesModel:
         return self.codes_of_hidden(self.hidden_states(samples_16k))
 
 
-def load_codes_model(hubert_path: str | os.PathLike, sovits_path: str | os.PathLike, *, matmul_backend: str = "auto",
+def load_codes_model(hubert_path: str | os.PathLike, sovits_path: str | os.PathLike, *, backend: str = "auto",
                      attention_heads: int = ATTENTION_HEADS, sovits_rate: int = SOVITS_RATE) -> CodesModel:
-    """The codes model from the MLX line's `hubert.safetensors` and a SoVITS safetensors file. `matmul_backend`:
-    'auto' (NumPy's BLAS where MLX runs on a Linux CPU, else MLX), 'mlx' or 'blas'."""
+    """The codes model from the MLX line's `hubert.safetensors` and a SoVITS safetensors file. `backend`:
+    'auto' (NumPy where MLX computes on a Linux CPU, else MLX), 'mlx' or 'numpy' (backends.py)."""
     hubert_weights, sovits = read_safetensors(hubert_path), read_safetensors(sovits_path)  # both checked first
-    hubert = Hubert(hubert_weights, os.fspath(hubert_path), attention_heads, matmul_backend)
+    hubert = Hubert(hubert_weights, os.fspath(hubert_path), attention_heads, backend)
     digest = weights_digest(hubert_path, sovits_path)
     return CodesModel(hubert, sovits, os.fspath(sovits_path), digest, sovits_rate)

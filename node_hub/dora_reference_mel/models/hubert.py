@@ -8,31 +8,25 @@ norm over dim 2, the last output dropped for the even kernel) with GELU, added, 
 (the post-norm layout, `do_stable_layer_norm=False`); then post-norm transformer layers. Widths, layer count
 and the positional kernel are read off the weights, so a smaller model of the same architecture runs too.
 
-Activations are time-major, `[T, channels]`. Every product (convolutions as unfolded frames times the
-weight, attention, linears) goes through `matmul`: MLX's generic op on every backend, or NumPy's BLAS
-between `mx.eval` boundaries where MLX runs on a Linux CPU (`mlx[cpu]`), whose own matmul is 25-44x slower
-there. Both give float32 products, summed in different orders.
+Activations are time-major, `[T, channels]`, and every operation goes through one backend (backends.py):
+MLX's generic ops on every device, or NumPy with BLAS products where MLX computes on a Linux CPU.
 
 Precision on GPUs: MLX runs float32 products as TF32 on NVIDIA (CUDA backend) and Apple M5 GPUs unless
 `MLX_ENABLE_TF32=0` is set before MLX starts; the hidden states then differ from float32 by about 1e-3
-relative. The codebook search (codes_model.nearest_codes) runs on MLX's CPU stream whatever the device, so
-TF32 never decides between two near codes there; for hidden states as float32 as upstream's, set the variable.
+relative. The codebook search (codes_model.nearest_codes) runs in float32 on the host whatever the device,
+so TF32 never decides between two near codes there; for hidden states as float32 as upstream's, set the
+variable.
 """
 
 from __future__ import annotations
 
-import math
-import sys
-
 import mlx.core as mx
-import numpy as np
-from mlx.utils import tree_flatten
+
+from .backends import ops_for
 
 CONV_STRIDES = (5, 2, 2, 2, 2, 2, 2)  # chinese-hubert-base's conv_stride (not recoverable from the weights)
 ATTENTION_HEADS = 12  # its num_attention_heads (neither)
 LAYER_NORM_EPS = 1e-5  # its layer_norm_eps; GroupNorm's default eps is the same
-
-MATMUL_BACKENDS = ("auto", "mlx", "blas")
 
 
 class ModelError(ValueError):
@@ -42,55 +36,6 @@ class ModelError(ValueError):
     def __init__(self, code: str, message: str):
         super().__init__(message)
         self.code = code
-
-
-def blas_is_faster() -> bool:
-    """Whether products should go through NumPy's BLAS: MLX computing on a Linux CPU (measured 3.5 GFLOP/s
-    for a [530, 768] x [768, 3072] product against NumPy's 110 on the same 2 cores)."""
-    return sys.platform.startswith("linux") and mx.default_device() == mx.cpu
-
-
-def resolve_matmul(backend: str) -> str:
-    """'mlx' or 'blas' for a requested backend ('auto' picks by blas_is_faster)."""
-    if backend not in MATMUL_BACKENDS:
-        raise ValueError(f"matmul backend {backend!r} is not one of {', '.join(MATMUL_BACKENDS)}")
-    if backend == "auto":
-        return "blas" if blas_is_faster() else "mlx"
-    return backend
-
-
-def matmul(a: mx.array, b: mx.array, backend: str, stream=None) -> mx.array:
-    """a @ b (batched over leading dims) in float32: MLX's op, or NumPy's BLAS on the evaluated operands
-    with the product handed back to MLX. The operands are made contiguous first: NumPy multiplies stacked
-    strided views (attention's per-head slices) in its own loop, 6x slower than BLAS."""
-    if backend == "blas":
-        return mx.array(np.matmul(np.ascontiguousarray(a), np.ascontiguousarray(b)))
-    return mx.matmul(a, b, stream=stream)
-
-
-def gelu(x: mx.array) -> mx.array:
-    """torch's default (exact) GELU: x * Phi(x)."""
-    return 0.5 * x * (1.0 + mx.erf(x * (1.0 / math.sqrt(2.0))))
-
-
-def unfold(x: mx.array, kernel: int, stride: int, n_out: int) -> mx.array:
-    """[T, C] -> [n_out, kernel * C]: the frames a convolution reads, tap-major (tap j at j*C .. j*C+C-1)."""
-    span = stride * (n_out - 1) + 1
-    return mx.concatenate([x[j : j + span : stride] for j in range(kernel)], axis=1)
-
-
-def conv_matrix(weight: mx.array) -> mx.array:
-    """torch's Conv1d weight [out, in, k] as the [k * in, out] matrix that multiplies unfolded frames."""
-    out_ch, in_ch, kernel = weight.shape
-    return mx.contiguous(weight.transpose(2, 1, 0).reshape(kernel * in_ch, out_ch))
-
-
-def conv1d(x: mx.array, matrix: mx.array, kernel: int, stride: int, backend: str) -> mx.array:
-    """A Conv1d without padding over time-major x [T, C] -> [T_out, out]."""
-    n_out = (x.shape[0] - kernel) // stride + 1
-    if n_out < 1:
-        raise ValueError(f"{x.shape[0]} frames are too few for a convolution of kernel {kernel}")
-    return matmul(unfold(x, kernel, stride, n_out), matrix, backend)
 
 
 def weight_norm(g: mx.array, v: mx.array) -> mx.array:
@@ -120,12 +65,13 @@ def positional_weight(weights: dict[str, mx.array], source: str) -> mx.array:
 
 
 class Hubert:
-    """HubertModel's forward pass (eval mode) over MLX arrays of its state dict, `hubert.` prefix or not."""
+    """HubertModel's forward pass (eval mode) over its state dict (`hubert.` prefix or not), on one backend
+    ('auto', 'mlx' or 'numpy': backends.py)."""
 
     def __init__(self, weights: dict[str, mx.array], source: str = "the HuBERT weights",
-                 attention_heads: int = ATTENTION_HEADS, matmul_backend: str = "auto"):
+                 attention_heads: int = ATTENTION_HEADS, backend: str = "auto"):
         weights = {name.removeprefix("hubert."): value.astype(mx.float32) for name, value in weights.items()}
-        self.backend = resolve_matmul(matmul_backend)
+        self.ops = ops = ops_for(backend)
         self.heads = attention_heads
 
         def take(name: str) -> mx.array:
@@ -134,35 +80,41 @@ class Hubert:
                                  "HubertModel state dict?")
             return weights[name]
 
+        def vector(name: str):
+            return ops.array(take(name))
+
+        def linear(name: str) -> tuple:
+            return ops.linear_weight(take(name + ".weight")), vector(name + ".bias")
+
+        def norm(name: str) -> tuple:
+            return vector(name + ".weight"), vector(name + ".bias")
+
         self.convs = []
         for i, stride in enumerate(CONV_STRIDES):
-            w = take(f"feature_extractor.conv_layers.{i}.conv.weight")
-            self.convs.append((conv_matrix(w), w.shape[2], stride))
-        self.group_norm = (take("feature_extractor.conv_layers.0.layer_norm.weight"),
-                           take("feature_extractor.conv_layers.0.layer_norm.bias"))
-        self.projection_norm = (take("feature_projection.layer_norm.weight"), take("feature_projection.layer_norm.bias"))
-        self.projection = self._linear(take, "feature_projection.projection")
+            self.convs.append((ops.conv_weight(take(f"feature_extractor.conv_layers.{i}.conv.weight")), stride))
+        self.group_norm = norm("feature_extractor.conv_layers.0.layer_norm")
+        self.projection_norm = norm("feature_projection.layer_norm")
+        self.projection = linear("feature_projection.projection")
         pos = positional_weight(weights, source)
-        hidden, per_group, kernel = pos.shape
-        self.pos_groups, self.pos_kernel = hidden // per_group, kernel
-        # [hidden, in/G, K] -> [G, K * in/G, out/G]: each group's matrix over its unfolded frames (tap-major).
-        grouped = pos.reshape(self.pos_groups, per_group, per_group, kernel).transpose(0, 3, 2, 1)
-        self.pos_matrix = mx.contiguous(grouped.reshape(self.pos_groups, kernel * per_group, per_group))
-        self.pos_bias = take(POS_CONV + "bias")
-        self.encoder_norm = (take("encoder.layer_norm.weight"), take("encoder.layer_norm.bias"))
+        hidden, per_group, self.pos_kernel = pos.shape
+        self.pos_groups = hidden // per_group
+        self.pos_weight, self.pos_bias = ops.conv_weight(pos, self.pos_groups), vector(POS_CONV + "bias")
+        self.encoder_norm = norm("encoder.layer_norm")
         self.layers = []
         i = 0
         while f"encoder.layers.{i}.attention.q_proj.weight" in weights:
+            p = f"encoder.layers.{i}.attention."
+            # q, k and v as one product: [in, 3 * hidden]
+            qkv = mx.concatenate([take(p + name + "_proj.weight") for name in "qkv"], axis=0)
+            qkv_bias = mx.concatenate([take(p + name + "_proj.bias") for name in "qkv"])
             p = f"encoder.layers.{i}."
             self.layers.append({
-                "q": self._linear(take, p + "attention.q_proj"),
-                "k": self._linear(take, p + "attention.k_proj"),
-                "v": self._linear(take, p + "attention.v_proj"),
-                "out": self._linear(take, p + "attention.out_proj"),
-                "norm": (take(p + "layer_norm.weight"), take(p + "layer_norm.bias")),
-                "up": self._linear(take, p + "feed_forward.intermediate_dense"),
-                "down": self._linear(take, p + "feed_forward.output_dense"),
-                "final_norm": (take(p + "final_layer_norm.weight"), take(p + "final_layer_norm.bias")),
+                "qkv": (ops.linear_weight(qkv), ops.array(qkv_bias)),
+                "out": linear(p + "attention.out_proj"),
+                "norm": norm(p + "layer_norm"),
+                "up": linear(p + "feed_forward.intermediate_dense"),
+                "down": linear(p + "feed_forward.output_dense"),
+                "final_norm": norm(p + "final_layer_norm"),
             })
             i += 1
         if not self.layers:
@@ -170,56 +122,53 @@ class Hubert:
         if hidden % attention_heads:
             raise ModelError("bad_weights", f"{source}: hidden size {hidden} is not a multiple of {attention_heads} "
                              "attention heads")
-        mx.eval([leaf for _, leaf in tree_flatten(self.__dict__) if isinstance(leaf, mx.array)])
+        ops.evaluate([weight for weight, _ in self.convs], self.group_norm, self.projection_norm, self.projection,
+                     self.pos_weight, self.pos_bias, self.encoder_norm, self.layers)
 
-    @staticmethod
-    def _linear(take, name: str) -> tuple[mx.array, mx.array]:
-        """A torch Linear as (weight transposed to [in, out], contiguous, bias)."""
-        return mx.contiguous(take(name + ".weight").T), take(name + ".bias")
+    @property
+    def backend(self) -> str:
+        return self.ops.name
 
-    def linear(self, x: mx.array, layer: tuple[mx.array, mx.array]) -> mx.array:
-        return matmul(x, layer[0], self.backend) + layer[1]
+    @property
+    def width(self) -> int:
+        """The hidden size: what ssl_proj must take."""
+        return self.projection[0].shape[1]
 
-    @staticmethod
-    def layer_norm(x: mx.array, norm: tuple[mx.array, mx.array]) -> mx.array:
-        return mx.fast.layer_norm(x, norm[0], norm[1], LAYER_NORM_EPS)
+    def linear(self, x, layer: tuple):
+        return self.ops.matmul(x, layer[0]) + layer[1]
 
-    def features(self, samples: mx.array) -> mx.array:
+    def layer_norm(self, x, norm: tuple):
+        return self.ops.layer_norm(x, norm[0], norm[1], LAYER_NORM_EPS)
+
+    def features(self, samples):
         """The convolutional feature extractor: [n] samples -> [T, 512] (T = 49.9 per second)."""
-        x = samples.astype(mx.float32)[:, None]
-        for i, (matrix, kernel, stride) in enumerate(self.convs):
-            x = conv1d(x, matrix, kernel, stride, self.backend)
-            if i == 0:  # GroupNorm with one group per channel: each channel normalised over time
-                mean = mx.mean(x, axis=0, keepdims=True)
-                var = mx.mean(mx.square(x - mean), axis=0, keepdims=True)
-                x = (x - mean) * mx.rsqrt(var + LAYER_NORM_EPS) * self.group_norm[0] + self.group_norm[1]
-            x = gelu(x)
+        x = samples[:, None]
+        for i, (weight, stride) in enumerate(self.convs):
+            x = self.ops.conv1d(x, weight, stride)
+            if i == 0:
+                x = self.ops.channel_norm(x, *self.group_norm, LAYER_NORM_EPS)
+            x = self.ops.gelu(x)
         return x
 
-    def positional(self, x: mx.array) -> mx.array:
-        """The positional convolution (padding K // 2, grouped) with GELU: [T, hidden] -> [T, hidden]."""
-        n, hidden = x.shape
-        kernel, groups = self.pos_kernel, self.pos_groups
-        padded = mx.pad(x, [(kernel // 2, kernel // 2), (0, 0)])
-        # An even kernel gives T + 1 outputs and HubertSamePadLayer drops the last: compute only the first T.
-        frames = mx.stack([padded[j : j + n] for j in range(kernel)], axis=1)  # [T, K, hidden]
-        frames = frames.reshape(n, kernel, groups, hidden // groups).transpose(2, 0, 1, 3)
-        out = matmul(frames.reshape(groups, n, kernel * (hidden // groups)), self.pos_matrix, self.backend)
-        return gelu(out.transpose(1, 0, 2).reshape(n, hidden) + self.pos_bias)
+    def positional(self, x):
+        """The positional convolution (padding K // 2, grouped) with GELU: [T, hidden] -> [T, hidden]. An even
+        kernel gives T + 1 outputs and HubertSamePadLayer drops the last."""
+        out = self.ops.conv1d(x, self.pos_weight, 1, self.pos_kernel // 2, self.pos_groups)[: x.shape[0]]
+        return self.ops.gelu(out + self.pos_bias)
 
-    def attention(self, x: mx.array, layer: dict) -> mx.array:
+    def attention(self, x, layer: dict):
         n, hidden = x.shape
-        head = hidden // self.heads
-        q, k, v = (self.linear(x, layer[name]).reshape(n, self.heads, head).transpose(1, 0, 2) for name in "qkv")
-        scores = matmul(q * (head**-0.5), k.transpose(0, 2, 1), self.backend)  # [heads, T, T]
-        context = matmul(mx.softmax(scores, axis=-1), v, self.backend)
+        heads = self.linear(x, layer["qkv"]).reshape(n, 3, self.heads, hidden // self.heads).transpose(1, 2, 0, 3)
+        context = self.ops.attention(heads[0], heads[1], heads[2])  # [heads, T, head]
         return self.linear(context.transpose(1, 0, 2).reshape(n, hidden), layer["out"])
 
-    def __call__(self, samples: mx.array) -> mx.array:
-        """last_hidden_state[0] for one clip of 16 kHz samples [n]: [T, hidden]."""
-        x = self.linear(self.layer_norm(self.features(samples), self.projection_norm), self.projection)
+    def __call__(self, samples):
+        """last_hidden_state[0] for one clip of 16 kHz samples [n] (float32 NumPy): [T, hidden], an array of
+        the backend's."""
+        x = self.linear(self.layer_norm(self.features(self.ops.array(samples)), self.projection_norm), self.projection)
         x = self.layer_norm(x + self.positional(x), self.encoder_norm)
         for layer in self.layers:
             x = self.layer_norm(x + self.attention(x, layer), layer["norm"])
-            x = self.layer_norm(x + self.linear(gelu(self.linear(x, layer["up"])), layer["down"]), layer["final_norm"])
+            feed_forward = self.linear(self.ops.gelu(self.linear(x, layer["up"])), layer["down"])
+            x = self.layer_norm(x + feed_forward, layer["final_norm"])
         return x

@@ -1,0 +1,253 @@
+"""The two array backends the codes model runs on, each offering the few operations hubert.py composes, with
+one meaning:
+
+- `MlxOps`: MLX's generic ops (convolution, fused attention and layer norm), on whatever device MLX uses:
+  Metal on Apple silicon, CUDA on NVIDIA, the CPU elsewhere.
+- `NumpyOps`: NumPy in float32, every product through its BLAS. Chosen where MLX computes on a Linux CPU
+  (`mlx[cpu]`), whose products run at about 4 GFLOP/s there against OpenBLAS's 145 on the same two cores
+  (a [529, 768] x [768, 3072] product) and whose exp and erf run 6x slower than NumPy's
+  (benchmarks/codes_speed.py measures both paths against torch).
+
+Activations are time-major, `[T, channels]`. Convolution weights arrive as torch stores them,
+`[out, in / groups, kernel]`, and are prepared once by `conv_weight`.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import mlx.core as mx
+import numpy as np
+
+BACKENDS = ("auto", "mlx", "numpy")
+SQRT_HALF = 1.0 / math.sqrt(2.0)
+
+
+def numpy_is_faster() -> bool:
+    """Whether the model should run on NumPy: MLX computing on a Linux CPU."""
+    return sys.platform.startswith("linux") and mx.default_device() == mx.cpu
+
+
+def resolve_backend(backend: str) -> str:
+    """'mlx' or 'numpy' for a requested backend ('auto' picks by numpy_is_faster)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"model backend {backend!r} is not one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        return "numpy" if numpy_is_faster() else "mlx"
+    return backend
+
+
+def ops_for(backend: str) -> MlxOps | NumpyOps:
+    return NumpyOps() if resolve_backend(backend) == "numpy" else MlxOps()
+
+
+class MlxOps:
+    name = "mlx"
+
+    @staticmethod
+    def array(x) -> mx.array:
+        return mx.array(x).astype(mx.float32)
+
+    @staticmethod
+    def evaluate(*arrays) -> None:
+        mx.eval(*arrays)
+
+    @staticmethod
+    def conv_weight(weight: mx.array, groups: int = 1) -> mx.array:
+        return mx.contiguous(weight.transpose(0, 2, 1))  # MLX's [out, kernel, in / groups]
+
+    @staticmethod
+    def conv1d(x: mx.array, weight: mx.array, stride: int, padding: int = 0, groups: int = 1) -> mx.array:
+        return mx.conv1d(x[None], weight, stride=stride, padding=padding, groups=groups)[0]
+
+    @staticmethod
+    def linear_weight(weight: mx.array) -> mx.array:
+        return mx.contiguous(weight.T)
+
+    @staticmethod
+    def matmul(a: mx.array, b: mx.array) -> mx.array:
+        return a @ b
+
+    @staticmethod
+    def gelu(x: mx.array) -> mx.array:
+        """torch's default (exact) GELU: x * Phi(x)."""
+        return 0.5 * x * (1.0 + mx.erf(x * SQRT_HALF))
+
+    @staticmethod
+    def layer_norm(x: mx.array, weight: mx.array, bias: mx.array, eps: float) -> mx.array:
+        return mx.fast.layer_norm(x, weight, bias, eps)
+
+    @staticmethod
+    def channel_norm(x: mx.array, weight: mx.array, bias: mx.array, eps: float) -> mx.array:
+        """GroupNorm with one group per channel over time-major x: each channel normalised over time."""
+        mean = mx.mean(x, axis=0, keepdims=True)
+        var = mx.mean(mx.square(x - mean), axis=0, keepdims=True)
+        return (x - mean) * mx.rsqrt(var + eps) * weight + bias
+
+    @staticmethod
+    def attention(q: mx.array, k: mx.array, v: mx.array) -> mx.array:
+        """softmax(q k^T / sqrt(d)) v over [heads, T, d]."""
+        return mx.fast.scaled_dot_product_attention(q[None], k[None], v[None], scale=q.shape[-1] ** -0.5)[0]
+
+
+# erf(z) = 1 - t * poly(t) * exp(-z^2), t = 1 / (1 + P z), z >= 0: Abramowitz & Stegun 7.1.26, absolute error
+# below 1.5e-7 (as close to torch's GELU in float64 as torch's own float32 GELU, checked in tests/test_models.py).
+ERF_P = 0.3275911
+ERF_POLY = (1.061405429, -1.453152027, 1.421413741, -0.284496736, 0.254829592)  # highest power first
+GELU_BLOCK = 1 << 17  # elements per pass: each block's temporaries stay in the CPU's caches
+
+
+class NumpyOps:
+    name = "numpy"
+
+    @staticmethod
+    def array(x) -> np.ndarray:
+        return np.ascontiguousarray(np.asarray(x, dtype=np.float32))
+
+    @staticmethod
+    def evaluate(*arrays) -> None:
+        pass  # NumPy computes eagerly
+
+    @staticmethod
+    def conv_weight(weight, groups: int = 1) -> np.ndarray:
+        """[out, in / groups, kernel] -> [groups, kernel * in / groups, out / groups], tap-major rows: each
+        group's matrix over its unfolded frames."""
+        out_ch, per_group, kernel = weight.shape
+        w = np.asarray(weight, dtype=np.float32).reshape(groups, out_ch // groups, per_group, kernel)
+        return np.ascontiguousarray(w.transpose(0, 3, 2, 1).reshape(groups, kernel * per_group, out_ch // groups))
+
+    @staticmethod
+    def conv1d(x: np.ndarray, weight: np.ndarray, stride: int, padding: int = 0, groups: int = 1) -> np.ndarray:
+        if padding:
+            x = np.pad(x, ((padding, padding), (0, 0)))
+        if groups == 1:
+            return _conv1d_strided(x, weight[0], weight.shape[1] // x.shape[1], stride)
+        return _conv1d_grouped(x, weight, groups, stride)
+
+    @staticmethod
+    def linear_weight(weight) -> np.ndarray:
+        return np.ascontiguousarray(np.asarray(weight, dtype=np.float32).T)
+
+    @staticmethod
+    def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.matmul(a, b)
+
+    @staticmethod
+    def gelu(x: np.ndarray) -> np.ndarray:
+        """torch's exact GELU, x * (1 + erf(x / sqrt 2)) / 2, with erf as ERF_POLY gives it."""
+        flat, out = np.ascontiguousarray(x).reshape(-1), np.empty(x.size, dtype=np.float32)
+        _in_blocks(flat.size, lambda span: _gelu_block(flat[span], out[span]))
+        return out.reshape(x.shape)
+
+    @staticmethod
+    def layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
+        centred = x - x.mean(axis=-1, keepdims=True)
+        scale = 1.0 / np.sqrt(np.mean(np.square(centred), axis=-1, keepdims=True) + np.float32(eps))
+        return centred * scale * weight + bias
+
+    @staticmethod
+    def channel_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
+        rows = max(1, GELU_BLOCK // x.shape[1])
+        mean = x.mean(axis=0)
+        squares = np.zeros_like(mean)  # sum of (x - mean)^2, a block of rows at a time: no full-size temporaries
+        for start in range(0, x.shape[0], rows):
+            squares += np.sum(np.square(x[start : start + rows] - mean), axis=0)
+        scale = weight / np.sqrt(squares / np.float32(x.shape[0]) + np.float32(eps))
+        shift = bias - mean * scale
+        out = np.empty_like(x)
+        _in_blocks(x.shape[0], lambda span: np.add(np.multiply(x[span], scale, out=out[span]), shift, out=out[span]),
+                   rows)
+        return out
+
+    @staticmethod
+    def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
+        # Contiguous operands: NumPy multiplies stacked strided views in its own loop, 6x slower than BLAS.
+        q, v = q * np.float32(q.shape[-1] ** -0.5), np.ascontiguousarray(v)
+        scores = np.matmul(q, np.ascontiguousarray(k.transpose(0, 2, 1)))
+        scores -= scores.max(axis=-1, keepdims=True)
+        np.exp(scores, out=scores)
+        scores /= scores.sum(axis=-1, keepdims=True)
+        return np.matmul(scores, v)
+
+
+def _conv1d_strided(x: np.ndarray, matrix: np.ndarray, kernel: int, stride: int) -> np.ndarray:
+    """A Conv1d without padding over x [T, C] as ceil(kernel / stride) products on views, no frames copied:
+    x seen as rows of `stride` frames, [T / stride, stride * C], output i reads row i + b for taps
+    b * stride .. b * stride + stride - 1."""
+    n_in, channels = x.shape
+    n_out = (n_in - kernel) // stride + 1
+    if n_out < 1:
+        raise ValueError(f"{n_in} frames are too few for a convolution of kernel {kernel}")
+    if channels == 1:  # raw samples: the frames themselves are small, and one product writes the output once
+        x = np.ascontiguousarray(x[:, 0])
+        frames = np.lib.stride_tricks.as_strided(x, (n_out, kernel), (x.strides[0] * stride, x.strides[0]))
+        return np.ascontiguousarray(frames) @ matrix
+    blocks = -(-kernel // stride)
+    rows = n_out + blocks - 1
+    if n_in < rows * stride:  # the last row's unread taps
+        x = np.concatenate([x, np.zeros((rows * stride - n_in, channels), dtype=np.float32)])
+    wide = np.ascontiguousarray(x[: rows * stride]).reshape(rows, stride * channels)
+    out = None
+    for b in range(blocks):
+        taps = min(stride, kernel - b * stride)
+        part = wide[b : b + n_out, : taps * channels] @ matrix[b * stride * channels : (b * stride + taps) * channels]
+        out = part if out is None else np.add(out, part, out=out)
+    return out
+
+
+def _conv1d_grouped(x: np.ndarray, weight: np.ndarray, groups: int, stride: int) -> np.ndarray:
+    """A grouped Conv1d without padding over x [T, C]: each group's unfolded frames times its matrix."""
+    n_in, channels = x.shape
+    per_group = channels // groups
+    kernel = weight.shape[1] // per_group
+    n_out = (n_in - kernel) // stride + 1
+    out = np.empty((n_out, weight.shape[0] * weight.shape[2]), dtype=np.float32)
+    width = weight.shape[2]
+    for g in range(groups):
+        channel_rows = np.ascontiguousarray(x[:, g * per_group : (g + 1) * per_group])
+        # Frame i is channel_rows[i * stride : i * stride + kernel] read as one row: a strided view, copied once.
+        frames = np.lib.stride_tricks.as_strided(
+            channel_rows, (n_out, kernel * per_group), (channel_rows.strides[0] * stride, channel_rows.strides[1]))
+        out[:, g * width : (g + 1) * width] = np.ascontiguousarray(frames) @ weight[g]
+    return out
+
+
+@functools.cache
+def _workers() -> ThreadPoolExecutor:
+    """Threads for NumPy's elementwise passes, which, unlike its BLAS, use one core (its loops release the GIL)."""
+    return ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="codes-numpy")
+
+
+def _in_blocks(n: int, work, block: int = GELU_BLOCK) -> None:
+    """work(slice) over 0..n in blocks, on every core."""
+    spans = [slice(start, start + block) for start in range(0, n, block)]
+    if len(spans) == 1:
+        work(spans[0])
+    else:
+        for _ in _workers().map(work, spans):
+            pass
+
+
+def _gelu_block(x: np.ndarray, out: np.ndarray) -> None:
+    """out = GELU(x): 0.5 x q for x < 0 and x - 0.5 x q otherwise, q = 1 - erf(|x| / sqrt 2) by ERF_POLY."""
+    z = np.abs(x) * np.float32(SQRT_HALF)
+    t = z * np.float32(ERF_P)
+    t += 1
+    np.reciprocal(t, out=t)
+    q = np.full_like(t, ERF_POLY[0])
+    for coefficient in ERF_POLY[1:]:
+        q *= t
+        q += np.float32(coefficient)
+    q *= t
+    np.square(z, out=z)
+    np.negative(z, out=z)
+    np.exp(z, out=z)
+    q *= z
+    q *= x
+    q *= np.float32(0.5)
+    np.subtract(x, q, out=out)
+    np.copyto(out, q, where=x < 0)
