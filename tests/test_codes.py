@@ -272,6 +272,43 @@ def test_changed_clip_or_weights_make_computed_codes_stale(library, weights, tmp
     assert not (library["codes_dir"] / "aria_codes.bin").exists()
 
 
+def test_a_trained_voice_gets_the_codes_of_its_own_sovits_weights(library, weights, upstream):
+    """VOICE:TRAINED names its SoVITS weights: a safetensors file with its own ssl_proj and codebook gives the
+    codes upstream computes with them; one without (an overlay on the base model) the base's; a torch
+    checkpoint, or a file outside REF_AUDIO_ROOTS, no codes, and the reason on the log."""
+    import copy
+
+    import pyarrow as pa
+    import soundfile as sf
+    from oracle_codes import UpstreamCodes, small_config
+    from safetensors.numpy import save_file
+
+    base, _, _ = weights
+    other = UpstreamCodes(small_config(attention_heads=12), upstream, seed=7)
+    trained = library["models"] / "trained"
+    own = other.save(trained)[1]
+    overlay, checkpoint = trained / "overlay.safetensors", trained / "sovits.pth"
+    save_file({"enc_p.proj.weight": np.ones((4, 4), dtype=np.float32)}, str(overlay))
+    checkpoint.write_bytes(b"PK\x03\x04 not read")
+    service = _service(_with_weights(library, weights))
+    clip = library["models"] / "voices" / "basil.wav"
+    samples, rate = sf.read(clip, dtype="float32")
+    expected_own = copy.copy(base)
+    expected_own.ssl_proj, expected_own.quantizer = other.ssl_proj, other.quantizer
+    expected = {own: _upstream_codes(expected_own, samples, rate), overlay: _upstream_codes(base, samples, rate)}
+    assert np.mean(expected[own] == expected[overlay]) < 0.5  # the two weights do give other codes
+    for sovits, codes in expected.items():
+        mel = _switch(service, f"VOICE:TRAINED|gpt.ckpt|{sovits}|{clip}|Hello there.|en|Hi.")
+        assert mel["codes_status"] == "computed" and mel["sovits_weights"] == str(sovits)
+        assert np.mean(np.array(mel["codes"]) == codes) >= 0.99, sovits.name
+    for sovits, why in ((checkpoint, "is not a safetensors file"), ("/etc/hostname", "is not a file inside")):
+        outputs = service.handle("text", pa.array([f"VOICE:TRAINED|gpt.ckpt|{sovits}|{clip}|Hello there.|en|Hi."]), {})
+        mel = next(out.metadata for out in outputs if out.output_id == "mel")
+        assert mel["codes_status"] == "missing" and "codes" not in mel
+        logged = " ".join(out.value[0].as_py() for out in outputs if out.output_id == "log")
+        assert why in logged and "[bad_weights]" in logged, logged
+
+
 def test_a_legacy_codes_file_and_a_short_clip(library, weights, caplog):
     """A `<voice>_codes.bin` without sidecar is the owner's: served as stored, never replaced. A clip outside
     3 to 10 s keeps its mel, without codes, and the warning names bad_ref_duration."""
@@ -333,3 +370,48 @@ def test_precompute_computes_codes_and_verify_list_judge_them(library, weights):
     verify = _reference_mel("verify", env=env)
     assert verify.returncode == 1 and "stale    cleo codes:" in verify.stdout, verify.stdout
 
+
+
+@pytest.mark.dataflow
+@pytest.mark.parametrize("line", ["1.1", "0.4"])
+@pytest.mark.parametrize("form", ["node", "operator"])
+def test_codes_through_a_dataflow_of_either_line_and_form(library, weights, tmp_path, form, line):
+    """The node and the operator under the real dora CLI of both lines, with weights: a library voice without
+    codes file and a CUSTOM clip are spoken with the codes the upstream recipe computes from their clips
+    (>= 99 % equal), and a plain text after them with the CUSTOM clip's."""
+    import json
+
+    import soundfile as sf
+    import yaml
+
+    from helpers import ROOT, dora
+
+    voices = library["models"] / "voices"
+    prompts = ["VOICE:cleo|One.", f"VOICE:CUSTOM|{voices / 'basil.wav'}|Hello there.|en|Two.", "Three."]
+    transcript = tmp_path / "tts.jsonl"
+    wiring = {"inputs": {"text": {"source": "source/control", "queue_size": 100, "queue_policy": "backpressure"}},
+              "outputs": ["mel", "text", "error", "log"]}
+    reference_mel = {"id": "reference-mel", "env": _with_weights(library, weights)}
+    if form == "node":
+        reference_mel.update(path="dora-reference-mel", **wiring)
+    else:
+        reference_mel["operator"] = {"python": str(ROOT / "node_hub/dora_reference_mel/dora_operator.py"), **wiring}
+    nodes = [{"id": "source", "path": str(ROOT / "node_hub/demo_nodes/prompt_source.py"),
+              "inputs": {"tick": "dora/timer/millis/700"}, "outputs": ["control"],
+              "env": {"OUTPUT": "control", "PROMPTS": json.dumps(prompts)}},
+             reference_mel,
+             {"id": "tts", "path": str(ROOT / "node_hub/demo_nodes/tts_standin.py"),
+              "inputs": {"text": {"source": "reference-mel/text", "queue_policy": "backpressure"},
+                         "reference": {"source": "reference-mel/mel", "queue_policy": "backpressure"}},
+              "env": {"TRANSCRIPT": str(transcript)}}]
+    flow = tmp_path / "codes.yml"
+    flow.write_text(yaml.safe_dump({"nodes": nodes}))
+    result = dora("run", str(flow), line=line, cwd=tmp_path)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-4000:]
+    spoken = [json.loads(entry) for entry in transcript.read_text().splitlines() if '"text"' in entry]
+    assert [entry["text"] for entry in spoken] == prompts, out[-3000:]
+    for entry, clip in zip(spoken, ["cleo.wav", "basil.wav", "basil.wav"], strict=True):
+        expected = _upstream_codes(weights[0], *sf.read(voices / clip, dtype="float32"))
+        got = np.array(entry["prompt_codes"])
+        assert got.shape == expected.shape and np.mean(got == expected) >= 0.99, (entry["text"], clip)

@@ -11,7 +11,7 @@ text whose reference has not arrived yet is held until it has. For each text it 
 inputs (refer [1, 704, T], prompt codes [1, 1, N], prompt text) and prints one line, in order.
 Exits 1 if a text was never spoken or a reference broke the contract. With TRANSCRIPT set, it also
 writes one JSON line per startup voice and spoken text to that file (with the xxh3-64 digest of the
-reference's bytes), for tests to read without parsing dora's captured log.
+reference's bytes and its prompt codes), for tests to read without parsing dora's captured log.
 """
 
 import json
@@ -29,7 +29,8 @@ def summary(ref) -> dict:
     memory: holding it would keep the sender waiting for that memory back when the dataflow ends."""
     return {"voice": ref.voice, "refer": list(ref.spectrogram.shape), "source": ref.source,
             "codes": "none" if ref.codes is None else ref.codes.shape[-1], "ref_text": ref.metadata.get("ref_text"),
-            "digest": xxhash.xxh3_64_hexdigest(ref.spectrogram.tobytes())}
+            "digest": xxhash.xxh3_64_hexdigest(ref.spectrogram.tobytes()),
+            "prompt_codes": None if ref.codes is None else ref.codes.reshape(-1).tolist()}
 
 
 def main() -> int:
@@ -71,7 +72,7 @@ def main() -> int:
         while pending and (pending[0][0] is None or pending[0][0] in references):  # speak, in order
             wanted, text, question_id = pending.pop(0)
             current = references.get(wanted) or {"voice": None, "refer": None, "source": None, "codes": "none",
-                                                 "ref_text": None, "digest": None}
+                                                 "ref_text": None, "digest": None, "prompt_codes": None}
             spoken += 1
             print(f"tts: speak #{spoken} voice={current['voice']} refer={current['refer']} codes={current['codes']} "
                   f"ref_text={current['ref_text']!r} question_id={question_id} text={text!r}")

@@ -23,13 +23,14 @@ from .errors import ReferenceMelError
 from .features import pcm
 from .store import CORRUPT, ReferenceStore, Stored
 from .store.files import FileStamp
-from .store.kinds import ArtifactKind
+from .store.kinds import ArtifactKind, CodesKind, trained_codes_kind
 from .store.library import Voice
 from .store.names import samples_digest, shown
 
 log = logging.getLogger(__name__)
 
 UPSTREAM_SECONDS = (3.0, 10.0)  # GPT-SoVITS refuses references outside this range for code extraction
+TRAINED_WEIGHTS_KEPT = 4  # TRAINED voices' SoVITS weights whose codes kinds stay loaded (8 MB each)
 
 
 def duration_warning(seconds: float, longest: float | None = None) -> str | None:
@@ -82,6 +83,7 @@ class Request:
     warnings: tuple[str, ...] = ()
     audio_warnings: tuple[str, ...] = ()  # those of `warnings` that belong to the samples (with_samples')
     about: tuple[tuple[str, object], ...] = ()  # voice metadata: voice, ref_text, speed_factor, languages
+    sovits_weights: str | None = None  # a TRAINED voice's own SoVITS weights path, as sent: its codes' weights
 
     def with_samples(self, samples: np.ndarray, sample_rate: int, warnings, stamp: FileStamp | None = None,
                      digest: str | None = None) -> Request:
@@ -128,6 +130,7 @@ class Resolver:
         self.dtype = dtype
         self._write_failures_logged: set[str] = set()
         self._kept_files_logged: set[Path] = set()
+        self._trained_kinds: dict[tuple, CodesKind] = {}  # by weights path and stamp, oldest first
 
     def resolve(self, request: Request, kind: ArtifactKind) -> Resolved:
         found: Stored | None = None
@@ -164,11 +167,23 @@ class Resolver:
         if codes is not None or kind is None:
             return Codes(codes, "stored" if codes is not None else "missing", request)
         try:
+            kind = kind if request.sovits_weights is None else self._trained_kind(kind, request.sovits_weights)
             resolved = self.resolve(request, kind)
         except ReferenceMelError as err:
             said = () if err.code == "no_ref_audio" else (f"no semantic codes: [{err.code}] {err.message}",)
             return Codes(None, "missing", request, said)
         return Codes(resolved.served.data, CODES_STATUS[resolved.source], resolved.request)
+
+    def _trained_kind(self, base: CodesKind, given: str) -> CodesKind:
+        """The codes kind of a TRAINED voice's SoVITS weights (kinds.trained_codes_kind), a path confined to
+        the event roots like its clip; the last few stay loaded, by path and stat stamp."""
+        path = self.store.event_path(given, "VOICE:TRAINED sovits_weights", "bad_weights")
+        key = (path, FileStamp.of(path))
+        kind = self._trained_kinds.pop(key, None) or trained_codes_kind(base, path)
+        self._trained_kinds[key] = kind
+        if len(self._trained_kinds) > TRAINED_WEIGHTS_KEPT:
+            del self._trained_kinds[next(iter(self._trained_kinds))]
+        return kind
 
     def resolve_batch(self, requests: Sequence[Request], kind: ArtifactKind, *,
                       force: bool = False) -> list[Resolved | Exception]:

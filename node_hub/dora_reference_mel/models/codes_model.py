@@ -130,7 +130,7 @@ class CodesModel:
     """chinese-hubert-base and one SoVITS model's ssl_proj + codebook: `codes(samples_16k)`."""
 
     def __init__(self, hubert: Hubert, sovits: dict[str, mx.array], source: str, weights_digest: str,
-                 sovits_rate: int = SOVITS_RATE):
+                 sovits_rate: int = SOVITS_RATE, hubert_path: str | os.PathLike | None = None):
         missing = [name for name in (SSL_PROJ + "weight", SSL_PROJ + "bias", CODEBOOK) if name not in sovits]
         if missing:
             raise ModelError("bad_weights", f"{source} has no {', '.join(missing)}: is it a GPT-SoVITS SoVITS (s2G) model?")
@@ -146,7 +146,18 @@ class CodesModel:
         self.codebook = np.array(sovits[CODEBOOK].astype(mx.float32))
         self.weights_digest = weights_digest
         self.sovits_rate = sovits_rate
+        self.hubert_path = hubert_path
         hubert.ops.evaluate(self.proj_weight, self.proj_bias)
+
+    def with_sovits(self, sovits_path: str | os.PathLike) -> CodesModel:
+        """This HuBERT with another SoVITS file's ssl_proj and codebook (a fine-tuned voice's: training may
+        move ssl_proj); this model itself when the file has neither, a fine-tune saved as an overlay on its
+        base model, which the MLX line loads over the base SoVITS weights."""
+        sovits = read_safetensors(sovits_path)
+        if SSL_PROJ + "weight" not in sovits and CODEBOOK not in sovits:
+            return self
+        digest = weights_digest(*(p for p in (self.hubert_path, sovits_path) if p is not None))
+        return CodesModel(self.hubert, sovits, os.fspath(sovits_path), digest, self.sovits_rate, self.hubert_path)
 
     def hidden_states(self, samples_16k: np.ndarray):
         """HuBERT's last_hidden_state [T, 768] of the prompt (the checked reference and its zeros), an array of
@@ -171,4 +182,4 @@ def load_codes_model(hubert_path: str | os.PathLike, sovits_path: str | os.PathL
     hubert_weights, sovits = read_safetensors(hubert_path), read_safetensors(sovits_path)  # both checked first
     hubert = Hubert(hubert_weights, os.fspath(hubert_path), attention_heads, backend)
     digest = weights_digest(hubert_path, sovits_path)
-    return CodesModel(hubert, sovits, os.fspath(sovits_path), digest, sovits_rate)
+    return CodesModel(hubert, sovits, os.fspath(sovits_path), digest, sovits_rate, hubert_path)

@@ -79,8 +79,8 @@ MEL_METADATA = {
     "speed_factor": ("float", False, "the voice's speed_factor in voices.json"),
     "prompt_lang": ("str", False, "language of the prompt text (CUSTOM or TRAINED message, as sent, or voices.json "
                     "prompt_lang)"),
-    "sovits_weights": ("str", False, "TRAINED only: the message's SoVITS weights path, as sent (upstream extracts the "
-                       "prompt codes with those weights; this node computes them with SOVITS_WEIGHTS)"),
+    "sovits_weights": ("str", False, "TRAINED only: the message's SoVITS weights path, as sent (the codes are "
+                       "computed with those weights, as upstream extracts them)"),
     "text_lang": ("str", False, "voices.json text_lang, when the voice has it"),
     "language": ("str", False, "voices.json language, when the voice has it"),
     "lang": ("str", False, "voices.json lang, when the voice has it"),

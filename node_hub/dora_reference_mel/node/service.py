@@ -238,12 +238,13 @@ class ReferenceMelService:
     def _custom_request(self, switch: VoiceSwitch) -> Request:
         """A VOICE:CUSTOM or VOICE:TRAINED reference: its path arrives in an event, so the store confines it to
         REF_AUDIO_ROOTS here, before any cache or file is consulted (the same answer whatever was served before).
-        TRAINED's SoVITS weights path goes along as sent; its codes are computed with SOVITS_WEIGHTS, not with it."""
-        real = self.store.event_audio_path(switch.ref_audio)
+        TRAINED's SoVITS weights path goes along as sent, and its codes are computed with those weights."""
+        real = self.store.event_path(switch.ref_audio, f"VOICE:{switch.name} ref_audio")
         about = [("voice", switch.name), ("ref_text", switch.ref_text)]
         about += [("prompt_lang", switch.lang)] if switch.lang else []
         about += [("sovits_weights", switch.sovits_weights)] if switch.sovits_weights else []
-        return Request(None, audio_path=real, about=tuple(about), roots=self.store.event_roots())
+        return Request(None, audio_path=real, about=tuple(about), roots=self.store.event_roots(),
+                       sovits_weights=switch.sovits_weights)
 
     def _audio_request(self, value, metadata: dict) -> Request:
         sample_rate = int_metadata(metadata, "sample_rate", required=True)

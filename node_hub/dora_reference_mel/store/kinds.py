@@ -266,6 +266,21 @@ def load_codes_kind(hubert: Path | None, sovits: Path | None, *, say_why_not: bo
     return CodesKind(model)
 
 
+def trained_codes_kind(base: CodesKind, sovits: Path) -> CodesKind:
+    """The codes kind of a VOICE:TRAINED voice's own SoVITS weights, as the primespeech nodes extract its
+    prompt codes with them: a safetensors file with ssl_proj and the codebook gives its own; one with neither
+    is an overlay on the base model (dora-primespeech-mlx loads it over its base SoVITS weights), so the
+    base's. `bad_weights` for anything else: a torch checkpoint (MoFA's dora-primespeech trains .pth files)
+    cannot be read without torch, so its codes are left to the TTS node."""
+    if sovits.suffix.lower() != ".safetensors":
+        raise ReferenceMelError(
+            "bad_weights", f"{sovits} is not a safetensors file (a torch checkpoint needs torch to read): its codes "
+            "are left to the TTS node; convert it to safetensors with torch's names, as the MLX line's setup does, to "
+            "have them computed here")
+    model = _model_call(base.model.with_sovits, sovits)
+    return base if model is base.model else CodesKind(model)
+
+
 @functools.cache
 def _mel_kind(preset: Preset) -> MelKind:
     return MelKind(preset)

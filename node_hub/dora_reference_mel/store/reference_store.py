@@ -95,16 +95,16 @@ class ReferenceStore:
         self._verified = ByteLRU(MAX_VERIFIED_FILES)
         self.codes_kind: ArtifactKind | None = None  # kinds.CodesKind, once its model is loaded (the weights are here)
 
-    def event_audio_path(self, given: str) -> Path:
-        """The resolved path of an audio file named inside an event (VOICE:CUSTOM), or `bad_ref_audio`
-        naming the fix: the path checked as text first, `~` expanded, a relative one taken from the
+    def event_path(self, given: str, field: str = "VOICE:CUSTOM ref_audio", code: str = "bad_ref_audio") -> Path:
+        """The resolved path of a file named inside an event (a CUSTOM or TRAINED clip, TRAINED's weights), or
+        `code` naming the fix: the path checked as text first, `~` expanded, a relative one taken from the
         working folder (as primespeech takes it), then it must lead into event_roots() and exist. Any path
         that does not lead there (missing, a link out, unresolvable) gets one answer, which never says
         where it leads. read_audio checks the file it opens again."""
         problem = path_problem(given)
         if problem:
-            raise ReferenceMelError("bad_ref_audio", f"VOICE:CUSTOM ref_audio {shown(given)} {problem}; send the "
-                                    f"path of an audio file ({audio_formats()})")
+            kind = f"an audio file ({audio_formats()})" if code == "bad_ref_audio" else "the file"
+            raise ReferenceMelError(code, f"{field} {shown(given)} {problem}; send the path of {kind}")
         expanded = os.path.expanduser(given)  # os.path's: Path.expanduser raises on ~nosuchuser
         relative = "" if os.path.isabs(expanded) else (
             f" (a relative path is taken from the node's working folder {os.getcwd()})")
@@ -115,12 +115,11 @@ class ReferenceStore:
             real = None
         if real is None or not real_inside(real, roots):
             raise ReferenceMelError(
-                "bad_ref_audio", f"VOICE:CUSTOM ref_audio {shown(given)} {OUTSIDE_ROOTS} (REF_AUDIO_ROOTS: "
+                code, f"{field} {shown(given)} {OUTSIDE_ROOTS} (REF_AUDIO_ROOTS: "
                 f"{', '.join(map(str, roots))}){relative}; add its folder to REF_AUDIO_ROOTS on the reference-mel "
-                "node, or move the clip into one of them")
+                "node, or move the file into one of them")
         if not os.path.lexists(real):
-            raise ReferenceMelError("bad_ref_audio", f"VOICE:CUSTOM ref_audio {shown(given)} does not exist{relative}; "
-                                    "send an absolute path")
+            raise ReferenceMelError(code, f"{field} {shown(given)} does not exist{relative}; send an absolute path")
         return Path(real)
 
     @classmethod
