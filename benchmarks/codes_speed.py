@@ -67,7 +67,7 @@ def main() -> None:
                 continue
             model = load_codes_model(hubert, sovits, backend=backend)
             seconds, codes = median_seconds(lambda model=model: model.codes(wav16k), args.repeats)
-            results[f"{backend}_s"] = round(seconds, 3)
+            results[f"{backend}_s"] = round(seconds, 4)
             agree = results[f"{backend}_codes_equal_to_torch"] = float(np.mean(codes == torch_codes))
             hidden = np.array(model.hidden_states(wav16k))
             diff = results[f"{backend}_hidden_max_diff"] = float(np.abs(hidden - torch_hidden).max())
@@ -80,7 +80,7 @@ def main() -> None:
                 by_threads[threads], _ = median_seconds(lambda: reference.hidden_and_codes(wav16k), args.repeats)
                 print(f"torch, {threads} threads: {by_threads[threads]:.2f} s median", flush=True)
             best = min(by_threads, key=by_threads.get)
-            results.update(torch_s=round(by_threads[best], 3), torch_threads=best)
+            results.update(torch_s=round(by_threads[best], 4), torch_threads=best)
             if torch.cuda.is_available():  # the same model in float32 on the GPU
 
                 def on_gpu():
