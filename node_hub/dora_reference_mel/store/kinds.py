@@ -157,6 +157,7 @@ class MelKind(ArtifactKind):
         return data
 
 
+WARMUP_SAMPLES = 48_000  # the shortest reference upstream takes: 3 s at 16 kHz
 CODES_RECIPE = "codes1"  # part of the codes' fingerprint: changes whenever CodesKind.compute's steps do
 SETUP_SCRIPT = "OminiX-MLX's scripts/setup_models.py"
 
@@ -262,7 +263,12 @@ def load_codes_kind(hubert: Path | None, sovits: Path | None, *, say_why_not: bo
 
     start = time.perf_counter()
     model = _model_call(load_codes_model, hubert, sovits)
-    log.info("codes model loaded from %s and %s in %.1f s", hubert, sovits, time.perf_counter() - start)
+    loaded = time.perf_counter()
+    detail = f"on {model.hubert.backend}"
+    if model.hubert.backend == "mlx":  # a GPU compiles its kernels on first use: here, not on a voice switch
+        model.codes(np.zeros(WARMUP_SAMPLES, dtype=np.float32))
+        detail += f"; a first run, which compiles its kernels, {time.perf_counter() - loaded:.1f} s"
+    log.info("codes model loaded from %s and %s in %.1f s (%s)", hubert, sovits, loaded - start, detail)
     return CodesKind(model)
 
 
