@@ -1,10 +1,13 @@
 """Semantic codes (codes.py), read from real files as the Rust MLX reader lays them out."""
 
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from dora_reference_mel import ReferenceMelError
+from dora_reference_mel.models.codes_model import CODEBOOK
 from dora_reference_mel.store.codes import read_codes
 
 
@@ -301,12 +304,65 @@ def test_a_trained_voice_gets_the_codes_of_its_own_sovits_weights(library, weigh
         mel = _switch(service, f"VOICE:TRAINED|gpt.ckpt|{sovits}|{clip}|Hello there.|en|Hi.")
         assert mel["codes_status"] == "computed" and mel["sovits_weights"] == str(sovits)
         assert np.mean(np.array(mel["codes"]) == codes) >= 0.99, sovits.name
-    for sovits, why in ((checkpoint, "is not a safetensors file"), ("/etc/hostname", "is not a file inside")):
+    for sovits, why in ((checkpoint, "is a torch checkpoint"), ("/etc/hostname", "is not a file inside")):
         outputs = service.handle("text", pa.array([f"VOICE:TRAINED|gpt.ckpt|{sovits}|{clip}|Hello there.|en|Hi."]), {})
         mel = next(out.metadata for out in outputs if out.output_id == "mel")
         assert mel["codes_status"] == "missing" and "codes" not in mel
         logged = " ".join(out.value[0].as_py() for out in outputs if out.output_id == "log")
         assert why in logged and "[bad_weights]" in logged, logged
+
+
+def test_hostile_trained_weights_leave_the_mel_without_codes_and_say_why(library, weights):
+    """SoVITS weights named by an event that are not what they claim: each switch is answered at once, its mel
+    served without codes and the reason on `log`; nothing blocks on a FIFO, allocates what a header claims, or
+    serves codes a wrong codebook would give. A file with only ssl_proj is an overlay: the base's codebook."""
+    import faulthandler
+    import os
+
+    import pyarrow as pa
+    from safetensors.numpy import load_file, save_file
+
+    base = load_file(str(weights[2]))
+    trained = library["models"] / "trained"
+    trained.mkdir()
+
+    def weights_file(name: str, **changes) -> Path:
+        save_file({**base, **changes}, str(trained / name))
+        return trained / name
+
+    os.mkfifo(trained / "fifo.safetensors")
+    (trained / "folder.safetensors").mkdir()
+    (trained / "garbage.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")
+    huge = (trained / "huge.safetensors")
+    header = b'{"ssl_proj.weight": {"dtype": "F32", "shape": [65536, 65536, 2], "data_offsets": [0, 34359738368]}}'
+    huge.write_bytes(len(header).to_bytes(8, "little") + header)
+    cases = {
+        "fifo.safetensors": "is not a regular file", "folder.safetensors": "is not a regular file",
+        "garbage.safetensors": "is not a safetensors file",
+        "huge.safetensors": "is over 4194304 values",
+        weights_file("bias.safetensors", **{"ssl_proj.bias": np.zeros(7, np.float32)}).name: "are not a [",
+        weights_file("rows.safetensors", **{CODEBOOK: np.zeros((2048, base[CODEBOOK].shape[1]), np.float32)}).name:
+            "at most 1024 rows",
+        weights_file("nan.safetensors", **{"ssl_proj.bias": np.full_like(base["ssl_proj.bias"], np.nan)}).name:
+            "NaN or infinite",
+    }
+    service = _service(_with_weights(library, weights))
+    clip = library["models"] / "voices" / "basil.wav"
+    # A switch that blocks (on the FIFO, say) would hang the node: here it ends the run with every traceback.
+    faulthandler.dump_traceback_later(120, exit=True)
+    try:
+        for name, why in cases.items():
+            outputs = service.handle("text", pa.array([f"VOICE:TRAINED|gpt.ckpt|{trained / name}|{clip}|Hi.|en|Hi."]), {})
+            mel = next(out.metadata for out in outputs if out.output_id == "mel")
+            logged = " ".join(out.value[0].as_py() for out in outputs if out.output_id == "log")
+            assert mel["codes_status"] == "missing" and "[bad_weights]" in logged and why in logged, (name, logged)
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+    only_proj = {k: v for k, v in base.items() if k.startswith("ssl_proj.")}
+    save_file(only_proj, str(trained / "overlay.safetensors"))
+    overlay = _switch(service, f"VOICE:TRAINED|gpt.ckpt|{trained / 'overlay.safetensors'}|{clip}|Hello there.|en|Hi.")
+    plain = _switch(service, f"VOICE:CUSTOM|{clip}|Hello there.|en|Hi.")
+    assert overlay["codes_status"] == "computed" and overlay["codes"] == plain["codes"]
 
 
 def test_a_legacy_codes_file_and_a_short_clip(library, weights, caplog):

@@ -22,7 +22,7 @@ from .cache import ByteLRU
 from .errors import ReferenceMelError
 from .features import pcm
 from .store import CORRUPT, ReferenceStore, Stored
-from .store.files import FileStamp
+from .store.files import FileStamp, StoreFileError, open_regular
 from .store.kinds import ArtifactKind, CodesKind, trained_codes_kind
 from .store.library import Voice
 from .store.names import samples_digest, shown
@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 UPSTREAM_SECONDS = (3.0, 10.0)  # GPT-SoVITS refuses references outside this range for code extraction
 TRAINED_WEIGHTS_KEPT = 4  # TRAINED voices' SoVITS weights whose codes kinds stay loaded (8 MB each)
+MAX_WEIGHTS_BYTES = 1 << 36  # a TRAINED voice's weights file (only its header and three tensors are read)
 
 
 def duration_warning(seconds: float, longest: float | None = None) -> str | None:
@@ -175,11 +176,19 @@ class Resolver:
         return Codes(resolved.served.data, CODES_STATUS[resolved.source], resolved.request)
 
     def _trained_kind(self, base: CodesKind, given: str) -> CodesKind:
-        """The codes kind of a TRAINED voice's SoVITS weights (kinds.trained_codes_kind), a path confined to
-        the event roots like its clip; the last few stay loaded, by path and stat stamp."""
+        """The codes kind of a TRAINED voice's SoVITS weights (kinds.trained_codes_kind): a path confined to the
+        event roots like its clip, opened once and read from that descriptor; the last few stay loaded, by path
+        and stat stamp."""
         path = self.store.event_path(given, "VOICE:TRAINED sovits_weights", "bad_weights")
-        key = (path, FileStamp.of(path))
-        kind = self._trained_kinds.pop(key, None) or trained_codes_kind(base, path)
+        try:
+            with open_regular(path, self.store.event_roots(), MAX_WEIGHTS_BYTES) as (file, stamp):
+                key = (path, stamp)
+                kind = self._trained_kinds.pop(key, None) or trained_codes_kind(base, file.fileno(), str(path))
+        except StoreFileError as err:
+            raise ReferenceMelError("bad_weights", f"VOICE:TRAINED sovits_weights {shown(given)} {err.reason}") from None
+        except OSError as err:
+            raise ReferenceMelError("bad_weights", f"VOICE:TRAINED sovits_weights {shown(given)} cannot be read ({err})") \
+                from None
         self._trained_kinds[key] = kind
         if len(self._trained_kinds) > TRAINED_WEIGHTS_KEPT:
             del self._trained_kinds[next(iter(self._trained_kinds))]

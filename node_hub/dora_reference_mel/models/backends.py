@@ -18,6 +18,7 @@ import functools
 import math
 import os
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import mlx.core as mx
@@ -99,6 +100,7 @@ class MlxOps:
 ERF_P = 0.3275911
 ERF_POLY = (1.061405429, -1.453152027, 1.421413741, -0.284496736, 0.254829592)  # highest power first
 GELU_BLOCK = 1 << 17  # elements per pass: each block's temporaries stay in the CPU's caches
+WORKER_PREFIX = "codes-numpy"
 
 
 class NumpyOps:
@@ -219,14 +221,15 @@ def _conv1d_grouped(x: np.ndarray, weight: np.ndarray, groups: int, stride: int)
 @functools.cache
 def _workers() -> ThreadPoolExecutor:
     """Threads for NumPy's elementwise passes, which, unlike its BLAS, use one core (its loops release the GIL)."""
-    return ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="codes-numpy")
+    return ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix=WORKER_PREFIX)
 
 
 def _in_blocks(n: int, work, block: int = GELU_BLOCK) -> None:
     """work(slice) over 0..n in blocks, on every core."""
     spans = [slice(start, start + block) for start in range(0, n, block)]
-    if len(spans) == 1:
-        work(spans[0])
+    if len(spans) == 1 or threading.current_thread().name.startswith(WORKER_PREFIX):  # a worker never waits on its own
+        for span in spans:
+            work(span)
     else:
         for _ in _workers().map(work, spans):
             pass

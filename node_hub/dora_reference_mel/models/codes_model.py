@@ -29,6 +29,7 @@ import numpy as np
 import xxhash
 
 from .hubert import ATTENTION_HEADS, Hubert, ModelError
+from .weights_file import read_tensors
 
 TARGET_RATE = 16_000
 MIN_REF_SAMPLES = 48_000  # 3 s at 16 kHz: upstream's bounds, before the zeros are appended
@@ -37,6 +38,9 @@ SOVITS_RATE = 32_000  # hps.data.sampling_rate of v1, v2, v2Pro and v4 SoVITS mo
 TAIL_SECONDS = 0.3
 SSL_PROJ = "ssl_proj."
 CODEBOOK = "quantizer.vq.layers.0._codebook.embed"
+SOVITS_TENSORS = (SSL_PROJ + "weight", SSL_PROJ + "bias", CODEBOOK)
+CODEBOOK_ROWS = 1024  # GPT-SoVITS's bins: codes 0..1023 (1024 is the GPT's end-of-sequence token)
+MAX_SOVITS_TENSOR = 4 * 1024 * 1024  # values a tensor read from a TRAINED voice's file may hold (ssl_proj: 1.2 M)
 
 
 # Integer PCM as soundfile reads it into float32 (what librosa.load gets): divided by 2^15 or 2^31.
@@ -105,6 +109,11 @@ def nearest_codes(x: np.ndarray, embed: np.ndarray) -> np.ndarray:
     return np.argmax(dist, axis=1).astype(np.int32)
 
 
+def _float32(tensor) -> np.ndarray:
+    """A tensor of a weights file (MLX's, any float dtype; or NumPy's) as float32 NumPy."""
+    return np.array(tensor.astype(mx.float32)) if isinstance(tensor, mx.array) else np.asarray(tensor, np.float32)
+
+
 def weights_digest(*paths: str | os.PathLike) -> str:
     """xxh3-128 over the files' xxh3-128 digests, in order: changes when any byte of any file does."""
     combined = xxhash.xxh3_128()
@@ -129,35 +138,38 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, mx.array]:
 class CodesModel:
     """chinese-hubert-base and one SoVITS model's ssl_proj + codebook: `codes(samples_16k)`."""
 
-    def __init__(self, hubert: Hubert, sovits: dict[str, mx.array], source: str, weights_digest: str,
-                 sovits_rate: int = SOVITS_RATE, hubert_path: str | os.PathLike | None = None):
-        missing = [name for name in (SSL_PROJ + "weight", SSL_PROJ + "bias", CODEBOOK) if name not in sovits]
+    def __init__(self, hubert: Hubert, sovits: dict, source: str, weights_digest: str, sovits_rate: int = SOVITS_RATE):
+        missing = [name for name in SOVITS_TENSORS if name not in sovits]
         if missing:
             raise ModelError("bad_weights", f"{source} has no {', '.join(missing)}: is it a GPT-SoVITS SoVITS (s2G) model?")
         self.hubert = hubert
-        proj = sovits[SSL_PROJ + "weight"].astype(mx.float32)
+        self.sovits = {name: _float32(sovits[name]) for name in SOVITS_TENSORS}  # as torch lays them out
+        proj, bias, codebook = (self.sovits[name] for name in SOVITS_TENSORS)
         width = hubert.width
-        if proj.ndim != 3 or proj.shape[:2] != (width, width) or sovits[CODEBOOK].shape[1:] != (width,):
-            raise ModelError("bad_weights", f"{source}: ssl_proj.weight {tuple(proj.shape)} and the codebook "
-                             f"{tuple(sovits[CODEBOOK].shape)} do not fit HuBERT's width {width}: are both files of one "
-                             "GPT-SoVITS version?")
+        if proj.shape not in ((width, width, 1), (width, width, 2)) or bias.shape != (width,) \
+                or codebook.ndim != 2 or not 1 <= codebook.shape[0] <= CODEBOOK_ROWS or codebook.shape[1] != width:
+            raise ModelError("bad_weights", f"{source}: ssl_proj {proj.shape} + {bias.shape} and the codebook "
+                             f"{codebook.shape} are not a [{width}, {width}, 1 or 2] convolution and at most "
+                             f"{CODEBOOK_ROWS} rows of width {width}, HuBERT's: are both files of one GPT-SoVITS version?")
+        if not all(np.isfinite(tensor).all() for tensor in (proj, bias, codebook)):
+            raise ModelError("bad_weights", f"{source}: ssl_proj or the codebook holds NaN or infinite values")
         self.proj_kernel = proj.shape[2]  # 2 (stride 2) for 25 Hz models, 1 for 50 Hz ones
-        self.proj_weight, self.proj_bias = hubert.ops.conv_weight(proj), hubert.ops.array(sovits[SSL_PROJ + "bias"])
-        self.codebook = np.array(sovits[CODEBOOK].astype(mx.float32))
+        self.proj_weight, self.proj_bias = hubert.ops.conv_weight(mx.array(proj)), hubert.ops.array(bias)
+        self.codebook = codebook
         self.weights_digest = weights_digest
         self.sovits_rate = sovits_rate
-        self.hubert_path = hubert_path
         hubert.ops.evaluate(self.proj_weight, self.proj_bias)
 
-    def with_sovits(self, sovits_path: str | os.PathLike) -> CodesModel:
-        """This HuBERT with another SoVITS file's ssl_proj and codebook (a fine-tuned voice's: training may
-        move ssl_proj); this model itself when the file has neither, a fine-tune saved as an overlay on its
-        base model, which the MLX line loads over the base SoVITS weights."""
-        sovits = read_safetensors(sovits_path)
-        if SSL_PROJ + "weight" not in sovits and CODEBOOK not in sovits:
+    def with_sovits(self, fd: int, source: str) -> CodesModel:
+        """This HuBERT with the ssl_proj and codebook of another SoVITS safetensors file (open on `fd`: a
+        fine-tuned voice's, whose training may move ssl_proj), each tensor the file lacks kept from this model,
+        as the MLX line loads a fine-tune saved as an overlay over its base SoVITS weights; this model itself
+        when the file has none of them."""
+        tensors, digest = read_tensors(fd, SOVITS_TENSORS, source, MAX_SOVITS_TENSOR)
+        if not tensors:
             return self
-        digest = weights_digest(*(p for p in (self.hubert_path, sovits_path) if p is not None))
-        return CodesModel(self.hubert, sovits, os.fspath(sovits_path), digest, self.sovits_rate, self.hubert_path)
+        combined = xxhash.xxh3_128(f"{self.weights_digest}:{digest}".encode()).hexdigest()
+        return CodesModel(self.hubert, {**self.sovits, **tensors}, source, combined, self.sovits_rate)
 
     def hidden_states(self, samples_16k: np.ndarray):
         """HuBERT's last_hidden_state [T, 768] of the prompt (the checked reference and its zeros), an array of
@@ -182,4 +194,4 @@ def load_codes_model(hubert_path: str | os.PathLike, sovits_path: str | os.PathL
     hubert_weights, sovits = read_safetensors(hubert_path), read_safetensors(sovits_path)  # both checked first
     hubert = Hubert(hubert_weights, os.fspath(hubert_path), attention_heads, backend)
     digest = weights_digest(hubert_path, sovits_path)
-    return CodesModel(hubert, sovits, os.fspath(sovits_path), digest, sovits_rate, hubert_path)
+    return CodesModel(hubert, sovits, os.fspath(sovits_path), digest, sovits_rate)

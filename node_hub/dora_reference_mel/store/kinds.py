@@ -217,7 +217,10 @@ class CodesKind(ArtifactKind):
     def compute(self, samples: np.ndarray, sample_rate: int) -> np.ndarray:
         from ..models import to_16k_mono
 
-        return _model_call(lambda: self.model.codes(to_16k_mono(samples, sample_rate)))
+        codes = _model_call(lambda: self.model.codes(to_16k_mono(samples, sample_rate)))
+        if self.problem(codes) is not None:  # the model's checks make this unreachable: never serve such codes
+            raise ReferenceMelError("bad_weights", f"the codes model gave codes that {self.problem(codes)}")
+        return codes
 
     def compute_batch(self, clips: Sequence[np.ndarray], sample_rates: Sequence[int]) -> list[np.ndarray]:
         """One clip after the other: HuBERT runs a clip at a time."""
@@ -272,18 +275,13 @@ def load_codes_kind(hubert: Path | None, sovits: Path | None, *, say_why_not: bo
     return CodesKind(model)
 
 
-def trained_codes_kind(base: CodesKind, sovits: Path) -> CodesKind:
-    """The codes kind of a VOICE:TRAINED voice's own SoVITS weights, as the primespeech nodes extract its
-    prompt codes with them: a safetensors file with ssl_proj and the codebook gives its own; one with neither
-    is an overlay on the base model (dora-primespeech-mlx loads it over its base SoVITS weights), so the
-    base's. `bad_weights` for anything else: a torch checkpoint (MoFA's dora-primespeech trains .pth files)
-    cannot be read without torch, so its codes are left to the TTS node."""
-    if sovits.suffix.lower() != ".safetensors":
-        raise ReferenceMelError(
-            "bad_weights", f"{sovits} is not a safetensors file (a torch checkpoint needs torch to read): its codes "
-            "are left to the TTS node; convert it to safetensors with torch's names, as the MLX line's setup does, to "
-            "have them computed here")
-    model = _model_call(base.model.with_sovits, sovits)
+def trained_codes_kind(base: CodesKind, fd: int, source: str) -> CodesKind:
+    """The codes kind of a VOICE:TRAINED voice's own SoVITS weights (a safetensors file open on `fd`), as the
+    primespeech nodes extract its prompt codes with them: the file's ssl_proj and codebook, each one it lacks
+    the base model's (dora-primespeech-mlx loads a fine-tune saved as an overlay over its base SoVITS
+    weights). `bad_weights` for anything else: a torch checkpoint (MoFA's dora-primespeech trains .pth
+    files) cannot be read without torch, so its codes are left to the TTS node."""
+    model = _model_call(base.model.with_sovits, fd, source)
     return base if model is base.model else CodesKind(model)
 
 
