@@ -175,7 +175,7 @@ def test_bad_weights_name_the_file(small, tmp_path):
     cases = [(tmp_path / "missing.safetensors", sovits, "missing.safetensors"),
              (not_tensors, sovits, "notes.safetensors"),
              (hubert, truncated, "truncated.safetensors"),
-             (hubert, other_width, "do not fit HuBERT's width 64"),
+             (hubert, other_width, "rows of width 64, HuBERT's"),
              (hubert, hubert, "no ssl_proj.weight"),
              (sovits, sovits, "no tensor 'feature_extractor.conv_layers.0.conv.weight'")]
     for hubert_path, sovits_path, named in cases:
