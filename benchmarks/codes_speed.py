@@ -6,6 +6,10 @@ on chinese-hubert-base's architecture with seeded random weights (speed does not
 - torch: transformers' HubertModel, ssl_proj and the upstream quantizer (tests/oracle_codes.py), at each
          thread count from 1 to the CPU count, the best one reported.
 
+Each backend's stages are timed alone too (`stages`). Then the node's service answering a repeated
+`reference_audio` of the clip from its cache, with the codes model (the mel and the codes both cache hits)
+and without (the mel alone), medians over 200 calls.
+
 Prints the median seconds of each (after one warm-up run) and the codes' agreement with torch, and writes
 them in the one result format to --out (default benchmarks/results/<machine>/codes_speed.json). Needs the
 test extra (torch, transformers, einops) and the package index once (the wheel
@@ -39,6 +43,60 @@ def median_seconds(run, repeats: int) -> tuple[float, object]:
     return median_ms(lambda: results.append(run()), repeats) / 1e3, results[-1]
 
 
+def cache_hits(hubert: Path, sovits: Path, samples: np.ndarray, rate: int, tmp: Path) -> dict:
+    """Milliseconds of a repeated reference_audio answered from the node's cache, with and without codes."""
+    import pyarrow as pa
+
+    from dora_reference_mel.config import Config
+    from dora_reference_mel.node.service import ReferenceMelService
+
+    env = {"PRIMESPEECH_MODEL_DIR": str(ROOT / "models"), "VOICES_CONFIG": str(ROOT / "models" / "voices.json"),
+           "CODES_DIR": str(tmp / "codes"), "MEL_WRITE_BACK": "0", "MEL_CACHE_MB": "64"}
+    clip, figures = pa.array(samples.reshape(-1)), {}
+    channels = 1 if samples.ndim == 1 else samples.shape[1]
+    for name, extra in (("with_codes", {"HUBERT_WEIGHTS": str(hubert), "SOVITS_WEIGHTS": str(sovits)}),
+                        ("without_codes", {"MEL_CODES": "off"})):
+        service = ReferenceMelService(Config.from_env({**env, **extra}))
+        answer = service.handle("reference_audio", clip, {"sample_rate": rate, "channels": channels})[0].metadata
+        assert answer["source"] == "computed", answer
+        figures[f"cache_hit_{name}_ms"] = median_ms(
+            lambda service=service: service.handle("reference_audio", clip, {"sample_rate": rate, "channels": channels}),
+            200)
+        repeat = service.handle("reference_audio", clip, {"sample_rate": rate, "channels": channels})[0].metadata
+        assert repeat["source"] == "cache" and repeat.get("codes_status") in ("cache", None), repeat
+    print(f"cache hit, 10 s at 48 kHz: {figures['cache_hit_with_codes_ms']:.3f} ms with codes, "
+          f"{figures['cache_hit_without_codes_ms']:.3f} ms without", flush=True)
+    return figures
+
+
+def stages(model, wav16k: np.ndarray, repeats: int) -> dict:
+    """Seconds of each stage of the model alone (its input evaluated before, its output after): the
+    convolutional features, projection and positional convolution, the transformer layers, and ssl_proj
+    with the codebook search."""
+    from dora_reference_mel.models.codes_model import prompt_samples
+
+    hubert, ops = model.hubert, model.hubert.ops
+    samples = ops.array(prompt_samples(wav16k, model.sovits_rate))
+    features = hubert.features(samples)
+    projected = hubert.linear(hubert.layer_norm(features, hubert.projection_norm), hubert.projection)
+    positioned = hubert.layer_norm(projected + hubert.positional(projected), hubert.encoder_norm)
+    ops.evaluate(features, projected, positioned)
+
+    def layers(x):
+        for layer in hubert.layers:
+            x = hubert.layer_norm(x + hubert.attention(x, layer), layer["norm"])
+            x = hubert.layer_norm(x + hubert.linear(ops.gelu(hubert.linear(x, layer["up"])), layer["down"]),
+                                  layer["final_norm"])
+        return x
+
+    hidden = layers(positioned)
+    ops.evaluate(hidden)
+    timed = {"features": lambda: hubert.features(samples),
+             "positional": lambda: hubert.layer_norm(projected + hubert.positional(projected), hubert.encoder_norm),
+             "layers": lambda: layers(positioned), "codebook": lambda: model.codes_of_hidden(hidden)}
+    return {name: median_ms(run, repeats) / 1e3 for name, run in timed.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -62,12 +120,15 @@ def main() -> None:
         results = {"clip_seconds": len(wav16k) / 16000, "mlx_device": str(mx.default_device()),
                    "MLX_ENABLE_TF32": os.environ.get("MLX_ENABLE_TF32", "unset (on)")}
         torch_hidden, torch_codes = reference.hidden_and_codes(wav16k)
+        results.update(cache_hits(hubert, sovits, samples, rate, Path(tmp)))
         for backend in ("mlx", "numpy"):
             if backend in args.skip:
                 continue
             model = load_codes_model(hubert, sovits, backend=backend)
             seconds, codes = median_seconds(lambda model=model: model.codes(wav16k), args.repeats)
             results[f"{backend}_s"] = round(seconds, 4)
+            for stage, stage_seconds in stages(model, wav16k, args.repeats).items():
+                results[f"{backend}_{stage}_s"] = round(stage_seconds, 4)
             agree = results[f"{backend}_codes_equal_to_torch"] = float(np.mean(codes == torch_codes))
             hidden = np.array(model.hidden_states(wav16k))
             diff = results[f"{backend}_hidden_max_diff"] = float(np.abs(hidden - torch_hidden).max())
@@ -94,7 +155,7 @@ def main() -> None:
                 print(f"torch, cuda: {seconds:.3f} s median", flush=True)
     print(json.dumps(results))
     units = {"_s": ("s", "lower"), "_equal_to_torch": ("fraction", "higher"), "_codes_equal": ("fraction", "higher"),
-             "_max_diff": ("abs", "lower")}
+             "_max_diff": ("abs", "lower"), "_ms": ("ms", "lower")}
     metrics = {key: metric(value, *unit) for key, value in results.items()
                for end, unit in units.items() if key.endswith(end) and key != "clip_seconds"}
     write_result(out_path(args.out, "codes_speed"), "codes_speed", metrics,
