@@ -5,6 +5,7 @@ safetensors, on real speech at several rates."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import mlx.core as mx
@@ -232,4 +233,6 @@ def test_convolutions_are_torchs(kernel, stride, groups, padding, ops):
     backend = ops_for(ops)
     got = np.array(backend.conv1d(backend.array(x), backend.conv_weight(mx.array(weight), groups), stride, padding, groups))
     assert got.shape == expected.shape
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
+    # MLX on an NVIDIA GPU multiplies in TF32 unless told not to (models/hubert.py, "Precision on GPUs")
+    tf32 = ops == "mlx" and mx.default_device() == mx.gpu and os.environ.get("MLX_ENABLE_TF32") != "0"
+    np.testing.assert_allclose(got, expected, rtol=1e-2 if tf32 else 1e-5, atol=3e-2 if tf32 else 1e-4)
