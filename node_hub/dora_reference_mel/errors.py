@@ -26,7 +26,8 @@ ERROR_CODES = {
     "bad_codes": "the voice's codes file is truncated, of a non-integer dtype, or has values outside 0..1023",
     "bad_ref_duration": "semantic codes need 3 to 10 s of reference (GPT-SoVITS's bounds); the mel is still served, "
                         "with codes_status \"missing\"",
-    "bad_weights": "HUBERT_WEIGHTS or SOVITS_WEIGHTS is not a readable GPT-SoVITS safetensors file of the MLX line",
+    "bad_weights": "HUBERT_WEIGHTS or SOVITS_WEIGHTS, or a TRAINED voice's sovits_weights, is not a readable GPT-SoVITS "
+                   "safetensors file of the MLX line (for TRAINED: the mel is still served, with codes_status \"missing\")",
     "bad_voices_config": "voices.json (or one entry of it) is unreadable, not JSON, or of the wrong shape",
     "unknown_input": "an event on an input the node does not have",
     "bad_config": "an environment variable or command-line option has a value the node cannot use",
