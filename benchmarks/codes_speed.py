@@ -71,29 +71,18 @@ def cache_hits(hubert: Path, sovits: Path, samples: np.ndarray, rate: int, tmp: 
 
 def stages(model, wav16k: np.ndarray, repeats: int) -> dict:
     """Seconds of each stage of the model alone (its input evaluated before, its output after): the
-    convolutional features, projection and positional convolution, the transformer layers, and ssl_proj
-    with the codebook search."""
+    convolutional features, the projection with the positional convolution, the transformer layers, and
+    ssl_proj with the codebook search."""
     from dora_reference_mel.models.codes_model import prompt_samples
 
-    hubert, ops = model.hubert, model.hubert.ops
-    samples = ops.array(prompt_samples(wav16k, model.sovits_rate))
+    hubert = model.hubert
+    samples = hubert.ops.array(prompt_samples(wav16k, model.sovits_rate))
     features = hubert.features(samples)
-    projected = hubert.linear(hubert.layer_norm(features, hubert.projection_norm), hubert.projection)
-    positioned = hubert.layer_norm(projected + hubert.positional(projected), hubert.encoder_norm)
-    ops.evaluate(features, projected, positioned)
-
-    def layers(x):
-        for layer in hubert.layers:
-            x = hubert.layer_norm(x + hubert.attention(x, layer), layer["norm"])
-            x = hubert.layer_norm(x + hubert.linear(ops.gelu(hubert.linear(x, layer["up"])), layer["down"]),
-                                  layer["final_norm"])
-        return x
-
-    hidden = layers(positioned)
-    ops.evaluate(hidden)
-    timed = {"features": lambda: hubert.features(samples),
-             "positional": lambda: hubert.layer_norm(projected + hubert.positional(projected), hubert.encoder_norm),
-             "layers": lambda: layers(positioned), "codebook": lambda: model.codes_of_hidden(hidden)}
+    encoder_input = hubert.encoder_input(features)
+    hidden = hubert.encoder(encoder_input)
+    hubert.ops.evaluate(features, encoder_input, hidden)
+    timed = {"features": lambda: hubert.features(samples), "positional": lambda: hubert.encoder_input(features),
+             "layers": lambda: hubert.encoder(encoder_input), "codebook": lambda: model.codes_of_hidden(hidden)}
     return {name: median_ms(run, repeats) / 1e3 for name, run in timed.items()}
 
 

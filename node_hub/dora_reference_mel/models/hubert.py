@@ -162,11 +162,18 @@ class Hubert:
         context = self.ops.attention(heads[0], heads[1], heads[2])  # [heads, T, head]
         return self.linear(context.transpose(1, 0, 2).reshape(n, hidden), layer["out"])
 
+    def encoder_input(self, features):
+        """The feature projection, then the positional convolution added and the encoder's layer norm."""
+        x = self.linear(self.layer_norm(features, self.projection_norm), self.projection)
+        return self.layer_norm(x + self.positional(x), self.encoder_norm)
+
     def __call__(self, samples):
         """last_hidden_state[0] for one clip of 16 kHz samples [n] (float32 NumPy): [T, hidden], an array of
         the backend's."""
-        x = self.linear(self.layer_norm(self.features(self.ops.array(samples)), self.projection_norm), self.projection)
-        x = self.layer_norm(x + self.positional(x), self.encoder_norm)
+        return self.encoder(self.encoder_input(self.features(self.ops.array(samples))))
+
+    def encoder(self, x):
+        """The transformer layers (post-norm)."""
         for layer in self.layers:
             x = self.layer_norm(x + self.attention(x, layer), layer["norm"])
             feed_forward = self.linear(self.ops.gelu(self.linear(x, layer["up"])), layer["down"])
