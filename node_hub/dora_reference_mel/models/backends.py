@@ -14,12 +14,8 @@ Activations are time-major, `[T, channels]`. Convolution weights arrive as torch
 
 from __future__ import annotations
 
-import functools
 import math
-import os
 import sys
-import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import mlx.core as mx
 import numpy as np
@@ -70,8 +66,8 @@ class MlxOps:
         return mx.contiguous(weight.T)
 
     @staticmethod
-    def matmul(a: mx.array, b: mx.array) -> mx.array:
-        return a @ b
+    def linear(x: mx.array, weight: mx.array, bias: mx.array) -> mx.array:
+        return mx.addmm(bias, x, weight)
 
     @staticmethod
     def gelu(x: mx.array) -> mx.array:
@@ -82,12 +78,14 @@ class MlxOps:
     def layer_norm(x: mx.array, weight: mx.array, bias: mx.array, eps: float) -> mx.array:
         return mx.fast.layer_norm(x, weight, bias, eps)
 
-    @staticmethod
-    def channel_norm(x: mx.array, weight: mx.array, bias: mx.array, eps: float) -> mx.array:
-        """GroupNorm with one group per channel over time-major x: each channel normalised over time."""
+    @classmethod
+    def conv1d_channel_norm(cls, x: mx.array, weight: mx.array, stride: int, norm_weight: mx.array,
+                            norm_bias: mx.array, eps: float) -> mx.array:
+        """A Conv1d without bias, then GroupNorm with one group per channel: each channel normalised over time."""
+        x = cls.conv1d(x, weight, stride)
         mean = mx.mean(x, axis=0, keepdims=True)
         var = mx.mean(mx.square(x - mean), axis=0, keepdims=True)
-        return (x - mean) * mx.rsqrt(var + eps) * weight + bias
+        return (x - mean) * mx.rsqrt(var + eps) * norm_weight + norm_bias
 
     @staticmethod
     def attention(q: mx.array, k: mx.array, v: mx.array) -> mx.array:
@@ -97,10 +95,13 @@ class MlxOps:
 
 # erf(z) = 1 - t * poly(t) * exp(-z^2), t = 1 / (1 + P z), z >= 0: Abramowitz & Stegun 7.1.26, absolute error
 # below 1.5e-7 (as close to torch's GELU in float64 as torch's own float32 GELU, checked in tests/test_models.py).
+# GELU(x) = max(x, 0) - |x| erfc(|x| / sqrt 2) / 2, so with a = |x|: t = 1 / (1 + P a / sqrt 2) and
+# GELU(x) = max(x, 0) - a * poly(t) / 2 * t * exp(-a^2 / 2); the constants below fold in the 1 / sqrt 2 and 1 / 2.
 ERF_P = 0.3275911
 ERF_POLY = (1.061405429, -1.453152027, 1.421413741, -0.284496736, 0.254829592)  # highest power first
-GELU_BLOCK = 1 << 17  # elements per pass: each block's temporaries stay in the CPU's caches
-WORKER_PREFIX = "codes-numpy"
+GELU_P = np.float32(ERF_P * SQRT_HALF)
+GELU_POLY = tuple(np.float32(c / 2) for c in ERF_POLY)
+BLOCK = 1 << 15  # elements per elementwise pass: a block's few temporaries stay in a core's L2 cache
 
 
 class NumpyOps:
@@ -135,8 +136,10 @@ class NumpyOps:
         return np.ascontiguousarray(np.asarray(weight, dtype=np.float32).T)
 
     @staticmethod
-    def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return np.matmul(a, b)
+    def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
+        out = np.matmul(x, weight)
+        out += bias
+        return out
 
     @staticmethod
     def gelu(x: np.ndarray) -> np.ndarray:
@@ -152,27 +155,33 @@ class NumpyOps:
         return centred * scale * weight + bias
 
     @staticmethod
-    def channel_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
-        rows = max(1, GELU_BLOCK // x.shape[1])
-        mean = x.mean(axis=0)
-        squares = np.zeros_like(mean)  # sum of (x - mean)^2, a block of rows at a time: no full-size temporaries
-        for start in range(0, x.shape[0], rows):
-            squares += np.sum(np.square(x[start : start + rows] - mean), axis=0)
-        scale = weight / np.sqrt(squares / np.float32(x.shape[0]) + np.float32(eps))
-        shift = bias - mean * scale
-        out = np.empty_like(x)
-        _in_blocks(x.shape[0], lambda span: np.add(np.multiply(x[span], scale, out=out[span]), shift, out=out[span]),
-                   rows)
-        return out
+    def conv1d_channel_norm(x: np.ndarray, weight: np.ndarray, stride: int, norm_weight: np.ndarray,
+                            norm_bias: np.ndarray, eps: float) -> np.ndarray:
+        """A Conv1d without bias over one channel, then GroupNorm with one group per channel, as one product.
+
+        Each output channel is frames @ w, so its mean over time is mean(frames) @ w and its variance
+        w^T cov(frames) w: the statistics come from the frames' small covariance (in float64), and the norm's
+        scale and shift fold into the product's weight and bias. The output is written once, where a product,
+        a statistics pass and a normalising pass would read and write it three times."""
+        if x.shape[1] != 1:
+            raise ValueError(f"the folded channel norm takes one input channel, not {x.shape[1]}")
+        frames = _frames(np.ascontiguousarray(x[:, 0]), weight.shape[1], stride)
+        wide = frames.astype(np.float64)
+        mean = wide.mean(axis=0)
+        centred = wide - mean
+        covariance = centred.T @ centred / len(frames)
+        matrix = weight[0].astype(np.float64)
+        scale = norm_weight / np.sqrt(np.einsum("ij,ik,kj->j", matrix, covariance, matrix) + eps)
+        return NumpyOps.linear(frames, (matrix * scale).astype(np.float32),
+                               (norm_bias - (mean @ matrix) * scale).astype(np.float32))
 
     @staticmethod
     def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
         # Contiguous operands: NumPy multiplies stacked strided views in its own loop, 6x slower than BLAS.
         q, v = q * np.float32(q.shape[-1] ** -0.5), np.ascontiguousarray(v)
         scores = np.matmul(q, np.ascontiguousarray(k.transpose(0, 2, 1)))
-        scores -= scores.max(axis=-1, keepdims=True)
-        np.exp(scores, out=scores)
-        scores /= scores.sum(axis=-1, keepdims=True)
+        rows = scores.reshape(-1, scores.shape[-1])
+        _in_blocks(len(rows), lambda span: _softmax(rows[span]), max(1, BLOCK // rows.shape[1]))
         return np.matmul(scores, v)
 
 
@@ -185,9 +194,7 @@ def _conv1d_strided(x: np.ndarray, matrix: np.ndarray, kernel: int, stride: int)
     if n_out < 1:
         raise ValueError(f"{n_in} frames are too few for a convolution of kernel {kernel}")
     if channels == 1:  # raw samples: the frames themselves are small, and one product writes the output once
-        x = np.ascontiguousarray(x[:, 0])
-        frames = np.lib.stride_tricks.as_strided(x, (n_out, kernel), (x.strides[0] * stride, x.strides[0]))
-        return np.ascontiguousarray(frames) @ matrix
+        return _frames(np.ascontiguousarray(x[:, 0]), kernel, stride) @ matrix
     blocks = -(-kernel // stride)
     rows = n_out + blocks - 1
     if n_in < rows * stride:  # the last row's unread taps
@@ -199,6 +206,15 @@ def _conv1d_strided(x: np.ndarray, matrix: np.ndarray, kernel: int, stride: int)
         part = wide[b : b + n_out, : taps * channels] @ matrix[b * stride * channels : (b * stride + taps) * channels]
         out = part if out is None else np.add(out, part, out=out)
     return out
+
+
+def _frames(samples: np.ndarray, kernel: int, stride: int) -> np.ndarray:
+    """[n_out, kernel]: the windows a Conv1d without padding reads from one channel."""
+    n_out = (len(samples) - kernel) // stride + 1
+    if n_out < 1:
+        raise ValueError(f"{len(samples)} samples are too few for a convolution of kernel {kernel}")
+    step = samples.strides[0]
+    return np.ascontiguousarray(np.lib.stride_tricks.as_strided(samples, (n_out, kernel), (step * stride, step)))
 
 
 def _conv1d_grouped(x: np.ndarray, weight: np.ndarray, groups: int, stride: int) -> np.ndarray:
@@ -218,39 +234,37 @@ def _conv1d_grouped(x: np.ndarray, weight: np.ndarray, groups: int, stride: int)
     return out
 
 
-@functools.cache
-def _workers() -> ThreadPoolExecutor:
-    """Threads for NumPy's elementwise passes, which, unlike its BLAS, use one core (its loops release the GIL)."""
-    return ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix=WORKER_PREFIX)
+def _in_blocks(n: int, work, block: int = BLOCK) -> None:
+    """work(slice) over 0..n in blocks, one after another. Not on a thread pool: each block's passes are a few
+    microseconds each, and two threads handing the GIL to each other at every pass took twice as long as one
+    (a 10 s clip's first GELU: 243 ms on two threads, 104 ms on one)."""
+    for start in range(0, n, block):
+        work(slice(start, start + block))
 
 
-def _in_blocks(n: int, work, block: int = GELU_BLOCK) -> None:
-    """work(slice) over 0..n in blocks, on every core."""
-    spans = [slice(start, start + block) for start in range(0, n, block)]
-    if len(spans) == 1 or threading.current_thread().name.startswith(WORKER_PREFIX):  # a worker never waits on its own
-        for span in spans:
-            work(span)
-    else:
-        for _ in _workers().map(work, spans):
-            pass
+def _softmax(scores: np.ndarray) -> None:
+    """softmax over the last axis, in place."""
+    scores -= scores.max(axis=-1, keepdims=True)
+    np.exp(scores, out=scores)
+    scores /= scores.sum(axis=-1, keepdims=True)
 
 
 def _gelu_block(x: np.ndarray, out: np.ndarray) -> None:
-    """out = GELU(x): 0.5 x q for x < 0 and x - 0.5 x q otherwise, q = 1 - erf(|x| / sqrt 2) by ERF_POLY."""
-    z = np.abs(x) * np.float32(SQRT_HALF)
-    t = z * np.float32(ERF_P)
-    t += 1
-    np.reciprocal(t, out=t)
-    q = np.full_like(t, ERF_POLY[0])
-    for coefficient in ERF_POLY[1:]:
+    """out = GELU(x) by GELU_P and GELU_POLY: one pass per operation over a block that stays in cache."""
+    a = np.abs(x)
+    t = a * GELU_P
+    t += np.float32(1)
+    np.divide(np.float32(1), t, out=t)
+    q = t * GELU_POLY[0]
+    q += GELU_POLY[1]
+    for coefficient in GELU_POLY[2:]:
         q *= t
-        q += np.float32(coefficient)
+        q += coefficient
     q *= t
-    np.square(z, out=z)
-    np.negative(z, out=z)
-    np.exp(z, out=z)
-    q *= z
-    q *= x
-    q *= np.float32(0.5)
-    np.subtract(x, q, out=out)
-    np.copyto(out, q, where=x < 0)
+    gauss = np.square(a)
+    gauss *= np.float32(-0.5)
+    np.exp(gauss, out=gauss)
+    q *= gauss
+    q *= a
+    np.maximum(x, np.float32(0), out=out)
+    out -= q

@@ -135,19 +135,18 @@ class Hubert:
         return self.projection[0].shape[1]
 
     def linear(self, x, layer: tuple):
-        return self.ops.matmul(x, layer[0]) + layer[1]
+        return self.ops.linear(x, layer[0], layer[1])
 
     def layer_norm(self, x, norm: tuple):
         return self.ops.layer_norm(x, norm[0], norm[1], LAYER_NORM_EPS)
 
     def features(self, samples):
         """The convolutional feature extractor: [n] samples -> [T, 512] (T = 49.9 per second)."""
-        x = samples[:, None]
-        for i, (weight, stride) in enumerate(self.convs):
-            x = self.ops.conv1d(x, weight, stride)
-            if i == 0:
-                x = self.ops.channel_norm(x, *self.group_norm, LAYER_NORM_EPS)
-            x = self.ops.gelu(x)
+        (weight, stride), *rest = self.convs
+        x = self.ops.gelu(self.ops.conv1d_channel_norm(samples[:, None], weight, stride, *self.group_norm,
+                                                       LAYER_NORM_EPS))
+        for weight, stride in rest:
+            x = self.ops.gelu(self.ops.conv1d(x, weight, stride))
         return x
 
     def positional(self, x):
