@@ -5,8 +5,8 @@ one meaning:
   Metal on Apple silicon, CUDA on NVIDIA, the CPU elsewhere.
 - `NumpyOps`: NumPy in float32, every product through its BLAS. Chosen where MLX computes on a Linux CPU
   (`mlx[cpu]`), whose products are 25-44x slower than OpenBLAS's there and whose exp and erf are not
-  vectorised: a 10 s clip's codes took 66.7 s on MLX's own CPU ops and 1.86 s on NumPy in one run of
-  benchmarks/codes_speed.py (BENCHMARKS.md, "Prompt codes").
+  vectorised: a 10 s clip's codes took 66.7 s on MLX's own CPU ops and about 2 s on NumPy
+  (benchmarks/codes_speed.py; BENCHMARKS.md, "Prompt codes").
 
 Activations are time-major, `[T, channels]`. Convolution weights arrive as torch stores them,
 `[out, in / groups, kernel]`, and are prepared once by `conv_weight`.
