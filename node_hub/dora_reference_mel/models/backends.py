@@ -235,9 +235,8 @@ def _conv1d_grouped(x: np.ndarray, weight: np.ndarray, groups: int, stride: int)
 
 
 def _in_blocks(n: int, work, block: int = BLOCK) -> None:
-    """work(slice) over 0..n in blocks, one after another. Not on a thread pool: each block's passes are a few
-    microseconds each, and two threads handing the GIL to each other at every pass took twice as long as one
-    (a 10 s clip's first GELU: 243 ms on two threads, 104 ms on one)."""
+    """work(slice) over 0..n in blocks, one after another. Not on a thread pool: each block's passes take a few
+    microseconds, and two threads handing the GIL to each other at every pass were slower than one."""
     for start in range(0, n, block):
         work(slice(start, start + block))
 
