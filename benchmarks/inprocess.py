@@ -18,7 +18,7 @@ import mlx.core as mx
 import numpy as np
 import pyarrow as pa
 import soundfile
-from lib.timing import ROOT, add_out_argument, median_ms, metric, out_path, write_result
+from lib.timing import ROOT, add_out_argument, median_cold_ms, median_ms, metric, out_path, write_result
 
 
 def primitives() -> dict:
@@ -143,19 +143,6 @@ def service_paths(repeats: int = 300) -> dict:
               f"MEL_CACHE_MB=64 ({cached.resolver.cache.nbytes / 2**20:.1f} MB cached) {peak:.0f} MB")
     return {"cache_hit_ms": hit, "precomputed_hit_ms": stored, "voice_hit_ms": switch, **cold,
             "computed_ms": statistics.median(computed), "idle_rss_mb": idle, "full_cache_rss_mb": peak}
-
-
-def median_cold_ms(fn, repeats: int) -> float:
-    """Median ms of `fn()` called as a node calls it between events: the CPU's caches filled by other work
-    (here, writing 64 MB, twice the last-level cache of the machines measured) just before each call."""
-    other_work = np.zeros(16 * 2**20, dtype=np.float32)
-    times = []
-    for _ in range(repeats + 1):
-        other_work += 1
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times[1:]) * 1e3
 
 
 def main() -> None:

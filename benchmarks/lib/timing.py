@@ -1,6 +1,6 @@
 """The one timer of every benchmark, and the one result format.
 
-`median_ms` times a callable; MLX is lazy, so an MLX array it returns is evaluated inside the timing
+`median_ms` times a callable (`median_cold_ms` with the caches evicted first); MLX is lazy, so an MLX array it returns is evaluated inside the timing
 (nothing is computed, or timed, before `mx.eval`). `write_result` writes a run as JSON: which benchmark,
 the machine, the versions, the commit, the date, and each metric with its unit and which way is better,
 the format `benchmarks/suite.py compare` reads. Every entry point writes one such file, by default
@@ -40,6 +40,21 @@ def median_ms(fn, repeats: int = 20) -> float:
         _evaluated(fn())
         times.append(time.perf_counter() - start)
     return statistics.median(times) * 1e3
+
+
+def median_cold_ms(fn, repeats: int) -> float:
+    """Median ms of `fn()` called as a node calls it between events: the CPU's caches filled by other work
+    (writing 64 MB, twice the 32 MB last-level cache of the CPU machine) just before each call."""
+    import numpy as np
+
+    other_work = np.zeros(16 * 2**20, dtype=np.float32)
+    times = []
+    for _ in range(repeats + 1):
+        other_work += 1
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:]) * 1e3
 
 
 def median_of(seconds: list[float]) -> float:

@@ -190,11 +190,9 @@ def _conv1d_strided(x: np.ndarray, matrix: np.ndarray, kernel: int, stride: int)
     x seen as rows of `stride` frames, [T / stride, stride * C], output i reads row i + b for taps
     b * stride .. b * stride + stride - 1."""
     n_in, channels = x.shape
-    n_out = (n_in - kernel) // stride + 1
-    if n_out < 1:
-        raise ValueError(f"{n_in} frames are too few for a convolution of kernel {kernel}")
     if channels == 1:  # raw samples: the frames themselves are small, and one product writes the output once
         return _frames(np.ascontiguousarray(x[:, 0]), kernel, stride) @ matrix
+    n_out = _output_length(n_in, kernel, stride)
     blocks = -(-kernel // stride)
     rows = n_out + blocks - 1
     if n_in < rows * stride:  # the last row's unread taps
@@ -208,11 +206,17 @@ def _conv1d_strided(x: np.ndarray, matrix: np.ndarray, kernel: int, stride: int)
     return out
 
 
+def _output_length(n_in: int, kernel: int, stride: int) -> int:
+    """The frames a Conv1d without padding gives over n_in, or ValueError when there are none."""
+    n_out = (n_in - kernel) // stride + 1
+    if n_out < 1:
+        raise ValueError(f"{n_in} frames are too few for a convolution of kernel {kernel}")
+    return n_out
+
+
 def _frames(samples: np.ndarray, kernel: int, stride: int) -> np.ndarray:
     """[n_out, kernel]: the windows a Conv1d without padding reads from one channel."""
-    n_out = (len(samples) - kernel) // stride + 1
-    if n_out < 1:
-        raise ValueError(f"{len(samples)} samples are too few for a convolution of kernel {kernel}")
+    n_out = _output_length(len(samples), kernel, stride)
     step = samples.strides[0]
     return np.ascontiguousarray(np.lib.stride_tricks.as_strided(samples, (n_out, kernel), (step * stride, step)))
 
@@ -222,7 +226,7 @@ def _conv1d_grouped(x: np.ndarray, weight: np.ndarray, groups: int, stride: int)
     n_in, channels = x.shape
     per_group = channels // groups
     kernel = weight.shape[1] // per_group
-    n_out = (n_in - kernel) // stride + 1
+    n_out = _output_length(n_in, kernel, stride)
     out = np.empty((n_out, weight.shape[0] * weight.shape[2]), dtype=np.float32)
     width = weight.shape[2]
     for g in range(groups):
