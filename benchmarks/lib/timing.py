@@ -1,7 +1,8 @@
 """The one timer of every benchmark, and the one result format.
 
 `median_ms` times a callable (`median_cold_ms` with the CPU's caches evicted first); MLX is lazy, so an MLX
-array it returns is evaluated inside the timing (nothing is computed, or timed, before `mx.eval`). `write_result` writes a run as JSON: which benchmark,
+array it returns is evaluated inside the timing (nothing is computed, or timed, before `mx.eval`).
+`write_result` writes a run as JSON: which benchmark,
 the machine, the versions, the commit, the date, and each metric with its unit and which way is better,
 the format `benchmarks/suite.py compare` reads. Every entry point writes one such file, by default
 `benchmarks/results/<machine>/<name>.json` (`add_out_argument`).
