@@ -32,7 +32,7 @@ def main() -> None:
     rows = {  # `device_spec + 0`: a fresh result on the GPU each time, as a graph's output is
         "mlx_in_ms": ("MLX   host->device 1.9 MB", lambda: mx.eval(mx.array(clip) * 1)),
         "mlx_in_dma_ms": ("MLX   host->device 1.9 MB, DMA copy",
-                          lambda: mx.eval(cuda_kernels.copy_to_device(clip) * 1)),
+                          lambda: mx.eval(cuda_kernels.copy_to_device([clip]) * 1)),
         "mlx_out_ms": ("MLX   device->host 1.4 MB", lambda: np.array(device_spec + 0)),
         "mlx_out_dma_ms": ("MLX   device->host 1.4 MB, DMA copy", lambda: cuda_kernels.copy_to_host(device_spec + 0)),
         "torch_in_ms": ("torch host->device 1.9 MB", lambda: (torch.from_numpy(clip).cuda() * 1).sum().item()),

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The GPU figures of BENCHMARKS.md, on a machine with an NVIDIA GPU, torch + torchaudio (CUDA) and Python 3.12,
-# with MLX's CUDA backend importable (PYTHONPATH) and the soundfile and soxr wheels in .whl/ (BENCHMARKS.md
-# says how both were provided). Parity first (MLX_ENABLE_TF32 left at its default, on), then the benchmarks, each
-# writing its JSON result to $OUT (copy them to benchmarks/results/h200/).
+# The GPU figures of BENCHMARKS.md, on a machine with an NVIDIA GPU, torch + torchaudio (CUDA), transformers and
+# Python 3.12, that may not reach the package index: MLX's CUDA backend importable (PYTHONPATH), and brought along
+# in .whl/ the soundfile and soxr wheels (with cffi and pycparser) and GPT-SoVITS's quantizer unpacked in
+# .whl/GPT_SoVITS (tests/oracle_codes.unpack_upstream, run where the index can be reached). Parity first
+# (MLX_ENABLE_TF32 left at its default, on), then the benchmarks, each writing its JSON result to $OUT, all of
+# them also in $OUT/h200.tgz (unpack it into benchmarks/results/h200/).
 set -uo pipefail
 mkdir -p /tmp/site
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
@@ -18,4 +20,6 @@ python3 benchmarks/bench.py resident --device gpu --repeats 50 --out "$OUT/resid
 python3 benchmarks/bench.py compute --device gpu --repeats 20 --out "$OUT/compute.json"
 python3 benchmarks/bench.py batch --device gpu --repeats 6 --out "$OUT/batch.json"
 python3 benchmarks/batch_stages.py --device gpu --clips 64 --repeats 10 --out "$OUT/batch_stages.json"
+python3 benchmarks/codes_speed.py --skip numpy --repeats 9 --upstream .whl/GPT_SoVITS --out "$OUT/codes_speed.json"
 python3 benchmarks/suite.py run --out "$OUT/suite.json" && python3 benchmarks/suite.py compare "$OUT/suite.json"
+tar -czf "$OUT/h200.tgz" -C "$OUT" --exclude h200.tgz .

@@ -56,7 +56,7 @@ def test_the_framing_kernel_gives_the_generic_frames(preset):
 def test_dma_copies_keep_the_bytes_and_work(dtype):
     """Copied to the GPU and back by the driver: the same values, and the driver took both copies."""
     host = (np.random.default_rng(0).standard_normal(1 << 20) * 1000).astype(dtype)
-    device = cuda_kernels.copy_to_device(host)
+    device = cuda_kernels.copy_to_device([host])
     assert device.dtype == getattr(mx, np.dtype(dtype).name) and device.shape == host.shape
     back = cuda_kernels.copy_to_host(mx.contiguous(device * 2))
     assert not cuda_kernels._copies["failed"] and cuda_kernels._driver() is not None
@@ -64,10 +64,27 @@ def test_dma_copies_keep_the_bytes_and_work(dtype):
     np.testing.assert_array_equal(back, np.array(mx.array(host) * 2))
 
 
+def test_parts_cross_end_to_end_through_the_slots():
+    """Parts smaller and larger than a slot, not multiples of it, several per slot cycle: the device holds
+    them end to end, and a result of several chunks comes back whole."""
+    rng = np.random.default_rng(1)
+    chunk = cuda_kernels.STAGING_CHUNK // 4  # float32 values per slot
+    sizes = [3 * chunk + 17, 5, chunk, 20_000, chunk - 1, 2 * chunk + 6]  # 7 divides the sum
+    parts = [rng.standard_normal(n).astype(np.float32) for n in sizes]
+    joined = np.concatenate(parts)
+    device = cuda_kernels.copy_to_device(parts)
+    np.testing.assert_array_equal(np.array(device), joined)
+    result = mx.contiguous(device.reshape(-1, 7)[:, :5] * 3)  # a fresh result, 5 slots and a bit
+    np.testing.assert_array_equal(cuda_kernels.copy_to_host(result), joined.reshape(-1, 7)[:, :5] * 3)
+    assert not cuda_kernels._copies["failed"]
+    with pytest.raises(ValueError, match="one dtype"):
+        cuda_kernels.copy_to_device([parts[0], parts[1].astype(np.float16)])
+
+
 def test_small_and_strided_arrays_copy_through_mlx():
     """Below MIN_DMA_BYTES, or a strided view: MLX's own copy, the same values."""
     small = np.arange(10, dtype=np.float32)
-    np.testing.assert_array_equal(np.array(cuda_kernels.copy_to_device(small)), small)
+    np.testing.assert_array_equal(np.array(cuda_kernels.copy_to_device([small])), small)
     big = mx.arange(1 << 18, dtype=mx.float32).reshape(512, 512)
     np.testing.assert_array_equal(cuda_kernels.copy_to_host(big.T), np.array(big).T)
 
