@@ -22,4 +22,4 @@ python3 benchmarks/bench.py batch --device gpu --repeats 6 --out "$OUT/batch.jso
 python3 benchmarks/batch_stages.py --device gpu --clips 64 --repeats 10 --out "$OUT/batch_stages.json"
 python3 benchmarks/codes_speed.py --skip numpy --repeats 9 --upstream .whl/GPT_SoVITS --out "$OUT/codes_speed.json"
 python3 benchmarks/suite.py run --out "$OUT/suite.json" && python3 benchmarks/suite.py compare "$OUT/suite.json"
-tar -czf "$OUT/h200.tgz" -C "$OUT" --exclude h200.tgz .
+tar -czf /tmp/h200.tgz -C "$OUT" . && mv /tmp/h200.tgz "$OUT/"

@@ -64,17 +64,16 @@ def test_dma_copies_keep_the_bytes_and_work(dtype):
     np.testing.assert_array_equal(back, np.array(mx.array(host) * 2))
 
 
-def test_parts_cross_end_to_end_through_the_slots():
-    """Parts smaller and larger than a slot, not multiples of it, several per slot cycle: the device holds
-    them end to end, and a result of several chunks comes back whole."""
+def test_parts_land_end_to_end():
+    """Parts of any size, an empty one among them, each copied into its place: the device holds them end to
+    end, and a result of several MB comes back whole."""
     rng = np.random.default_rng(1)
-    chunk = cuda_kernels.STAGING_CHUNK // 4  # float32 values per slot
-    sizes = [3 * chunk + 17, 5, chunk, 20_000, chunk - 1, 2 * chunk + 6]  # 7 divides the sum
+    sizes = [786_449, 5, 0, 262_144, 20_000, 262_143, 524_294]  # 7 divides the sum
     parts = [rng.standard_normal(n).astype(np.float32) for n in sizes]
     joined = np.concatenate(parts)
     device = cuda_kernels.copy_to_device(parts)
     np.testing.assert_array_equal(np.array(device), joined)
-    result = mx.contiguous(device.reshape(-1, 7)[:, :5] * 3)  # a fresh result, 5 slots and a bit
+    result = mx.contiguous(device.reshape(-1, 7)[:, :5] * 3)  # a fresh result
     np.testing.assert_array_equal(cuda_kernels.copy_to_host(result), joined.reshape(-1, 7)[:, :5] * 3)
     assert not cuda_kernels._copies["failed"]
     with pytest.raises(ValueError, match="one dtype"):

@@ -15,10 +15,8 @@ no clip length may be a template argument.
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 import functools
 import logging
-import threading
 
 import mlx.core as mx
 import numpy as np
@@ -200,71 +198,36 @@ def log_mel(spectrum: mx.array, preset: Preset) -> mx.array:
 # fault (1.9 MB in about 1 ms on the H200, benchmarks/copy_bandwidth.py); a result read on the host
 # migrates back the same way. Pages that are already on the GPU take a DMA copy instead (cuMemcpy, the
 # driver's path for torch's copies): a new array is made and filled on the GPU, so its pages are there,
-# then the host's bytes are copied into it; a result is copied out of its pages into a new numpy array.
-# The bytes cross through a little pinned (page-locked) host memory of our own, a chunk at a time: the
-# host fills one slot while the other's chunk crosses by DMA, and a batch's clips go straight from where
-# they lie, not joined on the host first. A copy moves the same bytes either way; if the driver refuses,
-# it logs once and MLX copies as before.
-
-STAGING_CHUNK = 1 << 20  # bytes of one pinned slot
-STAGING_SLOTS = 2  # one slot filled or emptied on the host while the other's chunk crosses
-MIN_DMA_BYTES = 1 << 16  # smaller arrays: a few pages, not worth a driver call
-_copies = {"failed": False}  # one failed call turns the DMA copies off for the process
-
-
-@dataclasses.dataclass
-class _Driver:
-    cuda: ctypes.CDLL
-    context: ctypes.c_void_p
-    stream: ctypes.c_void_p  # private, non-blocking: copies never wait on MLX's own stream
-    slots: list[np.ndarray]  # STAGING_SLOTS pinned byte arrays of STAGING_CHUNK
-    events: list[ctypes.c_void_p]  # one per slot: recorded after the copy that uses it
-    lock: threading.Lock  # one copy at a time through the slots
-
-    def call(self, name: str, *args) -> None:
-        if status := getattr(self.cuda, name)(*args):
-            raise OSError(f"{name}: CUDA driver error {status}")
-
-
-_POINTER = ctypes.c_void_p
-_ARGTYPES = {  # every pointer-sized argument declared, so ctypes does not pass it as a C int
-    "cuMemcpyHtoDAsync_v2": [ctypes.c_uint64, ctypes.c_uint64, ctypes.c_size_t, _POINTER],
-    "cuMemcpyDtoHAsync_v2": [ctypes.c_uint64, ctypes.c_uint64, ctypes.c_size_t, _POINTER],
-    "cuMemHostAlloc": [ctypes.POINTER(_POINTER), ctypes.c_size_t, ctypes.c_uint],
-    "cuEventCreate": [ctypes.POINTER(_POINTER), ctypes.c_uint],
-    "cuEventRecord": [_POINTER, _POINTER],
-    "cuEventSynchronize": [_POINTER],
-    "cuStreamSynchronize": [_POINTER],
-    "cuCtxSetCurrent": [_POINTER],
-}
+# then the host's bytes are copied into it, a batch's clips each straight into its place (not joined on
+# the host first); a result is copied out of its pages into a new numpy array. Copying through pinned host
+# memory of our own instead was slower on the H200, for one clip and for 16. A copy moves the same bytes
+# either way; if the driver refuses, it logs once and MLX copies as before.
 
 
 @functools.cache
-def _driver() -> _Driver | None:
-    """libcuda's copies, a private stream and the pinned slots, or None (then MLX copies as it does)."""
+def _driver():
+    """libcuda's copies and a private non-blocking stream, or None (then MLX copies as it does)."""
     if not backend.cuda_available():
         return None
     try:
         cuda = ctypes.CDLL("libcuda.so.1")  # the driver MLX's CUDA backend itself links
-        for name, argtypes in _ARGTYPES.items():
-            getattr(cuda, name).argtypes = argtypes
-        device, context, stream, pinned = ctypes.c_int(), _POINTER(), _POINTER(), _POINTER()
-        driver = _Driver(cuda, context, stream, [], [], threading.Lock())
-        driver.call("cuDeviceGet", ctypes.byref(device), 0)
-        driver.call("cuDevicePrimaryCtxRetain", ctypes.byref(context), device)  # the context MLX uses
-        driver.call("cuCtxSetCurrent", context)
-        driver.call("cuStreamCreate", ctypes.byref(stream), 1)  # CU_STREAM_NON_BLOCKING
-        # kept for the process's life, as the stream is: STAGING_SLOTS MB of page-locked host memory
-        driver.call("cuMemHostAlloc", ctypes.byref(pinned), STAGING_SLOTS * STAGING_CHUNK, 0)
-        whole = np.ctypeslib.as_array((ctypes.c_uint8 * (STAGING_SLOTS * STAGING_CHUNK)).from_address(pinned.value))
-        for slot in range(STAGING_SLOTS):
-            driver.slots.append(whole[slot * STAGING_CHUNK:(slot + 1) * STAGING_CHUNK])
-            driver.events.append(_POINTER())
-            driver.call("cuEventCreate", ctypes.byref(driver.events[-1]), 2)  # CU_EVENT_DISABLE_TIMING
-        return driver
+        device, context, stream = ctypes.c_int(), ctypes.c_void_p(), ctypes.c_void_p()
+        for status in (cuda.cuDeviceGet(ctypes.byref(device), 0),
+                       cuda.cuDevicePrimaryCtxRetain(ctypes.byref(context), device),  # the context MLX uses
+                       cuda.cuCtxSetCurrent(context),
+                       cuda.cuStreamCreate(ctypes.byref(stream), 1)):  # CU_STREAM_NON_BLOCKING
+            if status != 0:
+                raise OSError(f"CUDA driver error {status}")
+        for name in ("cuMemcpyHtoDAsync_v2", "cuMemcpyDtoHAsync_v2"):
+            getattr(cuda, name).argtypes = [ctypes.c_uint64, ctypes.c_uint64, ctypes.c_size_t, ctypes.c_void_p]
+        return cuda, context, stream
     except (OSError, AttributeError) as err:
         log.warning("no DMA copies (%s): copies to and from the GPU fault their pages in", err)
         return None
+
+
+_copies = {"failed": False}  # one failed call turns the DMA copies off for the process
+MIN_DMA_BYTES = 1 << 16  # smaller arrays: a few pages, not worth a driver call
 
 
 @functools.cache
@@ -278,78 +241,42 @@ def _pages(array: mx.array) -> np.ndarray | None:
     return view if view.flags.c_contiguous and view.nbytes == array.nbytes else None
 
 
+def _dma(copy: str, pieces: list[tuple[int, int, int]]) -> bool:
+    """Driver copies of (destination, source, bytes) on the private stream, waited for; False (and the
+    copies off) if the driver refuses."""
+    cuda, context, stream = _driver()
+    cuda.cuCtxSetCurrent(context)  # this thread may not have used the driver yet
+    if any(getattr(cuda, copy)(*piece, stream) for piece in pieces) or cuda.cuStreamSynchronize(stream):
+        log.warning("%s failed: copies to and from the GPU fault their pages in", copy)
+        _copies["failed"] = True
+        return False
+    return True
+
+
 def _dma_usable(nbytes: int) -> bool:
     return backend.current().cuda and nbytes >= MIN_DMA_BYTES and not _copies["failed"] and _driver() is not None
 
 
-def _copy_in(driver: _Driver, destination: int, parts: list[np.ndarray]) -> None:
-    """The parts' bytes, end to end, into the device memory at `destination`, slot by slot."""
-    filled = [False] * STAGING_SLOTS
-    chunk = 0
-    for part in parts:
-        for start in range(0, part.size, STAGING_CHUNK):
-            piece, slot = part[start:start + STAGING_CHUNK], chunk % STAGING_SLOTS
-            if filled[slot]:  # its previous chunk must have crossed before the slot is refilled
-                driver.call("cuEventSynchronize", driver.events[slot])
-            np.copyto(driver.slots[slot][:piece.size], piece)
-            driver.call("cuMemcpyHtoDAsync_v2", destination, driver.slots[slot].ctypes.data, piece.size,
-                        driver.stream)
-            driver.call("cuEventRecord", driver.events[slot], driver.stream)
-            filled[slot], destination, chunk = True, destination + piece.size, chunk + 1
-    driver.call("cuStreamSynchronize", driver.stream)
-
-
-def _copy_out(driver: _Driver, host: np.ndarray, source: int) -> None:
-    """The device memory at `source` into the host bytes, slot by slot: chunk k + 1 crosses while chunk k
-    is copied out of its slot."""
-    starts = range(0, host.size, STAGING_CHUNK)
-
-    def fetch(k: int) -> None:
-        size, slot = min(STAGING_CHUNK, host.size - starts[k]), k % STAGING_SLOTS
-        driver.call("cuMemcpyDtoHAsync_v2", driver.slots[slot].ctypes.data, source + starts[k], size, driver.stream)
-        driver.call("cuEventRecord", driver.events[slot], driver.stream)
-
-    fetch(0)
-    for k, start in enumerate(starts):
-        if k + 1 < len(starts):
-            fetch(k + 1)  # its slot was emptied by chunk k - 1, just before
-        slot = k % STAGING_SLOTS
-        driver.call("cuEventSynchronize", driver.events[slot])
-        size = min(STAGING_CHUNK, host.size - start)
-        np.copyto(host[start:start + size], driver.slots[slot][:size])
-
-
-def _dma(copy, *args) -> bool:
-    """One staged copy, run to its end; False (and the copies off) if the driver refuses."""
-    driver = _driver()
-    with driver.lock:
-        try:
-            driver.call("cuCtxSetCurrent", driver.context)  # this thread may not have used the driver yet
-            copy(driver, *args)
-            return True
-        except OSError as err:
-            log.warning("%s: copies to and from the GPU fault their pages in", err)
-            _copies["failed"] = True
-            return False
-
-
 def copy_to_device(parts: list[np.ndarray]) -> mx.array:
     """The host arrays' values end to end, as one flat MLX array of their common dtype, its pages on the GPU
-    when MLX's device is a CUDA GPU (no joined copy is made on the host)."""
+    when MLX's device is a CUDA GPU."""
     flat = [np.ascontiguousarray(part).reshape(-1) for part in parts]
-    dtype = flat[0].dtype
-    if any(part.dtype != dtype for part in flat):
+    if len({part.dtype for part in flat}) != 1:
         raise ValueError(f"copy_to_device takes parts of one dtype, not {sorted({p.dtype.name for p in flat})}")
-    n = sum(part.size for part in flat)
-    if _dma_usable(n * dtype.itemsize):
+    nbytes = sum(part.nbytes for part in flat)
+    if _dma_usable(nbytes):
         # filled on the GPU, so its pages are there; on a stream of its own, so that the fill does not wait
         # for the graphs queued on MLX's default stream (a batch copies graph k + 1's clips in meanwhile)
         with mx.stream(_landing_stream()):
-            array = mx.zeros((n,), dtype=getattr(mx, dtype.name))
+            array = mx.zeros((nbytes // flat[0].itemsize,), dtype=getattr(mx, flat[0].dtype.name))
             mx.eval(array)
         pages = _pages(array)
-        if pages is not None and _dma(_copy_in, pages.ctypes.data, [part.view(np.uint8) for part in flat]):
-            return array
+        if pages is not None:
+            offsets = np.cumsum([0] + [part.nbytes for part in flat]).tolist()
+            pieces = [(pages.ctypes.data + offset, part.ctypes.data, part.nbytes)
+                      for part, offset in zip(flat, offsets[:-1], strict=True) if part.nbytes]
+            if _dma("cuMemcpyHtoDAsync_v2", pieces):
+                return array
     return mx.array(flat[0] if len(flat) == 1 else np.concatenate(flat))
 
 
@@ -359,6 +286,6 @@ def copy_to_host(array: mx.array) -> np.ndarray:
         pages = _pages(array)
         if pages is not None:
             host = np.empty_like(pages)
-            if _dma(_copy_out, host.reshape(-1).view(np.uint8), pages.ctypes.data):
+            if _dma("cuMemcpyDtoHAsync_v2", [(host.ctypes.data, pages.ctypes.data, host.nbytes)]):
                 return host
     return np.array(array)
