@@ -1,11 +1,14 @@
 """Benchmarks for BENCHMARKS.md: one process per part, interleaved with the peer, medians and ratios.
 
-    python benchmarks/bench.py compute [--device cpu|gpu] [--settle-ms 50 | --block 10]
+    python benchmarks/bench.py compute [--device cpu|gpu] [--settle-ms 50 | --block 10] [--compile]
                                                             MLX reference_mel vs the torch recipe
     python benchmarks/bench.py resident [--device cpu|gpu]  the device graph alone: samples already on the
                                                             device, the result left there (both sides)
-    python benchmarks/bench.py batch   [--device cpu|gpu] [--frames-per-graph N]
+    python benchmarks/bench.py batch   [--device cpu|gpu] [--frames-per-graph N] [--compile]
                                                             64 ten-second clips: read + reference_mel_batch
+                                                            --compile (compute, batch): after the node's
+                                                            warm-up, which builds the CPU's resampling kernels
+                                                            (the library and `precompute` compile nothing)
     python benchmarks/bench.py node [--runs N]              real dataflow: latency per source vs transport
                                                             (.venv-dora04/bin/python ...: the same under dora 0.4)
     python benchmarks/bench.py all                          the three, as BENCHMARKS.md reports them
@@ -52,14 +55,20 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def use_device(device: str):
+def use_device(device: str, compile_kernels: bool = False):
     """Select MLX's device as the node does (features.backend.select: on the CPU, cpu_memory's allocator
-    settings, which torch in this process shares) and return torch's device string for the same hardware."""
+    settings, which torch in this process shares) and return torch's device string for the same hardware.
+    compile_kernels: then warm up as the node does (spectrogram.warm_up of v2, v3 and v4), so the rate pairs
+    it builds resample through compiled kernels on a CPU, as in the node; without it the library's default,
+    which compiles nothing (features/backend.py)."""
     import torch
 
-    from dora_reference_mel.features import backend
+    from dora_reference_mel import get_preset
+    from dora_reference_mel.features import backend, spectrogram
 
     backend.select(device)
+    if compile_kernels:
+        spectrogram.warm_up([get_preset(name) for name in ("v2", "v3", "v4")])
     if device == "gpu":
         # A fair peer gives the recipe's numbers too: no TF32 in torch's convolutions and matmuls.
         torch.backends.cudnn.allow_tf32 = False
@@ -68,18 +77,20 @@ def use_device(device: str):
     return "cpu"
 
 
-def bench_compute(device: str, repeats: int, settle_s: float = 0.0, block: int = 1) -> list[dict]:
+def bench_compute(device: str, repeats: int, settle_s: float = 0.0, block: int = 1,
+                  compile_kernels: bool = False) -> list[dict]:
     """settle_s: a pause before each timed call, so neither side runs while the other's threads still
     spin (torch's OpenMP threads keep spinning for a while after a call, libgomp's default wait
     policy); each call then starts from an idle machine, as a voice switch does in a node.
     block: calls of one side in a row, the first of each block not counted, so each side is timed hot,
-    right after its own previous call and not the other's (precompute's case: clip after clip)."""
+    right after its own previous call and not the other's (precompute's case: clip after clip).
+    compile_kernels: see use_device."""
     import torch
     from lib import torch_recipe
 
     from dora_reference_mel import reference_mel
 
-    torch_device = use_device(device)
+    torch_device = use_device(device, compile_kernels)
     samples, rate = soundfile.read(str(VOICE), dtype="float32")
     rows = []
     for preset in ("v2", "v3", "v4"):
@@ -160,19 +171,21 @@ def bench_resident(device: str, repeats: int) -> list[dict]:
     return rows
 
 
-def bench_batch(device: str, clips: int, repeats: int, frames_per_graph: int | None = None) -> list[dict]:
+def bench_batch(device: str, clips: int, repeats: int, frames_per_graph: int | None = None,
+                compile_kernels: bool = False) -> list[dict]:
     """frames_per_graph: the most frames reference_mel_batch puts in one MLX graph (default: the
-    library's); smaller graphs let one graph's copies overlap the next one's compute."""
+    library's); smaller graphs let one graph's copies overlap the next one's compute. compile_kernels: see
+    use_device."""
     import torch
     from lib import torch_recipe
 
     from dora_reference_mel import reference_mel_batch
-    from dora_reference_mel.features import spectrogram
+    from dora_reference_mel.features import backend, spectrogram
 
     if frames_per_graph:
         spectrogram.CPU_FRAMES_PER_GRAPH = spectrogram.GPU_FRAMES_PER_GRAPH = frames_per_graph
 
-    torch_device = use_device(device)
+    torch_device = use_device(device, compile_kernels)
     samples, rate = soundfile.read(str(VOICE), dtype="float32")
     folder = Path(tempfile.mkdtemp(prefix="bench-clips-"))
     try:
@@ -229,7 +242,7 @@ def bench_batch(device: str, clips: int, repeats: int, frames_per_graph: int | N
             torch_times.append(timed(peer))
         budget = spectrogram.CPU_FRAMES_PER_GRAPH if device == "cpu" else spectrogram.GPU_FRAMES_PER_GRAPH
         row = {"part": "batch", "device": device, "clips": clips, "clip_seconds": 10, "repeats": repeats,
-               "frames_per_graph": budget,
+               "frames_per_graph": budget, "compiled_pairs": sorted(backend.current().compiled_pairs),
                "mlx_clips_per_s": clips / statistics.median(mlx_times),
                "mlx_float16_clips_per_s": clips / statistics.median(half_times),
                "mlx_float16_overlapped_clips_per_s": clips / statistics.median(overlapped_times),
@@ -395,6 +408,8 @@ def main(argv=None) -> int:
     parser.add_argument("--clips", type=int, default=64)
     parser.add_argument("--requests", type=int, default=60)
     parser.add_argument("--frames-per-graph", type=int, help="batch: at most this many frames per MLX graph")
+    parser.add_argument("--compile", action="store_true",
+                        help="compute, batch: after the node's warm-up, which builds the CPU's resampling kernels")
     parser.add_argument("--settle-ms", type=float, default=0.0, help="compute: pause before each timed call")
     parser.add_argument("--block", type=int, default=1, help="compute: calls of one side in a row (first not counted)")
     parser.add_argument("--runs", type=int, default=1, help="node: dataflow runs; each row the median over runs")
@@ -416,15 +431,18 @@ def main(argv=None) -> int:
     print(f"machine: {machine()}; {peer}; {line}")
     rows = []
     if args.part in ("compute", "all"):
-        rows += bench_compute(args.device, args.repeats, args.settle_ms / 1e3, args.block)
+        rows += bench_compute(args.device, args.repeats, args.settle_ms / 1e3, args.block, args.compile)
     if args.part == "resident":
         rows += bench_resident(args.device, args.repeats)
     if args.part in ("batch", "all"):
-        rows += bench_batch(args.device, args.clips, max(3, args.repeats // 6), args.frames_per_graph)
+        rows += bench_batch(args.device, args.clips, max(3, args.repeats // 6), args.frames_per_graph, args.compile)
     if args.part in ("node", "all"):
         rows += median_over_runs([bench_node(args.requests, args.log_level) for _ in range(args.runs)])
     name = dora_line_name(args.part) if args.part in ("node", "all") else args.part
-    write_result(out_path(args.out, name), name, metrics_of_rows(rows), peer=peer, rows=rows)
+    if args.compile and args.part in ("compute", "batch"):
+        name += "-compiled"
+    path = out_path(args.out, name)  # a result is named by its file (compute-idle.json: "compute-idle")
+    write_result(path, path.stem, metrics_of_rows(rows), peer=peer, rows=rows)
     return 0
 
 
