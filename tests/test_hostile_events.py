@@ -297,6 +297,34 @@ def test_texts_name_the_reference_to_speak_them_with(library):
     assert REFERENCE_KEY not in answers(none, "Hello.", {})[-1].metadata  # no reference yet: the TTS's own voice
 
 
+def test_the_startup_reference_goes_again_before_the_first_text_spoken_with_it(library):
+    """dora delivers a message sent before a receiver on another daemon has connected to no one, so the
+    startup mel goes again, once, just before the first text that names it: the same events, the same
+    reference_id. A first text that switches voice needs its own mel only; one whose switch fails is spoken
+    with the startup reference, which goes again after the error."""
+    env = {**library["env"], "VOICE_CHARACTER": "basil", "MEL_PRESET": "v2,v4"}
+    service = ReferenceMelService(Config.from_env(env))
+    startup = service.startup()
+    first = answers(service, "Hello.", {"request_id": "t1"})
+    assert [o.output_id for o in first] == ["mel", "mel", "text"]
+    for again, sent in zip(first, startup, strict=False):
+        assert again.metadata == sent.metadata and again.value.equals(sent.value)
+    assert first[-1].metadata[REFERENCE_KEY] == startup[0].metadata["reference_id"]
+    assert [o.output_id for o in answers(service, "Again.", {})] == ["text"]
+
+    switching = ReferenceMelService(Config.from_env(env))
+    switching.startup()
+    own = answers(switching, "VOICE:cleo|Hi.", {"request_id": "t2"})
+    assert [(o.output_id, o.metadata.get("voice")) for o in own] == [("mel", "cleo"), ("mel", "cleo"), ("text", None)]
+    assert [o.output_id for o in answers(switching, "Hello.", {})] == ["text"]
+
+    failing = ReferenceMelService(Config.from_env(env))
+    startup = failing.startup()
+    refused = answers(failing, "VOICE:Nobody|Hi.", {"request_id": "t3"})
+    assert [o.output_id for o in refused] == ["error", "mel", "mel", "text"]
+    assert refused[1].metadata["reference_id"] == startup[0].metadata["reference_id"] == refused[-1].metadata[REFERENCE_KEY]
+
+
 def test_texts_sharing_one_request_id_each_name_their_own_switchs_reference(library):
     """One answer split into sentences under its request's id (as MoFA sends it), switching voices: each
     text names a reference of its own switch's voice, as a consumer keys them (decode_mel_event)."""

@@ -94,6 +94,9 @@ class ReferenceMelService:
         # are hashed, not scanned again (the digest covers the rate, the channels and every sample)
         self._checked_audio = ByteLRU(MAX_CHECKED_AUDIO)
         self.reference_request_id: str | None = None  # the reference_id texts are spoken with: see _text
+        # The startup reference's mel events, sent again just before the first text spoken with them: dora
+        # delivers a message sent before a receiver on another daemon has connected to no one (docs/delivery.md)
+        self._startup_mels: list[Output] = []
         self.last_voice = LastVoice(config.codes_dir, run, write_back=config.write_back) if run else None
 
     # -- entry points ---------------------------------------------------------------------------
@@ -132,7 +135,8 @@ class ReferenceMelService:
             log.exception("internal error on the startup voice %s", shown(switch.name))
             err = ReferenceMelError("internal", "the node failed on its startup voice (see its log); it keeps serving")
             return self._error(err, passthrough, switch.name)
-        self._switched(outputs)
+        if self._switched(outputs):
+            self._startup_mels = [out for out in outputs if out.output_id == MEL_OUTPUT]
         return outputs
 
     def handle(self, input_id: str, value, metadata: dict) -> list[Output]:
@@ -202,6 +206,10 @@ class ReferenceMelService:
             outputs += self._respond(lambda: self._switch_request(switch), passthrough)
             if self._switched(outputs) and self.last_voice is not None:
                 self.last_voice.write(switch)
+        if self._startup_mels:  # once: the first text is spoken with the startup reference, or left it
+            if self.reference_request_id == self._startup_mels[0].metadata["reference_id"]:
+                outputs += [dataclasses.replace(out, note=None) for out in self._startup_mels]
+            self._startup_mels = []
         outputs.append(Output(TEXT_OUTPUT, value, self._forwarded(metadata, passthrough)))
         return outputs
 
