@@ -62,8 +62,12 @@ def test_mofa_tts_serves_every_switch_before_its_text(name, store, line):
 @pytest.mark.parametrize("line", list(DORA_LINES))
 def test_mlx_test_tts_gets_its_startup_voice(line):
     out, transcript = run("gpt-sovits-mlx-test-tts.yml", line, "mlx-store")
-    assert transcript[0] == {"startup": "basil", "refer": [1, 704, 295]}
-    spoken = transcript[1:]
+    # sent at start, and again just before the first text spoken with it (the first can be lost,
+    # docs/delivery.md); dora orders each input on its own, so the repeat may be recorded after that text
+    starts = [entry for entry in transcript if "startup" in entry]
+    assert transcript[0] == {"startup": "basil", "refer": [1, 704, 295]} and len(starts) <= 2, out[-4000:]
+    assert all(entry == transcript[0] for entry in starts)
+    spoken = [entry for entry in transcript if "text" in entry]
     assert [(s["voice"], s["refer"], s["codes"]) for s in spoken] == [("basil", [1, 704, 295], 295)] * 3, out[-4000:]
     assert [s["text"] for s in spoken] == ["First test sentence.", "Second test sentence.", "Third test sentence."]
 
