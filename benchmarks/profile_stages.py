@@ -1,7 +1,8 @@
 """Where the time goes: each stage of reference_mel timed alone (mx.eval after each), medians.
 
-    python benchmarks/profile_stages.py [--device cpu|gpu] [--preset v2] [--seconds 10] [--out FILE]
-The result is benchmarks/results/<machine>/profile-<preset>.json.
+    python benchmarks/profile_stages.py [--device cpu|gpu] [--preset v2] [--seconds 10] [--compile] [--out FILE]
+The result is benchmarks/results/<machine>/profile-<preset>.json. --compile: after the node's warm-up, which
+builds the CPU's resampling kernels (the library compiles nothing).
 """
 
 import argparse
@@ -29,12 +30,15 @@ def main():
     parser.add_argument("--preset", default="v2")
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--compile", action="store_true", help="after the node's warm-up (compiled kernels)")
     add_out_argument(parser, "profile-<preset>")
     args = parser.parse_args()
     backend.select(args.device)  # as the node does (on the CPU: cpu_memory)
     samples, rate = soundfile.read(str(VOICE), dtype="float32", always_2d=True)
     samples = samples[: args.seconds * rate]
     preset = get_preset(args.preset)
+    if args.compile:
+        spectrogram.warm_up([preset])
     n_bins = preset.n_fft // 2 + 1 if preset.n_mels else preset.n_bins
     stages = {
         "check (host)": lambda s: pcm.check_samples(samples, rate),

@@ -44,11 +44,16 @@ def compute_metrics(repeats: int) -> dict:
         from lib import torch_recipe
     except ImportError:  # the peer is optional: the bench extra installs it
         return metrics
+    from dora_reference_mel.features import backend
+
+    # the peer on the same hardware, its copies to and from it included, as bench.py compute has it
+    device = "cuda" if backend.current().cuda and torch.cuda.is_available() else "cpu"
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     clip = samples[: 10 * rate]
     for preset in ("v2", "v3", "v4"):
         ours = median_ms(lambda preset=preset: reference_mel(clip, rate, preset=preset), repeats)
-        theirs = median_ms(lambda preset=preset: torch_recipe.reference_feature(torch.from_numpy(clip), rate, preset),
-                           repeats)
+        theirs = median_ms(lambda preset=preset: torch_recipe.reference_feature(
+            torch.from_numpy(clip).to(device), rate, preset).cpu(), repeats)
         metrics[f"compute_{preset}_10s_over_torch"] = metric(ours / theirs, "x")
     return metrics
 

@@ -87,8 +87,9 @@ def environment() -> dict:
     except ImportError:
         pass
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
-                           text=True)
+    # results written by earlier runs change nothing that is measured
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results"],
+                           cwd=ROOT, capture_output=True, text=True)
     commit = (commit.stdout.strip() or "unknown") + ("+changes" if dirty.stdout.strip() else "")
     # A copy of the tree without its own .git (a GPU machine's) is named by whoever copied it.
     commit = os.environ.get("BENCH_COMMIT", commit)
