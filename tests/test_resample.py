@@ -111,3 +111,22 @@ def test_compiled_pieces_give_the_strided_sums(pair):
         strided = np.array(resample._phases_strided(padded, orig, n_blocks, starts, device_sinc_taps(*pair)[1]))
         compiled = np.array(resample._phases_compiled(x, orig_freq, new_freq, n_blocks))
         np.testing.assert_array_equal(compiled[:n_blocks], strided, err_msg=f"{pair}, {n_blocks} blocks")
+
+
+def test_the_readme_warm_up_builds_the_common_rates_and_keeps_the_output():
+    """What the README offers a long-running caller of the API: the node's warm-up, after which the common
+    recording rates resample through compiled kernels, with the same spectrogram bit for bit."""
+    from dora_reference_mel import get_preset
+    from dora_reference_mel.features import backend, resample, spectrogram
+
+    if not resample.uses_compiled_kernels(48000, 32000):
+        pytest.skip("the compiled resampler runs on a CPU with a compiler")
+    samples = speech("mono", 48000)[0][: 3 * 48000]
+    before = reference_mel(samples, 48000)
+    previous = backend.current().compiled_pairs
+    try:
+        spectrogram.warm_up([get_preset("v2")])
+        assert (48000, 32000) in backend.current().compiled_pairs
+        np.testing.assert_array_equal(reference_mel(samples, 48000), before)
+    finally:
+        backend.compile_pairs(previous)
